@@ -1,0 +1,178 @@
+"""The `roadmap` command. Each subcommand parses, calls into the modules, and prints."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from . import config, roadmap
+from .errors import RoadmapError
+
+
+def _selection(p: argparse.ArgumentParser, upto_help: str = "apply the path's steps up to this one") -> None:
+    p.add_argument("--base", default="resnet50", help="the starting network (resnet50, resnet200)")
+    p.add_argument("--upto", metavar="STEP", help=upto_help)
+    p.add_argument("--patch", action="append", default=[], metavar="STEP|FILE",
+                   help="apply a step or a YAML patch file of your own (repeatable, applied in order)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one field, e.g. block.kernel_size=9 (repeatable)")
+
+
+def _format(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=["table", "csv", "md"], default="table")
+
+
+def _print_frame(df, fmt: str) -> None:
+    if fmt == "csv":
+        print(df.to_csv(index=False), end="")
+    elif fmt == "md":
+        print(df.to_markdown(index=False))
+    else:
+        print(df.to_string(index=False))
+
+
+def cmd_steps(args) -> None:
+    rows = [(args.base, roadmap.bases()[args.base], "the starting network")]
+    rows += [(s.name, s.label, s.about) for s in roadmap.steps(args.base)]
+    width = max(len(r[0]) for r in rows)
+    label_width = max(len(r[1]) for r in rows)
+    for name, label, about in rows:
+        print(f"{name:<{width}}  {label:<{label_width}}  {about}")
+
+
+def cmd_show(args) -> None:
+    cfg = roadmap.resolve_config(args.upto, args.base, args.patch, args.overrides)
+    if args.diff:
+        base = roadmap.resolve_config(None, args.base)
+        for key, (before, after) in config.diff(base, cfg).items():
+            print(f"{key}: {before} → {after}")
+        return
+    print(config.to_yaml(cfg), end="")
+
+
+def _path_or_patched(args) -> list[roadmap.Variant]:
+    """The path's steps (up to --upto), or, with --patch, the one network those patches make."""
+    if args.patch:
+        cfg = roadmap.resolve_config(args.upto, args.base, args.patch, args.overrides)
+        name = "+".join(str(p) for p in ([args.upto] if args.upto else []) + args.patch)
+        return [roadmap.Variant(name, "patched", cfg)]
+    return roadmap.path_variants(args.upto, args.base, getattr(args, "sweep", None), args.overrides)
+
+
+def cmd_flops(args) -> None:
+    import pandas as pd
+
+    from .measure import complexity
+
+    paper = roadmap.paper_reference()
+    rows = []
+    for v in _path_or_patched(args):
+        ours = complexity(v.cfg)
+        ref = paper.loc[(args.base, v.name)] if (args.base, v.name) in paper.index else None
+        row = {"step": v.name, "label": v.label,
+               "paper_gflops": ref["paper_gflops"] if ref is not None else None,
+               "gflops": round(ours["gflops"], 3), "gflops_fvcore": round(ours["gflops_fvcore"], 3),
+               "params_m": round(ours["params"] / 1e6, 3)}
+        row.update(_compare(ours["gflops"], ref))
+        rows.append(row)
+    _print_frame(pd.DataFrame(rows), args.format)
+
+
+FLOPS_TOLERANCE = 0.01  # the paper's own rounding
+
+
+def _compare(gflops: float, ref) -> dict:
+    """Our GFLOPs against the paper's: the difference, and whether it is within rounding of what the paper says
+    (or, for its known anomalies, of what it should have said)."""
+    import pandas as pd
+
+    if ref is None:
+        return {"diff": None, "check": "no paper number"}
+    expected = ref["expected_gflops"] if pd.notna(ref["expected_gflops"]) else ref["paper_gflops"]
+    ok = abs(gflops - expected) <= FLOPS_TOLERANCE + 1e-9
+    check = "ok" if ok else f"OFF (expected {expected})"
+    if ok and expected != ref["paper_gflops"]:
+        check = f"ok; paper anomaly: the paper says {ref['paper_gflops']}"
+    return {"diff": round(gflops - ref["paper_gflops"], 3), "check": check}
+
+
+def cmd_bench(args) -> None:
+    import pandas as pd
+    import timm
+    import torch
+
+    from .measure import measure_speed
+    from .model import build_model, load_timm_state_dict
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise RoadmapError("--device cuda: no CUDA device is available here")
+    ends = roadmap.timm_models(args.base)
+    rows = []
+    for v in _path_or_patched(args):
+        models = {v.name: build_model(v.cfg)}
+        if v.name in ends:
+            # timm's model beside ours, with the same weights, so both compute the same numbers
+            reference = timm.create_model(ends[v.name], pretrained=False)
+            load_timm_state_dict(models[v.name], reference.state_dict())
+            models[f"timm:{ends[v.name]}"] = reference
+        speeds = measure_speed(models, batch_size=args.batch_size, img_size=args.img_size, device=args.device,
+                               rounds=args.rounds)
+        ours = speeds[v.name]
+        row = {"step": v.name, "infer_img_s": round(ours.infer_img_s, 1), "train_img_s": round(ours.train_img_s, 1),
+               "peak_mem_mb": round(ours.peak_mem_mb) if ours.peak_mem_mb is not None else None,
+               "timm_model": None, "ratio_vs_timm_infer": None, "ratio_vs_timm_train": None}
+        if v.name in ends:
+            theirs = speeds[f"timm:{ends[v.name]}"]
+            row.update(timm_model=ends[v.name],
+                       ratio_vs_timm_infer=round(ours.infer_img_s / theirs.infer_img_s, 3),
+                       ratio_vs_timm_train=round(ours.train_img_s / theirs.train_img_s, 3))
+        rows.append(row)
+        print(f"  measured {v.name}", file=sys.stderr)
+    print(f"# {args.device}, batch {args.batch_size}, {args.img_size}², median of {args.rounds} alternating rounds"
+          + (", channels_last + bf16 autocast" if args.device == "cuda" else ""))
+    _print_frame(pd.DataFrame(rows), args.format)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="roadmap", description=__doc__.split("\n")[0].replace("`", ""))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("steps", help="list the roadmap's steps with the paper's labels")
+    p.add_argument("--base", default="resnet50")
+    p.set_defaults(func=cmd_steps)
+
+    p = sub.add_parser("show", help="print a resolved config as YAML")
+    _selection(p)
+    p.add_argument("--diff", action="store_true", help="print only what differs from the base")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("flops", help="GFLOPs and parameters of every step, beside the paper's")
+    _selection(p, "measure the path only up to this step")
+    p.add_argument("--sweep", metavar="NAME", help="add a sweep's variants (ablations/sweeps/NAME.yaml)")
+    _format(p)
+    p.set_defaults(func=cmd_flops)
+
+    p = sub.add_parser("bench", help="throughput and peak memory of every step; timm's models beside the ends")
+    _selection(p, "measure the path only up to this step")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds per model (after one warm-up round)")
+    _format(p)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except RoadmapError as e:
+        print(f"roadmap: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""The config schema, YAML loading, deep-merge of patches, `--set` overrides and validation.
+
+A config is the merge of mappings in order: a base, the patches, the overrides. A patch names only the fields it
+changes; lists are replaced whole. Every leaf remembers the source that set it last, so that a validation error
+names the file (or the `--set`) and the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import RoadmapError
+
+Norm = Literal["batchnorm", "layernorm", "none"]
+Act = Literal["relu", "gelu", "none"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Stem(Section):
+    """conv kernel_size×kernel_size / stride → norm → act → optional 3×3/2 max-pool."""
+
+    kernel_size: int
+    stride: int
+    width: int
+    norm: Norm
+    act: Act
+    pool: Literal["max", "none"]
+
+
+class Stages(Section):
+    """Blocks per stage and each stage's width; the multipliers scale both for small proxy runs."""
+
+    depths: list[int]
+    widths: list[int]
+    depth_mult: float = 1.0
+    width_mult: float = 1.0
+
+    def scaled_depths(self) -> list[int]:
+        return [max(1, round(d * self.depth_mult)) for d in self.depths]
+
+    def scaled_widths(self) -> list[int]:
+        return [scale_width(w, self.width_mult) for w in self.widths]
+
+
+def scale_width(width: int, mult: float, divisor: int = 8) -> int:
+    """Scale a width and round it to a multiple of `divisor` (unchanged when mult is 1)."""
+    if mult == 1.0:
+        return width
+    return max(divisor, int(round(width * mult / divisor)) * divisor)
+
+
+# The three convs of each block layout as (is it the k×k conv, output width), given the block's input width c,
+# its stage width w and the expansion e. The k×k conv is the one that is grouped and carries the stride.
+LAYOUTS = {
+    "bottleneck": lambda c, w, e: [(False, w), (True, w), (False, w * e)],  # ResNet: 1×1 reduce, k×k, 1×1 expand
+    "inverted": lambda c, w, e: [(False, w * e), (True, w * e), (False, w)],  # MobileNetV2: 1×1 expand, k×k, 1×1 reduce
+    "dw_first": lambda c, w, e: [(True, c), (False, w * e), (False, w)],  # ConvNeXt: k×k, 1×1 expand, 1×1 reduce
+}
+Position = Literal["conv1", "conv2", "conv3"]
+
+
+class Block(Section):
+    """One residual block. conv1..conv3 are the layout's three convs in the order they run."""
+
+    layout: Literal["bottleneck", "inverted", "dw_first"]
+    kernel_size: int
+    groups: Union[int, Literal["depthwise"]]  # of the k×k conv; depthwise: as many groups as channels
+    expansion: int
+    act: Act
+    act_at: list[Union[Position, Literal["output"]]]  # after which convs, and/or after the residual add
+    norm: Norm
+    norm_at: list[Position]
+    layer_scale: Union[float, None] = None  # initial value of a learnable per-channel scale; None: no scale
+    drop_path: float = 0.0  # stochastic depth of the last block; rises linearly from 0 over the blocks
+
+
+class Downsample(Section):
+    """in_block: the first block of stages 2-4 strides its k×k conv and projects its shortcut (1×1/2 conv + norm);
+    separate: a norm and a kernel_size×kernel_size/2 conv between stages, and blocks that never stride."""
+
+    type: Literal["in_block", "separate"]
+    norm: Norm
+    kernel_size: int
+
+
+class Head(Section):
+    """Global average pooling → norm → dropout → linear classifier."""
+
+    norm: Norm
+    dropout: float = 0.0
+
+
+class ModelConfig(Section):
+    stem: Stem
+    stages: Stages
+    block: Block
+    downsample: Downsample
+    head: Head
+
+
+Config = ModelConfig
+
+
+# ----------------------------------------------------------------------------------------------- YAML and merging
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `4e-3` as a string; accept exponent floats without a dot, as YAML 1.2 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(path: Path) -> dict:
+    """Read a YAML mapping; an empty file is an empty mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise RoadmapError(f"{path}: no such file")
+    try:
+        data = yaml.load(path.read_text(), Loader=_Loader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise RoadmapError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RoadmapError(f"{path}: expected a mapping of config sections, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> dict:
+    """`block.kernel_size=9` → {"block": {"kernel_size": 9}}; the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise RoadmapError(f"--set {text}: expected KEY=VALUE with a dotted key, e.g. block.kernel_size=9")
+    try:
+        value = yaml.load(raw, Loader=_Loader) if raw.strip() else raw
+    except yaml.YAMLError:
+        raise RoadmapError(f"--set {text}: the value is not valid YAML") from None
+    tree: Any = value
+    for part in reversed(key.strip().split(".")):
+        tree = {part: tree}
+    return tree
+
+
+class Merged:
+    """A mapping built by deep-merging layers, remembering which source set each leaf."""
+
+    def __init__(self) -> None:
+        self.data: dict = {}
+        self.origin: dict[str, str] = {}
+
+    def merge(self, layer: dict, source: str) -> "Merged":
+        self._merge(self.data, layer, source, prefix="")
+        return self
+
+    def _merge(self, into: dict, layer: dict, source: str, prefix: str) -> None:
+        for key, value in layer.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                self._merge(into[key], value, source, dotted + ".")
+            else:
+                into[key] = copy.deepcopy(value)
+                self.origin = {k: v for k, v in self.origin.items() if not k.startswith(dotted + ".")}
+                self.origin[dotted] = source
+
+    def source_of(self, key: str) -> str:
+        """The source that set `key`, or the nearest enclosing key; the first source when none did."""
+        parts = key.split(".")
+        for n in range(len(parts), 0, -1):
+            found = self.origin.get(".".join(parts[:n]))
+            if found:
+                return found
+        return next(iter(self.origin.values()), "config")
+
+
+# ----------------------------------------------------------------------------------------------------- validation
+
+def validate(merged: Merged, schema: type[BaseModel] = Config) -> BaseModel:
+    """Check types and keys (pydantic) and then ranges; the first problem becomes one RoadmapError line."""
+    try:
+        cfg = schema.model_validate(merged.data)
+    except ValidationError as e:
+        raise RoadmapError(_describe(e.errors()[0], merged, schema)) from None
+    for key, problem in check_ranges(cfg):
+        raise RoadmapError(f"{merged.source_of(key)}: {key}: {problem}")
+    return cfg
+
+
+def _describe(err: dict, merged: Merged, schema: type[BaseModel]) -> str:
+    loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
+    # pydantic reports a failed Union/Literal member in the loc (e.g. "literal['depthwise']"); keep the field path
+    loc = [p for p in loc if not re.match(r"^(int|float|str|bool|none|literal\[.*\]|list\[.*\])$", p)]
+    key = ".".join(loc)
+    source = merged.source_of(key)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent = _section(schema, loc[:-1])
+        allowed = ", ".join(parent.model_fields) if parent else "?"
+        where = ".".join(loc[:-1]) or "the top level"
+        return f"{source}: {key}: unknown key ({where} takes: {allowed})"
+    if kind == "missing":
+        return f"{source}: {key}: missing (the base config must set every field)"
+    field = _field(schema, loc)
+    expected = _type_words(field.annotation) if field is not None else err["msg"]
+    return f"{source}: {key}: got {err.get('input')!r}, expected {expected}"
+
+
+def _section(schema: type[BaseModel], path: list[str]) -> type[BaseModel] | None:
+    for part in path:
+        field = schema.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        schema = field.annotation
+    return schema
+
+
+def _field(schema: type[BaseModel], path: list[str]):
+    parent = _section(schema, path[:-1])
+    return parent.model_fields.get(path[-1]) if parent and path else None
+
+
+def _type_words(annotation) -> str:
+    text = repr(annotation)
+    text = text.replace("typing.", "").replace("Literal", "one of ").replace("Union", "one of ")
+    return text.replace("NoneType", "null")
+
+
+def check_ranges(cfg: Config):
+    """Yield (key, problem) for values of the right type but out of range."""
+    if cfg.stem.kernel_size < 1 or cfg.stem.stride < 1 or cfg.stem.width < 1:
+        yield "stem", "expected kernel_size, stride and width ≥ 1"
+    st = cfg.stages
+    if not st.depths or any(d < 1 for d in st.depths):
+        yield "stages.depths", f"got {st.depths}, expected a non-empty list of positive block counts"
+    if len(st.widths) != len(st.depths) or any(w < 1 for w in st.widths):
+        yield "stages.widths", f"got {st.widths}, expected {len(st.depths)} positive widths, one per stage"
+    if st.depth_mult <= 0 or st.width_mult <= 0:
+        yield "stages", "expected depth_mult and width_mult > 0"
+    b = cfg.block
+    if b.kernel_size < 1 or b.kernel_size % 2 == 0:
+        yield "block.kernel_size", f"got {b.kernel_size}, expected an odd kernel size ≥ 1 (padding keeps the size)"
+    if b.expansion < 1:
+        yield "block.expansion", f"got {b.expansion}, expected ≥ 1"
+    if isinstance(b.groups, int):
+        if b.groups < 1:
+            yield "block.groups", f"got {b.groups}, expected ≥ 1 or depthwise"
+        else:
+            for channels in grouped_conv_channels(cfg):
+                if channels % b.groups:
+                    yield "block.groups", (f"got {b.groups}, expected a divisor of every k×k conv's channels "
+                                           f"({channels} is not divisible by it)")
+                    break
+    if b.layer_scale is not None and b.layer_scale <= 0:
+        yield "block.layer_scale", f"got {b.layer_scale}, expected a positive initial value or null"
+    if not 0 <= b.drop_path < 1:
+        yield "block.drop_path", f"got {b.drop_path}, expected 0 ≤ drop_path < 1"
+    if cfg.downsample.kernel_size < 1:
+        yield "downsample.kernel_size", f"got {cfg.downsample.kernel_size}, expected ≥ 1"
+    if not 0 <= cfg.head.dropout < 1:
+        yield "head.dropout", f"got {cfg.head.dropout}, expected 0 ≤ dropout < 1"
+
+
+def stage_plan(cfg: Config) -> list[tuple[int, int, int, int]]:
+    """Per stage: (input width of its first block, stage width, output width, depth), at the config's scale."""
+    plan, c_in = [], scale_width(cfg.stem.width, cfg.stages.width_mult)
+    for width, depth in zip(cfg.stages.scaled_widths(), cfg.stages.scaled_depths()):
+        out = LAYOUTS[cfg.block.layout](c_in, width, cfg.block.expansion)[-1][1]
+        first_in = out if cfg.downsample.type == "separate" and plan else c_in
+        plan.append((first_in, width, out, depth))
+        c_in = out
+    return plan
+
+
+def grouped_conv_channels(cfg: Config) -> set[int]:
+    """The channel counts of every k×k conv in the network (for the groups check)."""
+    channels = set()
+    for first_in, width, out, depth in stage_plan(cfg):
+        for c in {first_in, out}:
+            channels |= {ch for spatial, ch in LAYOUTS[cfg.block.layout](c, width, cfg.block.expansion) if spatial}
+    return channels
+
+
+def to_yaml(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(), sort_keys=False, default_flow_style=None)
+
+
+def diff(a: BaseModel, b: BaseModel) -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose values differ between two configs, with (a's value, b's value)."""
+    out: dict[str, tuple[Any, Any]] = {}
+
+    def walk(x: Any, y: Any, prefix: str) -> None:
+        if isinstance(x, dict) and isinstance(y, dict):
+            for k in x.keys() | y.keys():
+                walk(x.get(k), y.get(k), f"{prefix}{k}.")
+        elif x != y:
+            out[prefix[:-1]] = (x, y)
+
+    walk(a.model_dump(), b.model_dump(), "")
+    return dict(sorted(out.items()))
+

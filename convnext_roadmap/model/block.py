@@ -1,0 +1,59 @@
+"""The one residual block. Its constructor arguments are the axes the paper's roadmap moves along."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn as nn
+from timm.layers import DropPath
+
+from ..config import LAYOUTS
+from .layers import conv, make_act, make_norm
+
+
+class Block(nn.Module):
+    """conv1 → norm1 → act1 → conv2 → norm2 → act2 → conv3 → norm3 → act3 → layer scale → drop path → + shortcut → act.
+
+    `layout` says which of conv1..conv3 is the k×k conv and how wide each is (see `config.LAYOUTS`); `norm_at` and
+    `act_at` say after which convs a norm and an activation run ("output": after the residual add). The k×k conv is
+    grouped (`groups`, or "depthwise") and carries the stride. A block that strides or changes width projects its
+    shortcut with a conv and a norm.
+    """
+
+    def __init__(self, c_in: int, width: int, *, layout: str, kernel_size: int, groups, expansion: int,
+                 act: str, act_at: list[str], norm: str, norm_at: list[str], stride: int = 1,
+                 layer_scale: float | None = None, drop_path: float = 0.0,
+                 shortcut_norm: str = "batchnorm", shortcut_kernel: int = 1):
+        super().__init__()
+        c = c_in
+        for i, (spatial, c_out) in enumerate(LAYOUTS[layout](c_in, width, expansion), start=1):
+            norm_here = norm if f"conv{i}" in norm_at else "none"
+            if spatial:
+                g = c if groups == "depthwise" else groups
+                self.add_module(f"conv{i}", conv(c, c_out, kernel_size, stride, g, norm_after=norm_here))
+            else:
+                self.add_module(f"conv{i}", conv(c, c_out, 1, norm_after=norm_here))
+            self.add_module(f"norm{i}", make_norm(norm_here, c_out))
+            self.add_module(f"act{i}", make_act(act if f"conv{i}" in act_at else "none"))
+            c = c_out
+        self.gamma = nn.Parameter(torch.full((c,), layer_scale)) if layer_scale is not None else None
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        if stride != 1 or c_in != c:
+            self.shortcut = nn.Sequential(OrderedDict(
+                conv=conv(c_in, c, shortcut_kernel, stride, norm_after=shortcut_norm),
+                norm=make_norm(shortcut_norm, c),
+            ))
+        else:
+            self.shortcut = nn.Identity()
+        self.act_out = make_act(act if "output" in act_at else "none")
+        self.out_channels = c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.shortcut(x)
+        x = self.act1(self.norm1(self.conv1(x)))
+        x = self.act2(self.norm2(self.conv2(x)))
+        x = self.act3(self.norm3(self.conv3(x)))
+        if self.gamma is not None:
+            x = x * self.gamma.view(1, -1, 1, 1)
+        return self.act_out(self.drop_path(x) + shortcut)

@@ -1,0 +1,103 @@
+"""The network as a pure function of its config: stem → stages (downsample + blocks) → head."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn as nn
+from timm.layers import trunc_normal_
+
+from ..config import Config, scale_width, stage_plan
+from .block import Block
+from .layers import conv, make_act, make_norm
+
+
+def make_stem(cfg: Config) -> nn.Sequential:
+    s = cfg.stem
+    width = scale_width(s.width, cfg.stages.width_mult)
+    return nn.Sequential(OrderedDict(
+        conv=conv(3, width, s.kernel_size, s.stride, norm_after=s.norm),
+        norm=make_norm(s.norm, width),
+        act=make_act(s.act),
+        pool=nn.MaxPool2d(3, 2, padding=1) if s.pool == "max" else nn.Identity(),
+    ))
+
+
+def make_downsample(c_in: int, c_out: int, norm: str, kernel_size: int) -> nn.Sequential:
+    """A separate downsampling layer between stages: norm, then a stride-2 conv."""
+    return nn.Sequential(OrderedDict(
+        norm=make_norm(norm, c_in),
+        conv=conv(c_in, c_out, kernel_size, stride=2),
+    ))
+
+
+class Stage(nn.Module):
+    def __init__(self, downsample: nn.Module, blocks: list[Block]):
+        super().__init__()
+        self.downsample = downsample
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.downsample(x))
+
+
+class Head(nn.Module):
+    def __init__(self, c_in: int, num_classes: int, norm: str, dropout: float):
+        super().__init__()
+        self.norm = {"batchnorm": lambda: nn.BatchNorm1d(c_in), "layernorm": lambda: nn.LayerNorm(c_in, eps=1e-6),
+                     "none": nn.Identity}[norm]()
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(self.norm(x.mean((2, 3)))))
+
+
+class Network(nn.Module):
+    def __init__(self, cfg: Config, num_classes: int = 1000):
+        super().__init__()
+        b, ds = cfg.block, cfg.downsample
+        plan = stage_plan(cfg)
+        rates = torch.linspace(0, b.drop_path, sum(depth for *_, depth in plan)).tolist()
+        self.stem = make_stem(cfg)
+        c, stages = scale_width(cfg.stem.width, cfg.stages.width_mult), []
+        for i, (first_in, width, out, depth) in enumerate(plan):
+            stride = 1 if i == 0 else 2
+            separate = ds.type == "separate" and i > 0
+            downsample = make_downsample(c, out, ds.norm, ds.kernel_size) if separate else nn.Identity()
+            c = first_in if separate else c
+            blocks = []
+            for j in range(depth):
+                blocks.append(Block(
+                    c, width, layout=b.layout, kernel_size=b.kernel_size, groups=b.groups, expansion=b.expansion,
+                    act=b.act, act_at=b.act_at, norm=b.norm, norm_at=b.norm_at,
+                    stride=stride if (j == 0 and ds.type == "in_block") else 1,
+                    layer_scale=b.layer_scale, drop_path=rates.pop(0),
+                    shortcut_norm=ds.norm, shortcut_kernel=ds.kernel_size if ds.type == "in_block" else 1,
+                ))
+                c = blocks[-1].out_channels
+            stages.append(Stage(downsample, blocks))
+        self.stages = nn.Sequential(*stages)
+        self.num_features = c
+        self.head = Head(c, num_classes, cfg.head.norm, cfg.head.dropout)
+        self.apply(_init_weights)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))
+
+
+def _init_weights(m: nn.Module) -> None:
+    # The paper trains every step with the same recipe, truncated-normal init included (Table 5).
+    if isinstance(m, (nn.Conv2d, nn.Linear)):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def build_model(cfg: Config, num_classes: int = 1000) -> Network:
+    """The network the config describes, freshly initialised."""
+    return Network(cfg, num_classes)
