@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
+from pathlib import Path
 from typing import Sequence
 
 from . import config, roadmap
@@ -94,7 +96,7 @@ def _compare(gflops: float, ref) -> dict:
     check = "ok" if ok else f"OFF (expected {expected})"
     if ok and expected != ref["paper_gflops"]:
         check = f"ok; paper anomaly: the paper says {ref['paper_gflops']}"
-    return {"diff": round(gflops - ref["paper_gflops"], 3), "check": check}
+    return {"diff": round(gflops - ref["paper_gflops"], 3) + 0.0, "check": check}  # + 0.0: no "-0"
 
 
 def cmd_bench(args) -> None:
@@ -134,6 +136,69 @@ def cmd_bench(args) -> None:
     _print_frame(pd.DataFrame(rows), args.format)
 
 
+def _results_root(args) -> Path:
+    return Path(args.results) if args.results else Path.cwd() / "results"
+
+
+def cmd_run(args) -> int:
+    from . import launch, results
+    from .data import load_splits
+
+    recipe = args.recipe
+    only = [s for s in (args.steps or "").split(",") if s]
+    seeds_from = roadmap.resolve_config(recipe=recipe, data=args.data, overrides=args.overrides).train.seed
+    variants = roadmap.request(args.upto, args.base, only, args.patch, args.leave_one_out, args.sweep,
+                               args.overrides, recipe, args.data)
+    seeds = list(range(seeds_from, seeds_from + args.seeds))
+    experiment = args.experiment or f"{args.base}-{Path(str(recipe)).stem}"
+    exp_dir = _results_root(args) / experiment
+    load_splits(variants[0].cfg.data.source)  # a bad --data fails here, before anything is written
+    jobs = launch.make_jobs(variants, seeds, exp_dir, args.device,
+                            {"base": args.base, "experiment": experiment, "recipe": str(recipe)})
+    if not args.force:
+        launch.check_conflicts(jobs)
+    entries = launch.plan_entries(variants)
+    if args.dry_run:
+        print(f"# {exp_dir}: {len(variants)} run(s) × {len(seeds)} seed(s), nothing is written (dry run)")
+        print(launch.describe_plan(variants, jobs, entries))
+        return 0
+    launch.save_plan(exp_dir, args.base, str(recipe), seeds, entries)
+    print(f"# {exp_dir}: {len(variants)} run(s) × {len(seeds)} seed(s)", flush=True)
+    outcomes = launch.run_in_process(jobs, force=args.force)
+    _table_and_plots(exp_dir)
+    return 1 if any(state == "failed" for _, state in outcomes) else 0
+
+
+def _table_and_plots(exp_dir: Path) -> None:
+    from . import plots, results
+
+    table = results.write_table(exp_dir)
+    print(table.to_string(index=False))
+    paths = plots.plot_experiment(exp_dir)
+    print(f"wrote {exp_dir / 'table.csv'}, {exp_dir / 'table.md'}, " + ", ".join(p.name for p in paths))
+
+
+def cmd_table(args) -> None:
+    from . import results
+
+    exp_dir = results.find_experiment(_results_root(args), args.experiment)
+    table = results.write_table(exp_dir)
+    if args.format == "csv":
+        print((exp_dir / "table.csv").read_text(), end="")
+    elif args.format == "md":
+        print((exp_dir / "table.md").read_text(), end="")
+    else:
+        print(table.to_string(index=False))
+
+
+def cmd_plot(args) -> None:
+    from . import plots, results
+
+    exp_dir = results.find_experiment(_results_root(args), args.experiment)
+    for path in plots.plot_experiment(exp_dir):
+        print(path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="roadmap", description=__doc__.split("\n")[0].replace("`", ""))
     sub = parser.add_subparsers(dest="command", required=True)
@@ -161,17 +226,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per model (after one warm-up round)")
     _format(p)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("run", help="train every step (up to --upto), then write the table and the plots")
+    _selection(p, "train the path up to this step (default: all of it)")
+    p.add_argument("--steps", metavar="A,B,C", help="only these runs of the path (step or sweep names)")
+    p.add_argument("--leave-one-out", action="store_true",
+                   help="the full path, and for each step the path without it")
+    p.add_argument("--sweep", metavar="NAME", help="add a sweep's variants (ablations/sweeps/NAME.yaml)")
+    p.add_argument("--recipe", default="cpu_proxy", metavar="NAME|FILE",
+                   help="how to train: cpu_proxy (default), paper_in1k, smoke, or a YAML file")
+    p.add_argument("--data", metavar="SPEC", help="synthetic (the recipe's default), imagefolder:PATH or csv:PATH")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per run (the paper reports 3)")
+    p.add_argument("--experiment", metavar="NAME", help="results/NAME (default: BASE-RECIPE)")
+    p.add_argument("--results", metavar="DIR", help="where experiments go (default: ./results)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and what is done; write nothing")
+    p.add_argument("--force", action="store_true", help="train finished runs again")
+    p.set_defaults(func=cmd_run)
+
+    for name, func, text in (("table", cmd_table, "build table.csv and table.md of an experiment"),
+                             ("plot", cmd_plot, "draw an experiment's figures (Figure 2 replica, curves)")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("experiment", nargs="?", help="its name under results/ (default: the latest)")
+        p.add_argument("--results", metavar="DIR", help="where experiments are (default: ./results)")
+        if name == "table":
+            _format(p)
+        p.set_defaults(func=func)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # fvcore and timm import torch.jit.script, which torch now calls deprecated on every start
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except RoadmapError as e:
         print(f"roadmap: error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -99,15 +99,53 @@ class Head(Section):
     dropout: float = 0.0
 
 
-class ModelConfig(Section):
+class Train(Section):
+    """How a network is trained; set by a recipe (ablations/recipes/)."""
+
+    epochs: int
+    batch_size: int  # per process; the effective batch is batch_size × processes
+    lr: float  # at base_batch_size, scaled linearly to the effective batch
+    base_batch_size: int
+    min_lr: float
+    warmup_epochs: int
+    warmup_lr: float
+    opt: str  # a timm optimizer name
+    betas: list[float]
+    weight_decay: float  # none on norms and biases
+    clip_grad: Union[float, None]
+    label_smoothing: float
+    mixup: float
+    cutmix: float
+    ema: bool
+    ema_decay: float
+    amp: bool  # bf16 autocast, on CUDA
+    channels_last: bool  # on CUDA
+    compile: bool
+    seed: int  # the first seed; --seeds N runs seed, seed+1, …
+
+
+class Data(Section):
+    """What a network is trained on and how images are augmented; set by a recipe, `--data` sets `source`."""
+
+    source: str  # synthetic | imagefolder:PATH | csv:PATH
+    img_size: int
+    crop_scale: list[float]  # RandomResizedCrop's area range
+    crop_pct: float  # evaluation: resize to img_size / crop_pct, centre crop img_size
+    auto_augment: Union[str, None]  # timm's RandAugment spec, e.g. rand-m9-mstd0.5-inc1
+    random_erasing: float
+    mean: list[float]
+    std: list[float]
+    workers: int
+
+
+class Config(Section):
     stem: Stem
     stages: Stages
     block: Block
     downsample: Downsample
     head: Head
-
-
-Config = ModelConfig
+    train: Union[Train, None] = None  # None: architecture only, no recipe applied
+    data: Union[Data, None] = None
 
 
 # ----------------------------------------------------------------------------------------------- YAML and merging
@@ -222,10 +260,15 @@ def _describe(err: dict, merged: Merged, schema: type[BaseModel]) -> str:
 def _section(schema: type[BaseModel], path: list[str]) -> type[BaseModel] | None:
     for part in path:
         field = schema.model_fields.get(part)
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        models = [a for a in (field.annotation, *get_args(field.annotation)) if _is_model(a)] if field else []
+        if not models:
             return None
-        schema = field.annotation
+        schema = models[0]
     return schema
+
+
+def _is_model(annotation) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def _field(schema: type[BaseModel], path: list[str]):
@@ -234,9 +277,18 @@ def _field(schema: type[BaseModel], path: list[str]):
 
 
 def _type_words(annotation) -> str:
-    text = repr(annotation)
-    text = text.replace("typing.", "").replace("Literal", "one of ").replace("Union", "one of ")
-    return text.replace("NoneType", "null")
+    """A type annotation in words: `Union[int, Literal["depthwise"]]` → "an integer or 'depthwise'"."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in args)
+    if origin is Union:
+        return " or ".join(_type_words(a) for a in args)
+    if origin is list:
+        return f"a list, each {_type_words(args[0])}" if args else "a list"
+    if _is_model(annotation):
+        return "a mapping of " + ", ".join(annotation.model_fields)
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            type(None): "null"}.get(annotation, str(annotation))
 
 
 def check_ranges(cfg: Config):
@@ -272,6 +324,48 @@ def check_ranges(cfg: Config):
         yield "downsample.kernel_size", f"got {cfg.downsample.kernel_size}, expected ≥ 1"
     if not 0 <= cfg.head.dropout < 1:
         yield "head.dropout", f"got {cfg.head.dropout}, expected 0 ≤ dropout < 1"
+    if cfg.train is not None:
+        yield from _check_train(cfg.train)
+    if cfg.data is not None:
+        yield from _check_data(cfg.data)
+
+
+def _check_train(t: Train):
+    for key in ("epochs", "batch_size", "base_batch_size"):
+        if getattr(t, key) < 1:
+            yield f"train.{key}", f"got {getattr(t, key)}, expected ≥ 1"
+    for key in ("lr", "min_lr", "warmup_lr", "weight_decay", "label_smoothing", "mixup", "cutmix"):
+        if getattr(t, key) < 0:
+            yield f"train.{key}", f"got {getattr(t, key)}, expected ≥ 0"
+    if t.lr == 0:
+        yield "train.lr", "got 0, expected a positive learning rate"
+    if not 0 <= t.warmup_epochs < t.epochs:
+        yield "train.warmup_epochs", f"got {t.warmup_epochs}, expected 0 ≤ warmup_epochs < epochs ({t.epochs})"
+    if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
+        yield "train.betas", f"got {t.betas}, expected two values in [0, 1)"
+    if not 0 <= t.label_smoothing < 1:
+        yield "train.label_smoothing", f"got {t.label_smoothing}, expected 0 ≤ label_smoothing < 1"
+    if not 0 < t.ema_decay < 1:
+        yield "train.ema_decay", f"got {t.ema_decay}, expected 0 < ema_decay < 1"
+    if t.clip_grad is not None and t.clip_grad <= 0:
+        yield "train.clip_grad", f"got {t.clip_grad}, expected a positive norm or null"
+
+
+def _check_data(d: Data):
+    if not re.match(r"^(synthetic|imagefolder:.+|csv:.+)$", d.source):
+        yield "data.source", f"got {d.source!r}, expected synthetic, imagefolder:PATH or csv:PATH (give --data)"
+    if d.img_size < 16:
+        yield "data.img_size", f"got {d.img_size}, expected ≥ 16"
+    if len(d.crop_scale) != 2 or not 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1:
+        yield "data.crop_scale", f"got {d.crop_scale}, expected [min, max] with 0 < min ≤ max ≤ 1"
+    if not 0 < d.crop_pct <= 1:
+        yield "data.crop_pct", f"got {d.crop_pct}, expected 0 < crop_pct ≤ 1"
+    if not 0 <= d.random_erasing <= 1:
+        yield "data.random_erasing", f"got {d.random_erasing}, expected a probability"
+    if len(d.mean) != 3 or len(d.std) != 3:
+        yield "data.mean", "expected three values for mean and for std"
+    if d.workers < 0:
+        yield "data.workers", f"got {d.workers}, expected ≥ 0"
 
 
 def stage_plan(cfg: Config) -> list[tuple[int, int, int, int]]:
@@ -295,7 +389,8 @@ def grouped_conv_channels(cfg: Config) -> set[int]:
 
 
 def to_yaml(cfg: BaseModel) -> str:
-    return yaml.safe_dump(cfg.model_dump(), sort_keys=False, default_flow_style=None)
+    sections = {k: v for k, v in cfg.model_dump().items() if v is not None}  # no train/data: no recipe applied
+    return yaml.safe_dump(sections, sort_keys=False, default_flow_style=None, allow_unicode=True)
 
 
 def diff(a: BaseModel, b: BaseModel) -> dict[str, tuple[Any, Any]]:

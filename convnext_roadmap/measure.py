@@ -116,16 +116,16 @@ class Timer:
             peak = max(peak, level)
         return peak / 2**20
 
-    def result(self) -> Speed:
+    def result(self, peak_memory: bool = True) -> Speed:
         n = self.x.shape[0]
         # the first round warms up (allocator, kernel selection); the median of the rest is the figure
         infer = statistics.median(self.infer_s[1:] or self.infer_s)
         train = statistics.median(self.train_s[1:] or self.train_s)
-        return Speed(n / infer, n / train, self.peak_memory_mb())
+        return Speed(n / infer, n / train, self.peak_memory_mb() if peak_memory else None)
 
 
 def measure_speed(models: dict[str, nn.Module], *, batch_size: int, img_size: int, device: str,
-                  rounds: int = 5, num_classes: int = 1000) -> dict[str, Speed]:
+                  rounds: int = 5, num_classes: int = 1000, peak_memory: bool = True) -> dict[str, Speed]:
     """Measure several models side by side: rounds alternate between them, in a rotating order, so that the
     machine's drift and noise fall on all of them alike."""
     torch.set_flush_denormal(True)  # untrained networks drift into denormals, which would time the FPU, not the net
@@ -134,4 +134,4 @@ def measure_speed(models: dict[str, nn.Module], *, batch_size: int, img_size: in
     for r in range(rounds + 1):
         for name in names[r % len(names):] + names[: r % len(names)]:
             timers[name].round()
-    return {name: t.result() for name, t in timers.items()}
+    return {name: t.result(peak_memory) for name, t in timers.items()}

@@ -19,6 +19,7 @@ class Step:
     label: str
     about: str
     patch: Path
+    group: str = ""
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Variant:
     label: str
     cfg: Config
     sources: tuple[str, ...] = field(default=(), compare=False)
+    group: str = ""
 
 
 def shown(path: Path) -> str:
@@ -63,7 +65,7 @@ def steps(base: str = "resnet50") -> list[Step]:
     for entry in doc["bases"][base]["path"]:
         name, file = next(iter(entry.items())) if isinstance(entry, dict) else (entry, f"{entry}.yaml")
         meta = doc["steps"][name]
-        out.append(Step(name, meta["label"], meta["about"], ABLATIONS / "steps" / file))
+        out.append(Step(name, meta["label"], meta["about"], ABLATIONS / "steps" / file, meta.get("group", "")))
     return out
 
 
@@ -91,26 +93,51 @@ def _upto(upto: str | None, base: str) -> list[Step]:
 
 
 def resolve_config(upto: str | None = None, base: str = "resnet50", patches: Sequence[str | Path] = (),
-                   overrides: Sequence[str] = ()) -> Config:
+                   overrides: Sequence[str] = (), recipe: str | Path | None = None,
+                   data: str | None = None) -> Config:
     """The config of `base` with the path's steps up to `upto`, then `patches` (step names or YAML files, in
-    order), then `overrides` ("block.kernel_size=9")."""
-    return _resolve(base, [s.patch for s in _upto(upto, base)] + [_patch_file(p, base) for p in patches],
-                    overrides)[0]
+    order), then `overrides` ("block.kernel_size=9"). With a `recipe` (a name under ablations/recipes/ or a file)
+    the config also says how to train: its `train` and `data` sections, and the scale it trains at; `data` is a
+    `--data` spec for `data.source`."""
+    files = [s.patch for s in _upto(upto, base)] + [_patch_file(p, base) for p in patches]
+    return _resolve(base, files, overrides, recipe, data)[0]
 
 
-def _resolve(base: str, files: Iterable[Path], overrides: Sequence[str]) -> tuple[Config, tuple[str, ...]]:
-    base_file = ABLATIONS / "base" / f"{base}.yaml"
+def recipe_files(recipe: str | Path) -> list[Path]:
+    """A recipe's file and the files it inherits from, the most general first."""
+    path = Path(recipe)
+    if not path.suffix:
+        path = ABLATIONS / "recipes" / f"{recipe}.yaml"
+        if not path.is_file():
+            known = ", ".join(sorted(p.stem for p in (ABLATIONS / "recipes").glob("*.yaml")))
+            raise RoadmapError(f"--recipe {recipe}: unknown recipe (recipes: {known})")
+    chain = [path]
+    while "inherit" in (doc := load_yaml(chain[0])):
+        parent = doc["inherit"]
+        parent_path = ABLATIONS / "recipes" / f"{parent}.yaml"
+        if not isinstance(parent, str) or not parent_path.is_file() or parent_path in chain:
+            raise RoadmapError(f"{shown(chain[0])}: inherit: got {parent!r}, expected the name of another recipe")
+        chain.insert(0, parent_path)
+    return chain
+
+
+def _resolve(base: str, files: Iterable[Path], overrides: Sequence[str], recipe: str | Path | None = None,
+             data: str | None = None) -> tuple[Config, tuple[str, ...]]:
     if base not in bases():
         raise RoadmapError(f"--base {base}: unknown base (bases: {', '.join(bases())})")
-    merged = Merged().merge(load_yaml(base_file), shown(base_file))
-    sources = [shown(base_file)]
-    for f in files:
-        merged.merge(load_yaml(f), shown(f))
-        sources.append(shown(f))
-    for text in overrides:
-        merged.merge(parse_override(text), f"--set {text}")
-        sources.append(f"--set {text}")
-    return validate(merged), tuple(sources)
+    recipe_layers = recipe_files(recipe) if recipe else []
+    layers = [ABLATIONS / "base" / f"{base}.yaml", *recipe_layers, *files]
+    merged = Merged()
+    for f in layers:
+        doc = load_yaml(f)
+        if f in recipe_layers:
+            doc.pop("inherit", None)
+        merged.merge(doc, shown(f))
+    extra = ([(f"--data {data}", {"data": {"source": data}})] if data else [])
+    extra += [(f"--set {text}", parse_override(text)) for text in overrides]
+    for source, layer in extra:
+        merged.merge(layer, source)
+    return validate(merged), tuple(shown(f) for f in layers) + tuple(source for source, _ in extra)
 
 
 def load_sweep(name: str) -> dict:
@@ -126,16 +153,17 @@ def load_sweep(name: str) -> dict:
 
 
 def path_variants(upto: str | None = None, base: str = "resnet50", sweep: str | None = None,
-                  overrides: Sequence[str] = ()) -> list[Variant]:
+                  overrides: Sequence[str] = (), recipe: str | Path | None = None,
+                  data: str | None = None) -> list[Variant]:
     """The base and every step of its path up to `upto` (all of it when None), each with the steps before it;
     with `sweep`, the sweep's values of its step beside it, in the order of the values."""
     path = steps(base)
     chosen = _upto(upto, base) if upto is not None else path
-    variants = [Variant(base, bases()[base], *_resolve(base, [], overrides))]
+    variants = [Variant(base, bases()[base], *_resolve(base, [], overrides, recipe, data), group="baseline")]
     sw = load_sweep(sweep) if sweep else None
     for i, step in enumerate(chosen):
         files = [s.patch for s in path[: i + 1]]
-        own = Variant(step.name, step.label, *_resolve(base, files, overrides))
+        own = Variant(step.name, step.label, *_resolve(base, files, overrides, recipe, data), group=step.group)
         if sw is None or sw["step"] != step.name:
             variants.append(own)
             continue
@@ -144,11 +172,12 @@ def path_variants(upto: str | None = None, base: str = "resnet50", sweep: str | 
         if _get(own.cfg, sw["key"]) not in sw["values"]:
             variants.append(own)
         for value in sw["values"]:
-            cfg, sources = _resolve(base, files, [*overrides, f"{sw['key']}={value}"])
+            cfg, sources = _resolve(base, files, [*overrides, f"{sw['key']}={value}"], recipe, data)
             if cfg == own.cfg:
                 variants.append(own)
             elif all(cfg != v.cfg for v in variants):
-                variants.append(Variant(f"{step.name}@{leaf}={value}", label.format(value=value), cfg, sources))
+                variants.append(Variant(f"{step.name}@{leaf}={value}", label.format(value=value), cfg, sources,
+                                        step.group))
     return variants
 
 
@@ -164,3 +193,33 @@ def paper_reference():
     import pandas as pd
 
     return pd.read_csv(PAPER_CSV, comment="#").set_index(["base", "step"])
+
+
+def request(upto: str | None = None, base: str = "resnet50", only: Sequence[str] = (),
+            patches: Sequence[str | Path] = (), leave_one_out: bool = False, sweep: str | None = None,
+            overrides: Sequence[str] = (), recipe: str | Path | None = None, data: str | None = None) -> list[Variant]:
+    """The networks one command asks for:
+    - the path up to `upto` (all of it by default), the sweep's variants beside their step, `only` those named;
+    - with `patches`: the one network of the base, the path up to `upto`, and the patches ("gelu+layernorm");
+    - with `leave_one_out`: for each step up to `upto`, the path without it ("no_gelu"), after the full path."""
+    if patches:
+        cfg, sources = _resolve(base, [s.patch for s in _upto(upto, base)] + [_patch_file(p, base) for p in patches],
+                                overrides, recipe, data)
+        name = "+".join(([upto] if upto else []) + [Path(str(p)).stem for p in patches])
+        return [Variant(name, name, cfg, sources, "patched")]
+    variants = path_variants(upto, base, sweep, overrides, recipe, data)
+    if leave_one_out:
+        chosen = _upto(upto, base) if upto else steps(base)
+        full = variants[-1]
+        variants = [full]
+        for dropped in chosen:
+            files = [s.patch for s in chosen if s is not dropped]
+            variants.append(Variant(f"no_{dropped.name}", f"– {dropped.label}",
+                                    *_resolve(base, files, overrides, recipe, data), group="leave one out"))
+    if only:
+        known = [v.name for v in variants]
+        unknown = [n for n in only if n not in known]
+        if unknown:
+            raise RoadmapError(f"--steps {','.join(only)}: unknown {', '.join(unknown)} (known: {', '.join(known)})")
+        variants = [v for v in variants if v.name in only]
+    return variants

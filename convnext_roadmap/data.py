@@ -1,0 +1,277 @@
+"""Data sources (`--data`): the embedded synthetic set, an ImageFolder tree, or a Kaggle-style CSV; timm's
+transforms and plain PyTorch loaders on top."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from timm.data import create_transform
+
+from .errors import RoadmapError
+
+log = logging.getLogger(__name__)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@dataclass
+class Split:
+    samples: list[tuple[Path, int]]
+    classes: list[str]
+
+
+# --------------------------------------------------------------------------------------------- the synthetic set
+
+SHAPES = ["disc", "square", "triangle", "ring", "cross"]
+TEXTURES = ["stripes", "dots"]
+SYNTHETIC_VERSION = "v1"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("ROADMAP_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "convnext-roadmap")
+    return Path(root)
+
+
+def _draw(shape: str, texture: str, rng: random.Random, size: int) -> Image.Image:
+    """One image: a textured shape of random size, place and colours on a noisy textured background. Its class
+    needs the global shape and the local texture both; the background's distracting texture is the other one."""
+    fg, bg = [tuple(rng.randrange(40, 216) for _ in range(3)) for _ in range(2)]
+    while sum(abs(a - b) for a, b in zip(fg, bg)) < 150:
+        fg = tuple(rng.randrange(0, 256) for _ in range(3))
+
+    def textured(colour, kind, period, angle):
+        layer = Image.new("RGB", (size, size), tuple(c // 2 for c in colour))
+        d = ImageDraw.Draw(layer)
+        if kind == "stripes":
+            for k in range(-size, 2 * size, period):
+                pts = [(k, 0), (k + size * angle, size)]
+                d.line(pts, fill=colour, width=max(1, period // 2))
+        else:
+            r = max(1, period // 3)
+            for x in range(0, size, period):
+                for y in range(0, size, period):
+                    d.ellipse([x - r, y - r, x + r, y + r], fill=colour)
+        return layer
+
+    other = TEXTURES[1 - TEXTURES.index(texture)]
+    img = textured(bg, other, rng.randrange(5, 9), rng.uniform(-0.5, 0.5))
+    fill = textured(fg, texture, rng.randrange(4, 7), rng.uniform(-0.5, 0.5))
+    mask = Image.new("L", (size, size), 0)
+    m = ImageDraw.Draw(mask)
+    r = rng.uniform(0.22, 0.36) * size
+    cx, cy = (rng.uniform(r + 2, size - r - 2) for _ in range(2))
+    box = [cx - r, cy - r, cx + r, cy + r]
+    if shape == "disc":
+        m.ellipse(box, fill=255)
+    elif shape == "square":
+        m.regular_polygon((cx, cy, r), 4, rotation=rng.uniform(0, 90), fill=255)
+    elif shape == "triangle":
+        m.regular_polygon((cx, cy, r), 3, rotation=rng.uniform(0, 120), fill=255)
+    elif shape == "ring":
+        m.ellipse(box, fill=255)
+        q = r * 0.55
+        m.ellipse([cx - q, cy - q, cx + q, cy + q], fill=0)
+    else:  # cross
+        w = r * 0.35
+        m.rectangle([cx - r, cy - w, cx + r, cy + w], fill=255)
+        m.rectangle([cx - w, cy - r, cx + w, cy + r], fill=255)
+    img.paste(fill, (0, 0), mask)
+    noise = np.random.default_rng(rng.randrange(2**32)).normal(0, 12, (size, size, 3))
+    return Image.fromarray(np.clip(np.asarray(img, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
+
+
+def make_synthetic(root: Path, train_per_class: int = 300, val_per_class: int = 60, size: int = 64,
+                   seed: int = 0) -> Path:
+    """Write the synthetic set once, as PNG files in ImageFolder layout; a finished set is reused as is."""
+    if (root / "DONE").exists():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=".synthetic-"))
+    rng = random.Random(seed)
+    for split, n in (("train", train_per_class), ("val", val_per_class)):
+        for shape in SHAPES:
+            for texture in TEXTURES:
+                folder = tmp / split / f"{shape}_{texture}"
+                folder.mkdir(parents=True)
+                for i in range(n):
+                    _draw(shape, texture, rng, size).save(folder / f"{i:04d}.png")
+    (tmp / "DONE").write_text(f"synthetic {SYNTHETIC_VERSION}: {len(SHAPES) * len(TEXTURES)} classes\n")
+    try:
+        tmp.rename(root)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+# ---------------------------------------------------------------------------------------------------- sources
+
+def _scan_folder(root: Path, classes: list[str] | None = None) -> Split:
+    if not root.is_dir():
+        raise RoadmapError(f"{root}: no such folder (expected <class>/<image> folders)")
+    found = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not found:
+        raise RoadmapError(f"{root}: no class folders")
+    if classes is not None and found != classes:
+        extra, missing = sorted(set(found) - set(classes)), sorted(set(classes) - set(found))
+        raise RoadmapError(f"{root}: classes differ from the training split's (extra: {extra[:5]}, "
+                           f"missing: {missing[:5]})")
+    samples = []
+    for idx, name in enumerate(found):
+        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise RoadmapError(f"{root / name}: empty class (no {', '.join(IMAGE_EXTENSIONS)} files)")
+        samples += [(f, idx) for f in files]
+    return Split(samples, found)
+
+
+def _find_image(folder: Path, image_id: str) -> Path:
+    path = folder / image_id
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return path
+    for ext in IMAGE_EXTENSIONS:
+        if (folder / f"{image_id}{ext}").exists():
+            return folder / f"{image_id}{ext}"
+    return path  # missing: reported by the dataset as unreadable, like a broken file
+
+
+def _read_csv(path: Path) -> list[tuple[str, str]]:
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or len(header) < 2:
+            raise RoadmapError(f"{path}: expected a header row 'id,label'")
+        rows = [(r[0], r[1]) for r in reader if r]
+    if not rows:
+        raise RoadmapError(f"{path}: no rows")
+    return rows
+
+
+def _held_out(image_id: str, fraction: float = 0.1) -> bool:
+    """A stable split: the same ids are held out on every machine and every run."""
+    return int(hashlib.sha1(image_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
+
+
+def load_splits(spec: str) -> tuple[Split, Split]:
+    """(train, val) for a `--data` spec: `synthetic`, `imagefolder:PATH` or `csv:PATH`."""
+    kind, _, arg = spec.partition(":")
+    if kind == "synthetic" and not arg:
+        root = make_synthetic(cache_dir() / f"synthetic-{SYNTHETIC_VERSION}")
+        kind, arg = "imagefolder", str(root)
+    if kind == "imagefolder" and arg:
+        root = Path(arg).expanduser()
+        if not root.is_dir():
+            raise RoadmapError(f"--data {spec}: no such folder")
+        train = _scan_folder(root / "train")
+        return train, _scan_folder(root / "val", train.classes)
+    if kind == "csv" and arg:
+        root = Path(arg).expanduser()
+        table = root / "train.csv"
+        if not table.is_file():
+            raise RoadmapError(f"--data {spec}: {table} not found (expected train.csv with id,label and train/)")
+        rows = _read_csv(table)
+        classes = sorted({label for _, label in rows})
+        index = {c: i for i, c in enumerate(classes)}
+        images = root / "train"
+        if (root / "val.csv").is_file():
+            val_rows = _read_csv(root / "val.csv")
+            unknown = sorted({lab for _, lab in val_rows} - set(classes))
+            if unknown:
+                raise RoadmapError(f"{root / 'val.csv'}: labels not in train.csv: {unknown[:5]}")
+            val_images = root / "val" if (root / "val").is_dir() else images
+            train_rows = rows
+        else:
+            val_rows = [r for r in rows if _held_out(r[0])]
+            train_rows = [r for r in rows if not _held_out(r[0])]
+            val_images = images
+        if not images.is_dir():
+            raise RoadmapError(f"--data {spec}: {images} not found (the images of train.csv)")
+        return (Split([(_find_image(images, i), index[lab]) for i, lab in train_rows], classes),
+                Split([(_find_image(val_images, i), index[lab]) for i, lab in val_rows], classes))
+    raise RoadmapError(f"--data {spec}: expected synthetic, imagefolder:PATH or csv:PATH")
+
+
+# --------------------------------------------------------------------------------------------------- datasets
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Images from a list of (path, class). An unreadable image is skipped with a warning and counted: a long run
+    must not die on one bad file."""
+
+    def __init__(self, split: Split, transform):
+        self.samples, self.classes, self.transform = split.samples, split.classes, transform
+        self.skipped: set[Path] = set()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        for offset in range(len(self.samples)):
+            path, target = self.samples[(index + offset) % len(self.samples)]
+            try:
+                with Image.open(path) as img:
+                    image = img.convert("RGB")
+            except (OSError, ValueError) as e:
+                if path not in self.skipped:
+                    self.skipped.add(path)
+                    log.warning("skipping unreadable image %s (%s); %d skipped so far", path, e, len(self.skipped))
+                continue
+            return self.transform(image), target
+        raise RoadmapError("no readable image in the data set")
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loaders(data_cfg, train_batch: int, eval_batch: int, seed: int, distributed: tuple[int, int] = (0, 1)):
+    """Train and val loaders with timm's transforms. The training order is drawn from (seed, epoch) through
+    `set_epoch`, so that a resumed run sees the same batches as an uninterrupted one."""
+    train_split, val_split = load_splits(data_cfg.source)
+    size = data_cfg.img_size
+    train_tf = create_transform(
+        size, is_training=True, scale=tuple(data_cfg.crop_scale), hflip=0.5,
+        auto_augment=data_cfg.auto_augment, re_prob=data_cfg.random_erasing, re_mode="pixel", interpolation="bicubic",
+        mean=data_cfg.mean, std=data_cfg.std)
+    val_tf = create_transform(size, is_training=False, crop_pct=data_cfg.crop_pct, interpolation="bicubic",
+                              mean=data_cfg.mean, std=data_cfg.std)
+    train_set, val_set = ImageDataset(train_split, train_tf), ImageDataset(val_split, val_tf)
+    rank, world = distributed
+    train_sampler = EpochSampler(len(train_set), seed, rank, world)
+    val_sampler = torch.utils.data.distributed.DistributedSampler(val_set, world, rank, shuffle=False) \
+        if world > 1 else None
+    common = dict(num_workers=data_cfg.workers, worker_init_fn=_seed_worker,
+                  persistent_workers=data_cfg.workers > 0, pin_memory=torch.cuda.is_available())
+    train = torch.utils.data.DataLoader(train_set, train_batch, sampler=train_sampler, drop_last=True, **common)
+    val = torch.utils.data.DataLoader(val_set, eval_batch, sampler=val_sampler, **common)
+    return train, val, train_split.classes
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A shuffled order drawn from (seed, epoch), split across ranks; the same on every machine."""
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.seed, self.rank, self.world, self.epoch = n, seed, rank, world, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        per_rank = self.n // self.world
+        return iter(order[self.rank * per_rank:(self.rank + 1) * per_rank])
+
+    def __len__(self) -> int:
+        return self.n // self.world

@@ -1,0 +1,189 @@
+"""The result store: one folder per run, written atomically; reading runs back; the pandas table.
+
+    <results>/<experiment>/plan.json                      what the experiment asked for (rows of the table)
+    <results>/<experiment>/<run>/seed<k>/config.yaml      the resolved config
+                                         metrics.jsonl    one line per finished epoch
+                                         summary.json     status, final and best top-1, FLOPs, params, speed, ...
+                                         checkpoint.pt    the latest state, for resuming
+                                         best.pt          the weights of the best epoch
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import RoadmapError
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write through `write(file_object)` to a temporary file beside `path`, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_dir(experiment_dir: Path, name: str, seed: int) -> Path:
+    return Path(experiment_dir) / name / f"seed{seed}"
+
+
+def is_done(path: Path) -> bool:
+    summary = read_json(Path(path) / "summary.json")
+    return bool(summary) and summary.get("status") == "completed"
+
+
+# ---------------------------------------------------------------------------------------------------- the plan
+
+def save_plan(experiment_dir: Path, plan: dict) -> None:
+    write_json(Path(experiment_dir) / "plan.json", plan)
+
+
+def load_plan(experiment_dir: Path) -> dict:
+    plan = read_json(Path(experiment_dir) / "plan.json")
+    if plan is None:
+        raise RoadmapError(f"{experiment_dir}: not an experiment folder (no plan.json; run `roadmap run` first)")
+    return plan
+
+
+def find_experiment(results: Path, name: str | None) -> Path:
+    """An experiment folder by name, or the most recently planned one."""
+    results = Path(results)
+    if name:
+        path = Path(name) if Path(name).is_dir() and (Path(name) / "plan.json").exists() else results / name
+        if not (path / "plan.json").exists():
+            known = sorted(p.parent.name for p in results.glob("*/plan.json"))
+            raise RoadmapError(f"{path}: no such experiment (experiments in {results}: {', '.join(known) or 'none'})")
+        return path
+    plans = sorted(results.glob("*/plan.json"), key=lambda p: p.stat().st_mtime)
+    if not plans:
+        raise RoadmapError(f"{results}: no experiments yet (run `roadmap run` first)")
+    return plans[-1].parent
+
+
+# --------------------------------------------------------------------------------------------------- the table
+
+def collect(experiment_dir: Path) -> list[dict]:
+    """One record per (run, seed) of the plan, finished or not: status is completed, failed, interrupted,
+    running or missing."""
+    plan = load_plan(experiment_dir)
+    records = []
+    for run in plan["runs"]:
+        for seed in plan["seeds"]:
+            path = run_dir(experiment_dir, run["name"], seed)
+            summary = read_json(path / "summary.json") or {}
+            metrics = read_metrics(path)
+            status = summary.get("status") or ("interrupted" if metrics else "missing")
+            records.append({**run, "seed": seed, "dir": str(path), "status": status, "summary": summary,
+                            "metrics": metrics})
+    return records
+
+
+def build_table(experiment_dir: Path):
+    """The experiment's table: one row per run of the plan, in its order, seeds aggregated."""
+    import pandas as pd
+
+    from .roadmap import paper_reference
+
+    plan = load_plan(experiment_dir)
+    records = collect(experiment_dir)
+    paper = paper_reference()
+    rows = []
+    for run in plan["runs"]:
+        mine = [r for r in records if r["name"] == run["name"]]
+        done = [r for r in mine if r["status"] == "completed"]
+        top1 = pd.Series([r["summary"]["final_top1"] for r in done], dtype=float)
+        ref = paper.loc[(plan["base"], run["name"])] if (plan["base"], run["name"]) in paper.index else None
+        statuses = sorted({r["status"] for r in mine})
+        failed = [r for r in mine if r["status"] == "failed"]
+        rows.append({
+            "step": run["name"],
+            "label": run["label"],
+            "gflops_224": run["gflops"],
+            "params_m": run["params"] / 1e6,
+            "train_img_s": _mean([r["summary"].get("train_img_s") for r in done]),
+            "top1": top1.mean() if len(top1) else None,
+            "top1_std": top1.std(ddof=0) if len(top1) > 1 else None,
+            "seeds": f"{len(done)}/{len(mine)}",
+            "paper_top1": ref["paper_top1"] if ref is not None else None,
+            "paper_gflops": ref["paper_gflops"] if ref is not None else None,
+            "status": "completed" if statuses == ["completed"] else ", ".join(statuses),
+            "error": failed[0]["summary"].get("error") if failed else None,
+        })
+    df = pd.DataFrame(rows)
+    df.insert(df.columns.get_loc("top1_std") + 1, "delta_top1", df["top1"].astype(float).diff())
+    return df
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def format_table(df) -> "pd.DataFrame":  # noqa: F821
+    """The table for people: top-1 as mean ± std, rounded numbers, blanks for what is not there."""
+    import pandas as pd
+
+    out = pd.DataFrame({
+        "step": df["step"], "label": df["label"],
+        "GFLOPs (224²)": df["gflops_224"].map(lambda v: f"{v:.2f}"),
+        "params (M)": df["params_m"].map(lambda v: f"{v:.1f}"),
+        "train img/s": df["train_img_s"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}"),
+        "top-1": [_pm(m, s) for m, s in zip(df["top1"], df["top1_std"])],
+        "Δ top-1": df["delta_top1"].map(lambda v: "" if pd.isna(v) else f"{v:+.1f}"),
+        "seeds": df["seeds"],
+        "paper top-1": df["paper_top1"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}"),
+        "paper GFLOPs": df["paper_gflops"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}"),
+        "status": [s if pd.isna(e) or not e else f"{s}: {e}" for s, e in zip(df["status"], df["error"])],
+    })
+    return out
+
+
+def _pm(mean, std) -> str:
+    import pandas as pd
+
+    if mean is None or pd.isna(mean):
+        return ""
+    return f"{mean:.1f}" if std is None or pd.isna(std) else f"{mean:.1f} ± {std:.1f}"
+
+
+def write_table(experiment_dir: Path):
+    """Write table.csv (raw numbers) and table.md (for people); return the formatted table."""
+    df = build_table(experiment_dir)
+    write_text(Path(experiment_dir) / "table.csv", df.to_csv(index=False))
+    pretty = format_table(df)
+    write_text(Path(experiment_dir) / "table.md", pretty.to_markdown(index=False) + "\n")
+    return pretty

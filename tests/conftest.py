@@ -1,0 +1,46 @@
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _small_threads():
+    torch.manual_seed(0)
+    yield
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give a freshly built model weights and norm statistics far from their init (gamma=1e-6 would make
+    every ConvNeXt block an identity and hide a wrong block)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if not t.is_floating_point():
+                continue
+            if name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            elif name.endswith("gamma") or (name.endswith("weight") and t.ndim == 1):
+                t.copy_(1 + 0.2 * torch.randn(t.shape, generator=g))
+            else:
+                fan_in = t[0].numel() if t.ndim > 1 else 1
+                t.copy_(torch.randn(t.shape, generator=g) / fan_in ** 0.5)
+    return model
+
+
+def make_imagefolder(root, classes=("cat", "dog", "owl"), per_class=10, val_per_class=4, size=24):
+    """A tiny ImageFolder tree: each class a colour, with noise."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("val", val_per_class)):
+        for k, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                base = np.zeros((size, size, 3)) + 60 * k
+                img = np.clip(base + rng.normal(0, 20, (size, size, 3)), 0, 255).astype("uint8")
+                Image.fromarray(img).save(folder / f"{i}.png")
+    return root
+
+
+SMOKE = ["--recipe", "smoke", "--set", "train.batch_size=8", "--set", "train.epochs=2"]

@@ -1,0 +1,60 @@
+import subprocess
+import sys
+
+import pytest
+
+from convnext_roadmap.cli import main
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "convnext_roadmap.cli", *args], capture_output=True, text=True)
+
+
+def test_steps_lists_the_path(capsys):
+    assert main(["steps"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("resnet50") and out[-1].startswith("layer_scale") and len(out) == 14
+    assert "kernel sz. → 7" in "\n".join(out)
+
+
+def test_show_prints_yaml_and_diff(capsys):
+    assert main(["show", "--upto", "patchify_stem", "--set", "block.kernel_size=5"]) == 0
+    import yaml
+
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["stem"]["stride"] == 4 and cfg["block"]["kernel_size"] == 5
+    assert main(["show", "--patch", "gelu", "--diff"]) == 0
+    assert capsys.readouterr().out.strip() == "block.act: relu → gelu"
+
+
+def test_flops_csv(capsys):
+    assert main(["flops", "--upto", "patchify_stem", "--format", "csv"]) == 0
+    import io
+
+    import pandas as pd
+
+    df = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert list(df.step) == ["resnet50", "stage_ratio", "patchify_stem"]
+    assert list(df.check) == ["ok"] * 3
+    assert {"paper_gflops", "gflops", "gflops_fvcore", "params_m", "diff"} <= set(df.columns)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["show", "--upto", "nope"], "--upto nope: unknown step"),
+    (["show", "--set", "block.kernel_size=2"], "block.kernel_size"),
+    (["flops", "--patch", "no_such.yaml"], "no such file"),
+])
+def test_user_errors_are_one_line_exit_2(args, words):
+    result = run(*args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and words in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bench_puts_timm_beside_the_end(capsys):
+    assert main(["bench", "--upto", "resnet50", "--img-size", "64", "--batch-size", "2", "--rounds", "1",
+                 "--format", "csv"]) == 0
+    out = capsys.readouterr().out
+    header, row = out.splitlines()[1:3]
+    assert "ratio_vs_timm_train" in header and row.startswith("resnet50,") and ",resnet50," in row
+    ratio = float(row.split(",")[-1])
+    assert ratio > 0

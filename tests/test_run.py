@@ -1,0 +1,105 @@
+import json
+
+import pandas as pd
+import pytest
+
+from convnext_roadmap import resolve_config
+from convnext_roadmap.cli import main
+from convnext_roadmap.results import read_metrics
+from convnext_roadmap.train import Job, run_job
+
+from conftest import SMOKE, make_imagefolder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_imagefolder(tmp_path_factory.mktemp("data"))
+
+
+def test_run_two_steps_end_to_end(tmp_path, data, capsys):
+    args = ["run", "--steps", "resnet50,patchify_stem", *SMOKE, "--data", f"imagefolder:{data}",
+            "--results", str(tmp_path), "--experiment", "e2e"]
+    assert main(args) == 0
+    exp = tmp_path / "e2e"
+    table = pd.read_csv(exp / "table.csv")
+    assert list(table.step) == ["resnet50", "patchify_stem"]
+    assert (table.status == "completed").all() and table.top1.notna().all()
+    assert table.paper_top1.tolist() == [78.82, 79.51] and table.gflops_224.round(2).tolist() == [4.09, 4.42]
+    assert "top-1" in (exp / "table.md").read_text()
+    for png in ("figure2.png", "top1_vs_gflops.png", "curves.png"):
+        assert (exp / png).stat().st_size > 10_000
+    run = exp / "patchify_stem" / "seed0"
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("final_top1", "best_top1", "gflops_224", "params", "train_img_s", "wall_s", "hardware",
+                "git_commit", "versions", "effective_batch", "lr_rule"):
+        assert key in summary
+    assert [m["epoch"] for m in read_metrics(run)] == [1, 2]
+    assert (run / "config.yaml").exists() and (run / "checkpoint.pt").exists() and (run / "best.pt").exists()
+    capsys.readouterr()
+    assert main(args) == 0  # again: nothing to train
+    assert capsys.readouterr().out.count("done already") == 2
+
+
+def _job(tmp_path, data, name, stop_after=None):
+    cfg = resolve_config("patchify_stem", recipe="smoke", data=f"imagefolder:{data}",
+                         overrides=["train.batch_size=8", "train.epochs=3", "train.mixup=0.2",
+                                    "block.drop_path=0.1"])
+    return Job(run_dir=str(tmp_path / name), name="patchify_stem", cfg=cfg.model_dump(), seed=1,
+               device="cpu", stop_after=stop_after)
+
+
+def test_resume_gives_the_same_run(tmp_path, data):
+    straight = run_job(_job(tmp_path, data, "straight"))
+    assert run_job(_job(tmp_path, data, "resumed", stop_after=1))["status"] == "interrupted"
+    assert [m["epoch"] for m in read_metrics(tmp_path / "resumed")] == [1]
+    resumed = run_job(_job(tmp_path, data, "resumed"))
+    a, b = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
+    assert [m["epoch"] for m in b] == [1, 2, 3]
+    for x, y in zip(a, b):
+        assert x["train_loss"] == pytest.approx(y["train_loss"], abs=1e-6)
+        assert x["top1"] == y["top1"] and x["val_loss"] == pytest.approx(y["val_loss"], abs=1e-6)
+    assert straight["final_top1"] == resumed["final_top1"]
+
+
+def test_failed_run_is_a_failed_row(tmp_path, data, capsys):
+    args = ["run", "--steps", "resnet50", *SMOKE, "--set", "train.batch_size=1000", "--data",
+            f"imagefolder:{data}", "--results", str(tmp_path), "--experiment", "broken"]
+    assert main(args) == 1
+    table = pd.read_csv(tmp_path / "broken" / "table.csv")
+    assert table.status.tolist() == ["failed"] and "batch_size" in table.error[0]
+    assert "failed" in capsys.readouterr().out
+
+
+def test_dry_run_writes_nothing(tmp_path, data, capsys):
+    assert main(["run", "--upto", "depthwise", *SMOKE, "--data", f"imagefolder:{data}", "--results",
+                 str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "block.groups: 1 → depthwise" in out and "seed0: run" in out and "2.35 GFLOPs" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--data", "imagefolder:/no/such/folder"], "no such folder"),
+    (["--upto", "kernel7"], "unknown step"),
+    (["--recipe", "fast"], "unknown recipe"),
+    (["--set", "train.epochz=3"], "train.epochz: unknown key"),
+    (["--set", "train.epochs=two"], "expected an integer"),
+    (["--steps", "resnet50,gelu2"], "unknown gelu2"),
+])
+def test_bad_input_writes_nothing(tmp_path, data, capsys, extra, words):
+    args = ["run", "--recipe", "smoke", "--data", f"imagefolder:{data}", "--results", str(tmp_path), *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_table_and_plot_commands(tmp_path, data, capsys):
+    main(["run", "--steps", "resnet50", *SMOKE, "--data", f"imagefolder:{data}", "--results", str(tmp_path),
+          "--experiment", "t"])
+    capsys.readouterr()
+    assert main(["table", "--results", str(tmp_path), "--format", "md"]) == 0
+    assert "| resnet50" in capsys.readouterr().out
+    assert main(["plot", "t", "--results", str(tmp_path)]) == 0
+    assert "figure2.png" in capsys.readouterr().out
+    assert main(["table", "nope", "--results", str(tmp_path)]) == 2
