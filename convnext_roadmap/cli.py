@@ -44,7 +44,7 @@ def cmd_steps(args) -> None:
 
 
 def cmd_show(args) -> None:
-    cfg = roadmap.resolve_config(args.upto, args.base, args.patch, args.overrides)
+    cfg = roadmap.resolve_config(args.upto, args.base, args.patch, args.overrides, args.recipe)
     if args.diff:
         base = roadmap.resolve_config(None, args.base)
         for key, (before, after) in config.diff(base, cfg).items():
@@ -53,13 +53,12 @@ def cmd_show(args) -> None:
     print(config.to_yaml(cfg), end="")
 
 
-def _path_or_patched(args) -> list[roadmap.Variant]:
-    """The path's steps (up to --upto), or, with --patch, the one network those patches make."""
-    if args.patch:
-        cfg = roadmap.resolve_config(args.upto, args.base, args.patch, args.overrides)
-        name = "+".join(str(p) for p in ([args.upto] if args.upto else []) + args.patch)
-        return [roadmap.Variant(name, "patched", cfg)]
-    return roadmap.path_variants(args.upto, args.base, getattr(args, "sweep", None), args.overrides)
+def _requested(args, **recipe) -> list[roadmap.Variant]:
+    """The networks a command asks for: the path (up to --upto, --steps among them, --sweep beside), or with
+    --patch the one network those patches make."""
+    only = [s for s in (getattr(args, "steps", None) or "").split(",") if s]
+    return roadmap.request(args.upto, args.base, only, args.patch, getattr(args, "leave_one_out", False),
+                           getattr(args, "sweep", None), args.overrides, **recipe)
 
 
 def cmd_flops(args) -> None:
@@ -69,7 +68,7 @@ def cmd_flops(args) -> None:
 
     paper = roadmap.paper_reference()
     rows = []
-    for v in _path_or_patched(args):
+    for v in _requested(args):
         ours = complexity(v.cfg)
         ref = paper.loc[(args.base, v.name)] if (args.base, v.name) in paper.index else None
         row = {"step": v.name, "label": v.label,
@@ -111,7 +110,7 @@ def cmd_bench(args) -> None:
         raise RoadmapError("--device cuda: no CUDA device is available here")
     ends = roadmap.timm_models(args.base)
     rows = []
-    for v in _path_or_patched(args):
+    for v in _requested(args):
         models = {v.name: build_model(v.cfg)}
         if v.name in ends:
             # timm's model beside ours, with the same weights, so both compute the same numbers
@@ -145,10 +144,8 @@ def cmd_run(args) -> int:
     from .data import load_splits
 
     recipe = args.recipe
-    only = [s for s in (args.steps or "").split(",") if s]
-    seeds_from = roadmap.resolve_config(recipe=recipe, data=args.data, overrides=args.overrides).train.seed
-    variants = roadmap.request(args.upto, args.base, only, args.patch, args.leave_one_out, args.sweep,
-                               args.overrides, recipe, args.data)
+    variants = _requested(args, recipe=recipe, data=args.data)
+    seeds_from = variants[0].cfg.train.seed
     seeds = list(range(seeds_from, seeds_from + args.seeds))
     experiment = args.experiment or f"{args.base}-{Path(str(recipe)).stem}"
     exp_dir = _results_root(args) / experiment
@@ -210,16 +207,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="print a resolved config as YAML")
     _selection(p)
     p.add_argument("--diff", action="store_true", help="print only what differs from the base")
+    p.add_argument("--recipe", metavar="NAME|FILE", help="include a training recipe's train and data sections")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("flops", help="GFLOPs and parameters of every step, beside the paper's")
     _selection(p, "measure the path only up to this step")
+    p.add_argument("--steps", metavar="A,B,C", help="only these steps of the path")
     p.add_argument("--sweep", metavar="NAME", help="add a sweep's variants (ablations/sweeps/NAME.yaml)")
     _format(p)
     p.set_defaults(func=cmd_flops)
 
     p = sub.add_parser("bench", help="throughput and peak memory of every step; timm's models beside the ends")
     _selection(p, "measure the path only up to this step")
+    p.add_argument("--steps", metavar="A,B,C", help="only these steps of the path, e.g. resnet50,layer_scale")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--img-size", type=int, default=224)

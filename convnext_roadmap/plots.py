@@ -38,7 +38,8 @@ def figure2(df: pd.DataFrame, groups: dict[str, str], path: Path, title: str) ->
     y = list(range(n))[::-1]
     top1 = df["top1"].astype(float)
     colours = [GROUP_COLOURS.get(groups.get(s, ""), "#4c72b0") for s in df["step"]]
-    ax.barh(y, top1.fillna(0), xerr=df["top1_std"].astype(float).fillna(0), color=colours, height=0.7,
+    std = df["top1_std"].astype(float)
+    ax.barh(y, top1.fillna(0), xerr=std.fillna(0) if std.notna().any() else None, color=colours, height=0.7,
             error_kw={"elinewidth": 1, "capsize": 2, "ecolor": "#333333"})
     done = top1.dropna()
     lo = max(0.0, (done.min() - 8) if len(done) else 0.0)
@@ -66,7 +67,7 @@ def figure2(df: pd.DataFrame, groups: dict[str, str], path: Path, title: str) ->
     handles = [plt.Rectangle((0, 0), 1, 1, color=GROUP_COLOURS[g]) for g in dict.fromkeys(groups.values())
                if g in GROUP_COLOURS]
     names = [g for g in dict.fromkeys(groups.values()) if g in GROUP_COLOURS]
-    ax.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, -0.09 - 1.2 / (0.42 * n + 1.6)),
+    ax.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, -0.6 / (0.42 * n + 1.6) - 0.08),
               ncol=min(len(names), 4), fontsize=7, frameon=False)
     ax.set_title(title, fontsize=10, pad=28 if paper.notna().any() else 6)
     _save(fig, path)
