@@ -55,10 +55,22 @@ def cmd_show(args) -> None:
 
 def _requested(args, **recipe) -> list[roadmap.Variant]:
     """The networks a command asks for: the path (up to --upto, --steps among them, --sweep beside), or with
-    --patch the one network those patches make."""
+    --patch the one network those patches make; then the reference models (--with-references, --references)."""
     only = [s for s in (getattr(args, "steps", None) or "").split(",") if s]
-    return roadmap.request(args.upto, args.base, only, args.patch, getattr(args, "leave_one_out", False),
-                           getattr(args, "sweep", None), args.overrides, **recipe)
+    refs = _names(getattr(args, "references", None))
+    with_refs = getattr(args, "with_references", None)
+    if with_refs is not None:
+        refs += _names(with_refs) if with_refs != "default" else list(roadmap.references(args.base))
+    variants = []
+    if not refs or args.upto or only or args.patch or getattr(args, "sweep", None):
+        variants = roadmap.request(args.upto, args.base, only, args.patch, getattr(args, "leave_one_out", False),
+                                   getattr(args, "sweep", None), args.overrides, **recipe)
+    return variants + [roadmap.reference_variant(name, recipe.get("recipe"), args.overrides, recipe.get("data"))
+                       for name in dict.fromkeys(refs)]
+
+
+def _names(text: str | None) -> list[str]:
+    return [n for n in (text or "").split(",") if n]
 
 
 def cmd_flops(args) -> None:
@@ -144,12 +156,15 @@ def cmd_run(args) -> int:
     from .data import load_splits
 
     recipe = args.recipe
+    if args.pretrained is not None:
+        args.overrides = [*args.overrides, f"train.pretrained={args.pretrained}"]
     variants = _requested(args, recipe=recipe, data=args.data)
     seeds_from = variants[0].cfg.train.seed
     seeds = list(range(seeds_from, seeds_from + args.seeds))
     experiment = args.experiment or f"{args.base}-{Path(str(recipe)).stem}"
     exp_dir = _results_root(args) / experiment
-    load_splits(variants[0].cfg.data.source)  # a bad --data fails here, before anything is written
+    train_split, _ = load_splits(variants[0].cfg.data.source)  # a bad --data fails here, before anything is written
+    launch.preflight(variants, len(train_split.classes))
     jobs = launch.make_jobs(variants, seeds, exp_dir, args.device,
                             {"base": args.base, "experiment": experiment, "recipe": str(recipe)})
     if not args.force:
@@ -173,6 +188,24 @@ def _table_and_plots(exp_dir: Path) -> None:
     print(table.to_string(index=False))
     paths = plots.plot_experiment(exp_dir)
     print(f"wrote {exp_dir / 'table.csv'}, {exp_dir / 'table.md'}, " + ", ".join(p.name for p in paths))
+
+
+def cmd_eval(args) -> None:
+    from .predict import evaluate_run, find_run
+    from .train import pick_device
+
+    path = find_run(_results_root(args), args.run)
+    m = evaluate_run(path, args.data, pick_device(args.device), args.flip)
+    print(f"{m['run']}: top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  loss {m['loss']:.4f}  ({m['images']} images)")
+
+
+def cmd_predict(args) -> None:
+    from .predict import find_run, predict
+    from .train import pick_device
+
+    path = find_run(_results_root(args), args.run)
+    n = predict(path, args.data, Path(args.out), pick_device(args.device), args.flip)
+    print(f"wrote {args.out}: {n} predictions (id,label)")
 
 
 def cmd_table(args) -> None:
@@ -242,7 +275,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
     p.add_argument("--dry-run", action="store_true", help="print the plan and what is done; write nothing")
     p.add_argument("--force", action="store_true", help="train finished runs again")
+    p.add_argument("--with-references", nargs="?", const="default", metavar="NAMES",
+                   help="also train timm reference models (default: those listed for the base in "
+                        "ablations/references.yaml, e.g. Swin-T)")
+    p.add_argument("--references", metavar="NAMES",
+                   help="timm models to train (comma list); without --upto/--steps, only those")
+    p.add_argument("--pretrained", nargs="?", const="true", metavar="FILE",
+                   help="start from pretrained weights: timm's hub, or a local .safetensors/.pth file")
     p.set_defaults(func=cmd_run)
+
+    for name, func, text in (("eval", cmd_eval, "evaluate a finished run's best weights"),
+                             ("predict", cmd_predict, "write Kaggle-style predictions (id,label) of a run")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("run", help="a run folder, or EXPERIMENT/RUN[/seedK] under results/")
+        p.add_argument("--data", required=name == "predict", metavar="SPEC",
+                       help="csv:PATH with PATH/test/ (predict); default for eval: the run's own data")
+        if name == "predict":
+            p.add_argument("--out", default="submission.csv")
+        p.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
+        p.add_argument("--device", default="auto")
+        p.add_argument("--results", metavar="DIR", help="where experiments are (default: ./results)")
+        p.set_defaults(func=func)
 
     for name, func, text in (("table", cmd_table, "build table.csv and table.md of an experiment"),
                              ("plot", cmd_plot, "draw an experiment's figures (Figure 2 replica, curves)")):

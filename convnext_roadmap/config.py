@@ -122,6 +122,7 @@ class Train(Section):
     channels_last: bool  # on CUDA
     compile: bool
     seed: int  # the first seed; --seeds N runs seed, seed+1, …
+    pretrained: Union[bool, str] = False  # true: timm's hub weights; a path: a local .safetensors/.pth file
 
 
 class Data(Section):
@@ -138,12 +139,26 @@ class Data(Section):
     workers: int
 
 
+class TimmModel(Section):
+    """A timm model trained beside the roadmap (a reference), in place of the roadmap's network."""
+
+    name: str
+    drop_path: float = 0.0
+    img_size: Union[int, None] = None  # have timm adapt a fixed-input-size model (ViT, Swin) to this size
+
+
+ARCHITECTURE = ("stem", "stages", "block", "downsample", "head")
+
+
 class Config(Section):
-    stem: Stem
-    stages: Stages
-    block: Block
-    downsample: Downsample
-    head: Head
+    """The roadmap's network (stem … head), or a timm model (timm); with a recipe, also train and data."""
+
+    stem: Union[Stem, None] = None
+    stages: Union[Stages, None] = None
+    block: Union[Block, None] = None
+    downsample: Union[Downsample, None] = None
+    head: Union[Head, None] = None
+    timm: Union[TimmModel, None] = None
     train: Union[Train, None] = None  # None: architecture only, no recipe applied
     data: Union[Data, None] = None
 
@@ -293,6 +308,22 @@ def _type_words(annotation) -> str:
 
 def check_ranges(cfg: Config):
     """Yield (key, problem) for values of the right type but out of range."""
+    if cfg.train is not None:
+        yield from _check_train(cfg.train)
+    if cfg.data is not None:
+        yield from _check_data(cfg.data)
+    if cfg.timm is not None:
+        if not 0 <= cfg.timm.drop_path < 1:
+            yield "timm.drop_path", f"got {cfg.timm.drop_path}, expected 0 ≤ drop_path < 1"
+        return
+    missing = [s for s in ARCHITECTURE if getattr(cfg, s) is None]
+    if missing:
+        yield missing[0], "missing (a config describes the roadmap's network in full, or names a timm model)"
+        return
+    yield from _check_architecture(cfg)
+
+
+def _check_architecture(cfg: Config):
     if cfg.stem.kernel_size < 1 or cfg.stem.stride < 1 or cfg.stem.width < 1:
         yield "stem", "expected kernel_size, stride and width ≥ 1"
     st = cfg.stages
@@ -324,10 +355,6 @@ def check_ranges(cfg: Config):
         yield "downsample.kernel_size", f"got {cfg.downsample.kernel_size}, expected ≥ 1"
     if not 0 <= cfg.head.dropout < 1:
         yield "head.dropout", f"got {cfg.head.dropout}, expected 0 ≤ dropout < 1"
-    if cfg.train is not None:
-        yield from _check_train(cfg.train)
-    if cfg.data is not None:
-        yield from _check_data(cfg.data)
 
 
 def _check_train(t: Train):

@@ -38,6 +38,22 @@ def check_conflicts(jobs: list[Job]) -> None:
                                f"use another --experiment, or --force to train it again")
 
 
+def preflight(variants: list[Variant], num_classes: int) -> None:
+    """Load pretrained files into each network before anything is written, so that a file that does not fit is
+    one error line, not a failed run."""
+    from .model import build_model
+    from .roadmap import timm_twin
+    from .train import load_pretrained
+
+    for v in variants:
+        source = v.cfg.train.pretrained
+        if source is True and v.cfg.timm is None and timm_twin(v.cfg) is None:
+            raise RoadmapError(f"--pretrained: {v.name} is not a timm model, so there are no hub weights for it; "
+                               f"give a checkpoint file")
+        if isinstance(source, str):
+            load_pretrained(build_model(v.cfg, num_classes), v.cfg)
+
+
 def plan_entries(variants: list[Variant]) -> list[dict]:
     from .measure import complexity
 
@@ -96,6 +112,8 @@ def describe_plan(variants: list[Variant], jobs: list[Job], entries: list[dict])
         changes = diff(previous, v.cfg) if previous is not None else {}
         model_changes = {k: c for k, c in changes.items() if not k.startswith(("train.", "data."))}
         what = "; ".join(f"{k}: {a} → {b}" for k, (a, b) in model_changes.items()) or "(the start)"
+        if v.cfg.timm is not None:
+            what = f"timm model {v.cfg.timm.name}" + (f", adapted to {v.cfg.timm.img_size}²" if v.cfg.timm.img_size else "")
         states = []
         for job in (j for j in jobs if j.name == v.name):
             path = Path(job.run_dir)
@@ -107,9 +125,10 @@ def describe_plan(variants: list[Variant], jobs: list[Job], entries: list[dict])
                      f"    {what}")
         previous = v.cfg
     if variants:
-        t, d = variants[0].cfg.train, variants[0].cfg.data
+        cfg = variants[0].cfg
+        t, d = cfg.train, cfg.data
+        scale = f", width × {cfg.stages.width_mult}, depth × {cfg.stages.depth_mult}" if cfg.stages else ""
         lines.append(f"recipe: {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g} at batch {t.base_batch_size}, "
-                     f"data {d.source} at {d.img_size}², width × {variants[0].cfg.stages.width_mult}, "
-                     f"depth × {variants[0].cfg.stages.depth_mult}")
+                     f"data {d.source} at {d.img_size}²{scale}, pretrained: {t.pretrained}")
     return "\n".join(lines)
 

@@ -19,7 +19,9 @@ def count_params(model: nn.Module) -> int:
 
 
 def paper_scale(cfg: Config) -> Config:
-    """The same network at the paper's scale: width and depth multipliers back to 1."""
+    """The same network at the paper's scale: width and depth multipliers back to 1 (a timm model as it is)."""
+    if cfg.stages is None:
+        return cfg
     return cfg.model_copy(update={"stages": cfg.stages.model_copy(update={"depth_mult": 1.0, "width_mult": 1.0})})
 
 
@@ -42,7 +44,8 @@ def complexity(cfg: Config, num_classes: int = 1000, img_size: int = 224) -> dic
     from .model import build_model
 
     model = build_model(paper_scale(cfg), num_classes)
-    return {**count_flops(model, img_size), "params": count_params(model)}
+    size = cfg.timm.img_size if cfg.timm is not None and cfg.timm.img_size else img_size
+    return {**count_flops(model, size), "params": count_params(model)}
 
 
 @dataclass

@@ -30,6 +30,11 @@ def _groups(experiment_dir: Path) -> dict[str, str]:
     return {r["name"]: r.get("group", "") for r in results.load_plan(experiment_dir)["runs"]}
 
 
+def bar_colours(df: pd.DataFrame, groups: dict[str, str]) -> list[str]:
+    """Each row's colour: its part of Section 2; reference models gray, as in the paper."""
+    return [GROUP_COLOURS.get(groups.get(s, ""), "#4c72b0") for s in df["step"]]
+
+
 def figure2(df: pd.DataFrame, groups: dict[str, str], path: Path, title: str) -> None:
     """One horizontal bar per step, top to bottom in roadmap order: our top-1 (± std over seeds) with the step's
     GFLOPs written on it; the paper's top-1 as a diamond on its own axis above."""
@@ -37,7 +42,7 @@ def figure2(df: pd.DataFrame, groups: dict[str, str], path: Path, title: str) ->
     fig, ax = plt.subplots(figsize=(9, 0.42 * n + 1.6))
     y = list(range(n))[::-1]
     top1 = df["top1"].astype(float)
-    colours = [GROUP_COLOURS.get(groups.get(s, ""), "#4c72b0") for s in df["step"]]
+    colours = bar_colours(df, groups)
     std = df["top1_std"].astype(float)
     ax.barh(y, top1.fillna(0), xerr=std.fillna(0) if std.notna().any() else None, color=colours, height=0.7,
             error_kw={"elinewidth": 1, "capsize": 2, "ecolor": "#333333"})

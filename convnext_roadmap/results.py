@@ -132,6 +132,7 @@ def build_table(experiment_dir: Path):
         rows.append({
             "step": run["name"],
             "label": run["label"],
+            "group": run.get("group", ""),
             "gflops_224": run["gflops"],
             "params_m": run["params"] / 1e6,
             "train_img_s": _mean([r["summary"].get("train_img_s") for r in done]),

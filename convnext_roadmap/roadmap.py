@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .config import Config, Merged, load_yaml, parse_override, validate
+from .config import ARCHITECTURE, Config, Merged, load_yaml, parse_override, validate
 from .errors import RoadmapError
 
 ABLATIONS = Path(__file__).resolve().parent.parent / "ablations"
@@ -223,3 +223,63 @@ def request(upto: str | None = None, base: str = "resnet50", only: Sequence[str]
             raise RoadmapError(f"--steps {','.join(only)}: unknown {', '.join(unknown)} (known: {', '.join(known)})")
         variants = [v for v in variants if v.name in only]
     return variants
+
+
+def references(base: str | None = None) -> dict[str, dict]:
+    """Reference models (ablations/references.yaml) by timm name; with `base`, those listed for that roadmap."""
+    refs = load_yaml(ABLATIONS / "references.yaml")
+    return {name: spec for name, spec in refs.items() if base is None or base in spec.get("bases", [])}
+
+
+def reference_variant(name: str, recipe: str | Path | None, overrides: Sequence[str] = (),
+                      data: str | None = None) -> Variant:
+    """A timm model with the roadmap's recipe. The recipe's settings of the roadmap's network (its scale, its
+    drop path) do not apply to it; the model's own drop path comes from references.yaml."""
+    import timm
+
+    spec = references().get(name, {})
+    if not timm.is_model(name):
+        raise RoadmapError(f"--references {name}: not a timm model name")
+    merged = Merged()
+    sources = []
+    for f in recipe_files(recipe) if recipe else []:
+        doc = {k: v for k, v in load_yaml(f).items() if k not in ("inherit", *ARCHITECTURE)}
+        merged.merge(doc, shown(f))
+        sources.append(shown(f))
+    merged.merge({"timm": {"name": name, "drop_path": spec.get("drop_path", 0.0)}}, shown(ABLATIONS / "references.yaml"))
+    extra = ([(f"--data {data}", {"data": {"source": data}})] if data else [])
+    extra += [(f"--set {text}", parse_override(text)) for text in overrides]
+    for source, layer in extra:
+        merged.merge(layer, source)
+        sources.append(source)
+    cfg = validate(merged)
+    if cfg.data is not None:
+        check_input_size(cfg, merged)
+    return Variant(name, spec.get("label", name), cfg, tuple(sources), "reference")
+
+
+def check_input_size(cfg: Config, merged: Merged) -> None:
+    """A model made for one input size (ViT, Swin) gets that size, unless timm is asked to adapt it."""
+    import timm
+
+    need = timm.models.get_pretrained_cfg(cfg.timm.name)
+    if need is None or not need.fixed_input_size:
+        return
+    size = need.input_size[-1]
+    asked = cfg.timm.img_size or size
+    if cfg.data.img_size != asked:
+        raise RoadmapError(
+            f"{merged.source_of('data.img_size')}: data.img_size: {cfg.timm.name} needs {asked}×{asked} input, "
+            f"got {cfg.data.img_size} (use --set data.img_size={asked}, or --set timm.img_size={cfg.data.img_size} "
+            f"to have timm adapt the model)")
+
+
+def timm_twin(cfg: Config) -> str | None:
+    """The timm model whose network this config builds exactly (a path's end), if any."""
+    arch = {s: getattr(cfg, s) for s in ARCHITECTURE}
+    for base in bases():
+        for step, name in timm_models(base).items():
+            other = resolve_config(None if step == base else step, base)
+            if arch == {s: getattr(other, s) for s in ARCHITECTURE}:
+                return name
+    return None

@@ -88,7 +88,13 @@ class Trainer:
         self.cuda = device.type == "cuda"
         self.train_loader, self.val_loader, self.classes = make_loaders(
             cfg.data, t.batch_size, t.batch_size * 2, seed, (rank, world))
-        self.model = build_model(cfg, len(self.classes)).to(device)
+        self.model = build_model(cfg, len(self.classes))
+        self.notes = load_pretrained(self.model, cfg) if t.pretrained else []
+        if cfg.timm is not None and cfg.timm.img_size:
+            self.notes.append(f"timm adapted {cfg.timm.name} to {cfg.timm.img_size}×{cfg.timm.img_size} input")
+        for note in self.notes:
+            _say(rank, f"  {note}")
+        self.model = self.model.to(device)
         if self.cuda and t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.effective_batch = t.batch_size * world
@@ -190,6 +196,34 @@ class Trainer:
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
         _set_rng_state(state["rng"])
+
+
+def load_pretrained(model: nn.Module, cfg: Config) -> list[str]:
+    """Weights to start from: `train.pretrained` true means timm's hub (for a roadmap network, the hub weights of
+    the timm model it is exactly), a path means that file."""
+    from .model.pretrained import fit_state_dict, read_checkpoint
+    from .roadmap import timm_twin
+
+    source = cfg.train.pretrained
+    classifier = "head.fc"
+    if cfg.timm is not None:
+        classifier = model.pretrained_cfg.get("classifier", "head")
+    if source is True:
+        import timm
+
+        name = cfg.timm.name if cfg.timm is not None else timm_twin(cfg)
+        if name is None:
+            raise RoadmapError("train.pretrained: true needs a timm model or a roadmap end (resnet50, "
+                               "layer_scale …); give a checkpoint file for other steps")
+        try:
+            state = timm.create_model(name, pretrained=True).state_dict()
+        except Exception as e:  # noqa: BLE001 - offline, or the hub refused
+            raise RoadmapError(f"train.pretrained: could not fetch {name}'s weights from the hub "
+                               f"({type(e).__name__}); give a local file: --pretrained FILE") from None
+        where = f"timm's {name} weights"
+    else:
+        state, where = read_checkpoint(source), str(source)
+    return [f"loaded {where}", *fit_state_dict(model, state, classifier, where)]
 
 
 def _progress(total: int, desc: str):
@@ -309,7 +343,7 @@ def _summary(job: Job, cfg: Config, trainer: Trainer, history: list[dict], best:
         "train_img_s": speed.train_img_s, "infer_img_s": speed.infer_img_s, "img_size": cfg.data.img_size,
         "effective_batch": trainer.effective_batch, "lr": trainer.lr,
         "lr_rule": f"{cfg.train.lr:g} × {trainer.effective_batch} / {cfg.train.base_batch_size} (linear)",
-        "processes": world, "wall_s": wall, "hardware": _hardware(trainer.device), "git_commit": _git_commit(),
+        "processes": world, "pretrained": cfg.train.pretrained, "notes": trainer.notes, "wall_s": wall, "hardware": _hardware(trainer.device), "git_commit": _git_commit(),
         "versions": _versions(), "classes": trainer.classes,
     }
 

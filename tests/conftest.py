@@ -44,3 +44,27 @@ def make_imagefolder(root, classes=("cat", "dog", "owl"), per_class=10, val_per_
 
 
 SMOKE = ["--recipe", "smoke", "--set", "train.batch_size=8", "--set", "train.epochs=2"]
+
+
+def make_csv_dataset(root, classes=("cat", "dog", "owl"), per_class=10, tests=6, size=24):
+    """A tiny Kaggle-style set: train/<id>.png with train.csv (id,label), test/<id>.png with test.csv (id)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    (root / "train").mkdir(parents=True)
+    (root / "test").mkdir()
+    rows = ["id,label"]
+    for k, name in enumerate(classes):
+        for i in range(per_class):
+            image_id = f"img{k}{i:03d}"
+            img = np.clip(60 * k + rng.normal(0, 20, (size, size, 3)), 0, 255).astype("uint8")
+            Image.fromarray(img).save(root / "train" / f"{image_id}.png")
+            rows.append(f"{image_id},{name}")
+    (root / "train.csv").write_text("\n".join(rows) + "\n")
+    ids = [f"t{n:02d}" for n in range(tests)][::-1]  # not in sorted order: the CSV's order must be kept
+    for n, image_id in enumerate(ids):
+        img = np.clip(60 * (n % len(classes)) + rng.normal(0, 20, (size, size, 3)), 0, 255).astype("uint8")
+        Image.fromarray(img).save(root / "test" / f"{image_id}.png")
+    (root / "test.csv").write_text("id\n" + "\n".join(ids) + "\n")
+    return root

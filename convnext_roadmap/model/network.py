@@ -98,6 +98,12 @@ def _init_weights(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def build_model(cfg: Config, num_classes: int = 1000) -> Network:
-    """The network the config describes, freshly initialised."""
+def build_model(cfg: Config, num_classes: int = 1000) -> nn.Module:
+    """The network the config describes, freshly initialised: the roadmap's, or the timm model it names."""
+    if cfg.timm is not None:
+        import timm
+
+        extra = {"img_size": cfg.timm.img_size} if cfg.timm.img_size else {}
+        return timm.create_model(cfg.timm.name, pretrained=False, num_classes=num_classes,
+                                 drop_path_rate=cfg.timm.drop_path, **extra)
     return Network(cfg, num_classes)

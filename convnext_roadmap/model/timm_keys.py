@@ -62,19 +62,8 @@ def convert_timm_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, to
 def load_timm_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """Load a timm `resnet50`/`resnet200`/`convnext_tiny`/`convnext_base` state dict into the network built
     from the matching step; fail with the first mismatches when it does not fit."""
-    ours = model.state_dict()
+    from .pretrained import fit_state_dict
+
     theirs = convert_timm_state_dict(state_dict)
-    problems = [f"missing {k}" for k in ours if k not in theirs]
-    problems += [f"unexpected {k}" for k in theirs if k not in ours]
-    for key in ours.keys() & theirs.keys():
-        mine, value = ours[key], theirs[key]
-        if mine.shape != value.shape:
-            if mine.numel() == value.numel() and mine.squeeze().shape == value.squeeze().shape:
-                theirs[key] = value.reshape(mine.shape)  # timm's Linear 1×1 layers are our 1×1 convs
-            else:
-                problems.append(f"{key}: shape {tuple(value.shape)} in the checkpoint, {tuple(mine.shape)} here")
-    if problems:
-        more = f" … and {len(problems) - 5} more" if len(problems) > 5 else ""
-        raise RoadmapError(f"state dict does not fit this network: {'; '.join(sorted(problems)[:5])}{more}")
-    model.load_state_dict(theirs)
+    fit_state_dict(model, theirs, classifier="", source="state dict")
     return model

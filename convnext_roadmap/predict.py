@@ -1,0 +1,108 @@
+"""Using a finished run: evaluate its best weights on a data set, or write Kaggle-style predictions."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import torch
+import yaml
+
+from . import results
+from .config import Config
+from .data import IMAGE_EXTENSIONS, ImageDataset, Split, load_splits
+from .errors import RoadmapError
+
+
+def find_run(results_root: Path, run: str) -> Path:
+    """A run folder: a path, or EXPERIMENT/RUN[/seedK] under the results folder (seed0 when not given)."""
+    for candidate in (Path(run), Path(results_root) / run):
+        for path in (candidate, candidate / "seed0"):
+            if (path / "config.yaml").exists():
+                if not (path / "best.pt").exists():
+                    raise RoadmapError(f"{path}: the run has no best.pt yet (has it finished an epoch?)")
+                return path
+    raise RoadmapError(f"{run}: no such run (give a run folder, or EXPERIMENT/RUN under {results_root})")
+
+
+def load_run(path: Path, device: torch.device):
+    from .model import build_model
+
+    cfg = Config.model_validate(yaml.safe_load((path / "config.yaml").read_text()))
+    best = torch.load(path / "best.pt", map_location="cpu", weights_only=False)
+    model = build_model(cfg, len(best["classes"]))
+    model.load_state_dict(best["model"])
+    return cfg, model.to(device).eval(), best["classes"]
+
+
+def _loader(cfg: Config, split: Split, batch_size: int):
+    from timm.data import create_transform
+
+    d = cfg.data
+    tf = create_transform(d.img_size, is_training=False, crop_pct=d.crop_pct, interpolation="bicubic",
+                          mean=d.mean, std=d.std)
+    return torch.utils.data.DataLoader(ImageDataset(split, tf), batch_size, shuffle=False, num_workers=d.workers)
+
+
+@torch.no_grad()
+def _logits(model, loader, device, flip: bool):
+    out = []
+    for x, _ in loader:
+        x = x.to(device)
+        p = model(x).float().softmax(-1)
+        if flip:
+            p = (p + model(torch.flip(x, dims=[3])).float().softmax(-1)) / 2
+        out.append(p.cpu())
+    return torch.cat(out)
+
+
+def evaluate_run(path: Path, spec: str | None, device: torch.device, flip: bool = False) -> dict:
+    """Top-1, top-5 and loss of a run's best weights on the validation split of `spec` (default: its own data)."""
+    cfg, model, classes = load_run(path, device)
+    _, val = load_splits(spec or cfg.data.source)
+    if val.classes != classes:
+        raise RoadmapError(f"--data {spec}: its classes differ from the run's ({len(val.classes)} vs {len(classes)})")
+    probs = _logits(model, _loader(cfg, val, cfg.train.batch_size * 2), device, flip)
+    target = torch.tensor([t for _, t in val.samples])
+    top5 = probs.topk(min(5, len(classes)), dim=-1).indices
+    return {"run": str(path), "images": len(target), "top1": 100 * (top5[:, 0] == target).float().mean().item(),
+            "top5": 100 * (top5 == target[:, None]).any(-1).float().mean().item(),
+            "loss": torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), target).item()}
+
+
+def test_images(spec: str) -> list[tuple[str, Path]]:
+    """(id, image) of a test set, in a fixed order: the ids of PATH/test.csv (first column) with images in
+    PATH/test/, or every image of PATH/test/ (or of PATH itself) sorted by name, its id the file name's stem."""
+    kind, _, arg = spec.partition(":")
+    if kind not in ("csv", "imagefolder") or not arg:
+        raise RoadmapError(f"--data {spec}: expected csv:PATH (PATH/test/ and optionally PATH/test.csv)")
+    root = Path(arg).expanduser()
+    folder = root / "test" if (root / "test").is_dir() else root
+    if not folder.is_dir():
+        raise RoadmapError(f"--data {spec}: no such folder")
+    if (root / "test.csv").is_file():
+        with open(root / "test.csv", newline="") as f:
+            rows = [r for r in csv.reader(f) if r][1:]
+        from .data import _find_image
+
+        return [(r[0], _find_image(folder, r[0])) for r in rows]
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not images:
+        raise RoadmapError(f"{folder}: no images to predict")
+    return [(p.stem, p) for p in images]
+
+
+def predict(path: Path, spec: str, out: Path, device: torch.device, flip: bool = False) -> int:
+    """Write `id,label` for every test image, labels named as in the training data; returns the row count."""
+    cfg, model, classes = load_run(path, device)
+    items = test_images(spec)
+    split = Split([(p, 0) for _, p in items], classes)
+    probs = _logits(model, _loader(cfg, split, cfg.train.batch_size * 2), device, flip)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["id", "label"])
+    for (image_id, _), k in zip(items, probs.argmax(-1).tolist()):
+        writer.writerow([image_id, classes[k]])
+    results.write_text(out, buffer.getvalue())
+    return len(items)

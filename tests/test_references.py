@@ -1,0 +1,92 @@
+import csv
+import json
+
+import pandas as pd
+import pytest
+import timm
+from safetensors.torch import save_file
+
+from convnext_roadmap.cli import main
+from convnext_roadmap.plots import GROUP_COLOURS, bar_colours
+
+from conftest import make_csv_dataset
+
+TINY = ["--set", "train.batch_size=8", "--set", "train.epochs=1", "--set", "train.warmup_epochs=0"]
+
+
+@pytest.fixture(scope="module")
+def kaggle(tmp_path_factory):
+    return make_csv_dataset(tmp_path_factory.mktemp("kaggle") / "comp")
+
+
+def test_fixed_input_size_is_enforced(tmp_path, kaggle, capsys):
+    args = ["run", "--references", "vit_small_patch32_224", "--recipe", "smoke", "--data", f"csv:{kaggle}",
+            "--results", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "vit_small_patch32_224 needs 224×224 input, got 32" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_finetune_a_reference_from_a_local_file_then_eval_and_predict(tmp_path, kaggle, capsys):
+    weights = tmp_path / "vit.safetensors"
+    save_file(timm.create_model("vit_small_patch32_224").state_dict(), str(weights))
+    results = tmp_path / "results"
+    assert main(["run", "--references", "vit_small_patch32_224", "--recipe", "finetune", "--pretrained",
+                 str(weights), "--data", f"csv:{kaggle}", *TINY, "--set", "data.workers=0",
+                 "--results", str(results), "--experiment", "course"]) == 0
+    run = results / "course" / "vit_small_patch32_224" / "seed0"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["pretrained"] == str(weights)
+    assert any("re-initialised the classifier (head)" in n and "1000 classes" in n for n in summary["notes"])
+    table = pd.read_csv(results / "course" / "table.csv")
+    assert table.group.tolist() == ["reference"]
+    assert bar_colours(table, {"vit_small_patch32_224": "reference"}) == [GROUP_COLOURS["reference"]]
+    capsys.readouterr()
+
+    assert main(["eval", "course/vit_small_patch32_224", "--results", str(results)]) == 0
+    assert "top-1" in capsys.readouterr().out
+
+    out = tmp_path / "submission.csv"
+    assert main(["predict", str(run), "--data", f"csv:{kaggle}", "--out", str(out), "--flip"]) == 0
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == ["id", "label"]
+    assert [r[0] for r in rows[1:]] == (kaggle / "test.csv").read_text().split()[1:]
+    assert {r[1] for r in rows[1:]} <= {"cat", "dog", "owl"}
+    assert main(["predict", str(run), "--data", f"csv:{kaggle}", "--out", str(tmp_path / "again.csv"),
+                 "--flip"]) == 0
+    assert (tmp_path / "again.csv").read_text() == out.read_text()
+
+
+def test_roadmap_end_finetunes_from_timm_weights(tmp_path, kaggle):
+    weights = tmp_path / "resnet50.pth"
+    import torch
+
+    torch.save(timm.create_model("resnet50").state_dict(), weights)
+    results = tmp_path / "results"
+    assert main(["run", "--steps", "resnet50", "--recipe", "smoke", "--set", "stages.width_mult=1.0",
+                 "--set", "stages.depth_mult=1.0", "--pretrained", str(weights), "--data", f"csv:{kaggle}",
+                 *TINY, "--results", str(results), "--experiment", "ft"]) == 0
+    summary = json.loads((results / "ft" / "resnet50" / "seed0" / "summary.json").read_text())
+    assert summary["notes"][0] == f"loaded {weights}"
+    assert "re-initialised the classifier (head.fc)" in summary["notes"][1]
+
+
+def test_a_checkpoint_that_does_not_fit_is_one_line(tmp_path, kaggle, capsys):
+    weights = tmp_path / "convnext.pth"
+    import torch
+
+    torch.save(timm.create_model("convnext_tiny").state_dict(), weights)
+    args = ["run", "--steps", "resnet50", "--recipe", "smoke", "--set", "stages.width_mult=1.0",
+            "--pretrained", str(weights), "--data", f"csv:{kaggle}", "--results", str(tmp_path / "r")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "does not fit this network" in err and "missing" in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_with_references_adds_the_bases_list(capsys, kaggle):
+    assert main(["run", "--upto", "resnet50", "--with-references", "--recipe", "smoke", "--set",
+                 "data.img_size=224", "--data", f"csv:{kaggle}", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "swin_tiny_patch4_window7_224" in out and "4.49 GFLOPs" in out and "convnext_small" in out
