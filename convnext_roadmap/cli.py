@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -147,6 +148,10 @@ def cmd_bench(args) -> None:
     _print_frame(pd.DataFrame(rows), args.format)
 
 
+PROFILE_FLAGS = {"partition": str, "gpus_per_node": int, "tasks_per_node": int, "nodes": int, "timeout_min": int,
+                 "account": str, "qos": str, "constraint": str, "mem_gb": int, "cpus_per_task": int}
+
+
 def _results_root(args) -> Path:
     return Path(args.results) if args.results else Path.cwd() / "results"
 
@@ -170,21 +175,45 @@ def cmd_run(args) -> int:
     if not args.force:
         launch.check_conflicts(jobs)
     entries = launch.plan_entries(variants)
+    profile = None
+    if args.executor != "inprocess":
+        if args.executor == "slurm" and shutil.which("sbatch") is None:
+            raise RoadmapError("--executor slurm: no sbatch on PATH (is this a SLURM login node? "
+                               "slurm/local-cluster/up.sh brings up a one-node cluster here)")
+        profile = launch.load_profile(args.cluster, {k: getattr(args, k) for k in PROFILE_FLAGS})
     if args.dry_run:
         print(f"# {exp_dir}: {len(variants)} run(s) × {len(seeds)} seed(s), nothing is written (dry run)")
         print(launch.describe_plan(variants, jobs, entries))
+        if profile is not None:
+            print(f"# {args.executor} jobs, one per run and seed, as one array; sbatch parameters:")
+            print(config.to_yaml(profile), end="")
         return 0
     launch.save_plan(exp_dir, args.base, str(recipe), seeds, entries)
     print(f"# {exp_dir}: {len(variants)} run(s) × {len(seeds)} seed(s)", flush=True)
-    outcomes = launch.run_in_process(jobs, force=args.force)
+    if profile is None:
+        outcomes = launch.run_in_process(jobs, force=args.force)
+        _table_and_plots(exp_dir)
+        return 1 if any(state == "failed" for _, state in outcomes) else 0
+    todo = launch.pending(jobs, exp_dir, args.force)
+    records = launch.submit(todo, profile, args.executor, exp_dir) if todo else []
+    for r in records:
+        if any(r["name"] == j.name and r["seed"] == j.seed for j in todo):
+            print(f"→ {r['name']} seed{r['seed']}: job {r['job_id']}, log {r['stdout']}", flush=True)
+    if args.executor == "slurm" and not args.wait:
+        print(f"submitted {len(todo)} job(s); watch with `roadmap status {experiment}`"
+              + (f" --results {args.results}" if args.results else ""))
+        return 0
+    if args.executor == "slurm":
+        launch.wait(exp_dir)
     _table_and_plots(exp_dir)
-    return 1 if any(state == "failed" for _, state in outcomes) else 0
+    states = {row["state"] for row in launch.status(exp_dir)} if records else set()
+    return 1 if states - {"COMPLETED"} else 0
 
 
 def _table_and_plots(exp_dir: Path) -> None:
-    from . import plots, results
+    from . import launch, plots, results
 
-    table = results.write_table(exp_dir)
+    table = results.write_table(exp_dir, launch.job_failures(exp_dir))
     print(table.to_string(index=False))
     paths = plots.plot_experiment(exp_dir)
     print(f"wrote {exp_dir / 'table.csv'}, {exp_dir / 'table.md'}, " + ", ".join(p.name for p in paths))
@@ -211,14 +240,34 @@ def cmd_predict(args) -> None:
 def cmd_table(args) -> None:
     from . import results
 
+    from . import launch
+
     exp_dir = results.find_experiment(_results_root(args), args.experiment)
-    table = results.write_table(exp_dir)
+    table = results.write_table(exp_dir, launch.job_failures(exp_dir))
     if args.format == "csv":
         print((exp_dir / "table.csv").read_text(), end="")
     elif args.format == "md":
         print((exp_dir / "table.md").read_text(), end="")
     else:
         print(table.to_string(index=False))
+
+
+def cmd_status(args) -> None:
+    import pandas as pd
+
+    from . import launch, results
+
+    exp_dir = results.find_experiment(_results_root(args), args.experiment)
+    rows = launch.status(exp_dir)
+    print(pd.DataFrame(rows).to_string(index=False))
+
+
+def cmd_cancel(args) -> None:
+    from . import launch, results
+
+    exp_dir = results.find_experiment(_results_root(args), args.experiment)
+    cancelled = launch.cancel(exp_dir)
+    print(f"cancelled {len(cancelled)} job(s): {' '.join(cancelled)}" if cancelled else "no live jobs to cancel")
 
 
 def cmd_plot(args) -> None:
@@ -282,7 +331,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timm models to train (comma list); without --upto/--steps, only those")
     p.add_argument("--pretrained", nargs="?", const="true", metavar="FILE",
                    help="start from pretrained weights: timm's hub, or a local .safetensors/.pth file")
+    p.add_argument("--executor", choices=["inprocess", "local", "slurm"], default="inprocess",
+                   help="where runs execute: this process (default), submitit's local queue, or SLURM jobs")
+    p.add_argument("--cluster", default="default", metavar="PROFILE",
+                   help="a cluster profile: slurm/PROFILE.yaml or a YAML file (default: slurm/default.yaml)")
+    for flag, kind in PROFILE_FLAGS.items():
+        p.add_argument(f"--{flag.replace('_', '-')}", type=kind, help=f"override the profile's {flag}")
+    p.add_argument("--wait", action="store_true", help="with --executor slurm: wait for the jobs, then the table")
     p.set_defaults(func=cmd_run)
+
+    for name, func, text in (("status", cmd_status, "the SLURM jobs of an experiment, one line each"),
+                             ("cancel", cmd_cancel, "cancel the SLURM jobs of an experiment that have not ended")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("experiment", nargs="?", help="its name under results/ (default: the latest)")
+        p.add_argument("--results", metavar="DIR", help="where experiments are (default: ./results)")
+        p.set_defaults(func=func)
 
     for name, func, text in (("eval", cmd_eval, "evaluate a finished run's best weights"),
                              ("predict", cmd_predict, "write Kaggle-style predictions (id,label) of a run")):

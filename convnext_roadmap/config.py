@@ -163,6 +163,27 @@ class Config(Section):
     data: Union[Data, None] = None
 
 
+class ClusterProfile(Section):
+    """Where and how SLURM jobs run (slurm/*.yaml); see slurm/default.yaml for each field."""
+
+    partition: Union[str, None] = None
+    account: Union[str, None] = None
+    qos: Union[str, None] = None
+    constraint: Union[str, None] = None
+    nodes: int = 1
+    gpus_per_node: int = 0
+    tasks_per_node: Union[int, None] = None
+    cpus_per_task: int = 4
+    mem_gb: Union[int, None] = 8
+    timeout_min: int = 60
+    array_parallelism: int = 16
+    max_requeues: int = 3
+    additional_parameters: dict[str, Any] = {}
+
+    def tasks(self) -> int:
+        return self.tasks_per_node or max(self.gpus_per_node, 1)
+
+
 # ----------------------------------------------------------------------------------------------- YAML and merging
 
 class _Loader(yaml.SafeLoader):
@@ -248,7 +269,7 @@ def validate(merged: Merged, schema: type[BaseModel] = Config) -> BaseModel:
         cfg = schema.model_validate(merged.data)
     except ValidationError as e:
         raise RoadmapError(_describe(e.errors()[0], merged, schema)) from None
-    for key, problem in check_ranges(cfg):
+    for key, problem in (check_ranges(cfg) if schema is Config else check_profile(cfg)):
         raise RoadmapError(f"{merged.source_of(key)}: {key}: {problem}")
     return cfg
 
@@ -304,6 +325,14 @@ def _type_words(annotation) -> str:
         return "a mapping of " + ", ".join(annotation.model_fields)
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
             type(None): "null"}.get(annotation, str(annotation))
+
+
+def check_profile(p: ClusterProfile):
+    for key in ("nodes", "cpus_per_task", "timeout_min", "array_parallelism"):
+        if getattr(p, key) < 1:
+            yield key, f"got {getattr(p, key)}, expected ≥ 1"
+    if p.gpus_per_node < 0 or p.max_requeues < 0 or (p.tasks_per_node is not None and p.tasks_per_node < 1):
+        yield "gpus_per_node", "expected gpus_per_node ≥ 0, max_requeues ≥ 0 and tasks_per_node ≥ 1"
 
 
 def check_ranges(cfg: Config):

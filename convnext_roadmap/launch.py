@@ -132,3 +132,227 @@ def describe_plan(variants: list[Variant], jobs: list[Job], entries: list[dict])
                      f"data {d.source} at {d.img_size}²{scale}, pretrained: {t.pretrained}")
     return "\n".join(lines)
 
+
+
+# ------------------------------------------------------------------------------------------------ submitit
+
+SLURM_DIR = Path(__file__).resolve().parent.parent / "slurm"
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
+
+
+def load_profile(name: str, overrides: dict) -> "ClusterProfile":  # noqa: F821
+    """A cluster profile (slurm/NAME.yaml or a file), with command-line flags on top."""
+    from .config import ClusterProfile, Merged, load_yaml, validate
+    from .roadmap import shown
+
+    path = Path(name) if Path(name).suffix else SLURM_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in SLURM_DIR.glob("*.yaml")))
+        raise RoadmapError(f"--cluster {name}: no such profile (profiles in slurm/: {known})")
+    merged = Merged().merge(load_yaml(path), shown(path))
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    for key, value in flags.items():
+        merged.merge({key: value}, f"--{key.replace('_', '-')}")
+    return validate(merged, ClusterProfile)
+
+
+class SubmittedRun:
+    """What a SLURM (or submitit local) job calls: set up torch.distributed from submitit's environment when the
+    job has several tasks, then `run_job`. On a time-out or preemption submitit calls `checkpoint`, which requeues
+    the same call: `run_job` resumes from the run's last checkpoint."""
+
+    def __init__(self, job: Job):
+        self.job = job
+
+    def __call__(self) -> dict:
+        import submitit
+        import torch
+
+        from .train import run_job
+
+        env = submitit.JobEnvironment()
+        distributed = env.num_tasks > 1
+        if distributed:
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        try:
+            return run_job(self.job)
+        finally:
+            if distributed:
+                torch.distributed.destroy_process_group()
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        requeues = Path(self.job.run_dir) / "requeues"
+        count = int(requeues.read_text()) + 1 if requeues.exists() else 1
+        results.write_text(requeues, f"{count}\n")
+        return submitit.helpers.DelayedSubmission(SubmittedRun(self.job))
+
+
+def submit(jobs: list[Job], profile, kind: str, experiment_dir: Path, wait_local: bool = True) -> list[dict]:
+    """Submit the jobs as one job array (slurm), or one after another through submitit's LocalExecutor (local).
+    Their ids and log paths are recorded in the experiment's jobs.json."""
+    import submitit
+
+    folder = Path(experiment_dir) / "slurm" / "%j"
+    if kind == "slurm":
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=profile.max_requeues)
+        extra = dict(profile.additional_parameters)
+        executor.update_parameters(
+            job_name=f"roadmap-{Path(experiment_dir).name}", nodes=profile.nodes,
+            ntasks_per_node=profile.tasks(), cpus_per_task=profile.cpus_per_task, time=profile.timeout_min,
+            array_parallelism=profile.array_parallelism,
+            **({"gpus_per_node": profile.gpus_per_node} if profile.gpus_per_node else {}),
+            **({"mem": f"{profile.mem_gb}GB"} if profile.mem_gb else {}),
+            **{k: getattr(profile, k) for k in ("partition", "account", "qos", "constraint") if getattr(profile, k)},
+            **({"additional_parameters": extra} if extra else {}))
+        with executor.batch():
+            handles = [executor.submit(SubmittedRun(job)) for job in jobs]
+    else:
+        executor = submitit.LocalExecutor(folder=folder, max_num_timeout=profile.max_requeues)
+        executor.update_parameters(timeout_min=profile.timeout_min, tasks_per_node=profile.tasks(),
+                                   gpus_per_node=profile.gpus_per_node)
+        handles = []
+        for job in jobs:  # a queue on this machine: one run at a time
+            handles.append(executor.submit(SubmittedRun(job)))
+            _record(experiment_dir, [job], [handles[-1]], kind)
+            if wait_local:
+                try:
+                    handles[-1].result()
+                except Exception as e:  # noqa: BLE001 - reported in the run's summary and the table
+                    print(f"✗ {job.name} seed{job.seed}: {str(e).strip().splitlines()[-1]}", flush=True)
+    return _record(experiment_dir, jobs, handles, kind)
+
+
+def _record(experiment_dir: Path, jobs: list[Job], handles, kind: str) -> list[dict]:
+    path = Path(experiment_dir) / "jobs.json"
+    known = {(r["name"], r["seed"]): r for r in (results.read_json(path) or {}).get("jobs", [])}
+    for job, handle in zip(jobs, handles):
+        known[(job.name, job.seed)] = {"name": job.name, "seed": job.seed, "job_id": str(handle.job_id),
+                                       "executor": kind, "run_dir": job.run_dir,
+                                       "stdout": str(handle.paths.stdout), "stderr": str(handle.paths.stderr)}
+    records = list(known.values())
+    results.write_json(path, {"jobs": records})
+    return records
+
+
+def job_states(records: list[dict]) -> dict[str, dict]:
+    """SLURM's view of the recorded jobs, by job id: state and elapsed time, read with sacct (squeue for jobs
+    sacct does not know yet)."""
+    import subprocess
+
+    ids = [r["job_id"] for r in records if r.get("executor") == "slurm"]
+    states: dict[str, dict] = {}
+    if not ids:
+        return states
+    out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State,Elapsed", "-j", ",".join(ids)],
+                         capture_output=True, text=True, timeout=60)
+    for line in out.stdout.splitlines():
+        job_id, state, elapsed = (line.split("|") + ["", ""])[:3]
+        states[job_id] = {"state": state.split()[0] if state else "UNKNOWN", "elapsed": elapsed}
+    missing = [i for i in ids if i not in states]
+    if missing:
+        out = subprocess.run(["squeue", "-h", "-o", "%i|%T|%M", "-j", ",".join(missing)], capture_output=True,
+                             text=True, timeout=60)
+        for line in out.stdout.splitlines():
+            job_id, state, elapsed = (line.split("|") + ["", ""])[:3]
+            states[job_id] = {"state": state, "elapsed": elapsed}
+    return states
+
+
+def status(experiment_dir: Path) -> list[dict]:
+    """One line of facts per submitted (run, seed): job id, state, requeues, elapsed, epoch, last top-1, logs."""
+    records = (results.read_json(Path(experiment_dir) / "jobs.json") or {}).get("jobs", [])
+    if not records:
+        raise RoadmapError(f"{experiment_dir}: no submitted jobs (jobs.json); runs in this process have none")
+    states = job_states(records)
+    rows = []
+    for r in records:
+        run = Path(r["run_dir"])
+        metrics = results.read_metrics(run)
+        summary = results.read_json(run / "summary.json") or {}
+        requeues = int((run / "requeues").read_text()) if (run / "requeues").exists() else 0
+        state = states.get(r["job_id"], {}).get("state") or summary.get("status", "unknown").upper()
+        rows.append({"run": r["name"], "seed": r["seed"], "job_id": r["job_id"], "state": state,
+                     "requeued": requeues, "elapsed": states.get(r["job_id"], {}).get("elapsed", ""),
+                     "epoch": metrics[-1]["epoch"] if metrics else 0,
+                     "top1": round(metrics[-1]["top1"], 1) if metrics else None,
+                     "stdout": r["stdout"], "stderr": r["stderr"]})
+    return rows
+
+
+def cancel(experiment_dir: Path) -> list[str]:
+    """Cancel the experiment's jobs that have not ended."""
+    import subprocess
+
+    records = (results.read_json(Path(experiment_dir) / "jobs.json") or {}).get("jobs", [])
+    states = job_states(records)
+    live = sorted({r["job_id"] for r in records if r.get("executor") == "slurm"
+                   and states.get(r["job_id"], {}).get("state") not in TERMINAL})
+    if live:
+        subprocess.run(["scancel", *live], check=True, timeout=60)
+    return live
+
+
+def pending(jobs: list[Job], experiment_dir: Path, force: bool) -> list[Job]:
+    """The jobs to submit: not finished (unless forced) and not already queued or running."""
+    records = {(r["name"], r["seed"]): r for r in
+               (results.read_json(Path(experiment_dir) / "jobs.json") or {}).get("jobs", [])}
+    states = job_states(list(records.values()))
+    todo = []
+    for job in jobs:
+        record = records.get((job.name, job.seed))
+        live = record and states.get(record["job_id"], {}).get("state", "COMPLETED") not in TERMINAL
+        if live:
+            print(f"= {job.name} seed{job.seed}: queued already (job {record['job_id']})", flush=True)
+        elif results.is_done(Path(job.run_dir)) and not force:
+            print(f"= {job.name} seed{job.seed}: done already ({job.run_dir})", flush=True)
+        else:
+            if force:
+                shutil.rmtree(job.run_dir, ignore_errors=True)
+            todo.append(job)
+    return todo
+
+
+def wait(experiment_dir: Path, poll_s: float = 5.0) -> None:
+    """Block until every recorded job has ended, printing the counts of job states as they change."""
+    records = (results.read_json(Path(experiment_dir) / "jobs.json") or {}).get("jobs", [])
+    last = None
+    while True:
+        states = job_states(records)
+        counts: dict[str, int] = {}
+        for r in records:
+            state = states.get(r["job_id"], {}).get("state", "PENDING")
+            counts[state] = counts.get(state, 0) + 1
+        line = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+        if line != last:
+            print(f"  [{time.strftime('%H:%M:%S')}] {line}", flush=True)
+            last = line
+        if all(states.get(r["job_id"], {}).get("state") in TERMINAL for r in records):
+            return
+        time.sleep(poll_s)
+
+
+def job_failures(experiment_dir: Path) -> dict[tuple[str, int], str]:
+    """(run, seed) → the last error line of its job's stderr, for jobs that ended without a summary (killed,
+    out of memory, timed out for good); the table shows them as failed."""
+    records = (results.read_json(Path(experiment_dir) / "jobs.json") or {}).get("jobs", [])
+    if not records:
+        return {}
+    states = job_states(records)
+    failures = {}
+    for r in records:
+        state = states.get(r["job_id"], {}).get("state")
+        if state in TERMINAL and state != "COMPLETED" and not (Path(r["run_dir"]) / "summary.json").exists():
+            failures[(r["name"], r["seed"])] = f"{state}: {last_error_line(r['stderr']) or 'no error output'}"
+    return failures
+
+
+def last_error_line(stderr: str) -> str | None:
+    path = Path(stderr)
+    if not path.exists():
+        return None
+    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "Error" in ln or "error" in ln]
+    return (errors or lines or [None])[-1]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import statistics
+import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +48,20 @@ def complexity(cfg: Config, num_classes: int = 1000, img_size: int = 224) -> dic
     model = build_model(paper_scale(cfg), num_classes)
     size = cfg.timm.img_size if cfg.timm is not None and cfg.timm.img_size else img_size
     return {**count_flops(model, size), "params": count_params(model)}
+
+
+@contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2: the profiler's C++ side prints start/stop lines that no flag turns off."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 @dataclass
@@ -110,7 +126,7 @@ class Timer:
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             self._train_step()
         events = sorted((e for e in prof.events() if e.cpu_memory_usage), key=lambda e: e.time_range.start)
         level = peak = 0

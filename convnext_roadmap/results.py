@@ -96,9 +96,9 @@ def find_experiment(results: Path, name: str | None) -> Path:
 
 # --------------------------------------------------------------------------------------------------- the table
 
-def collect(experiment_dir: Path) -> list[dict]:
-    """One record per (run, seed) of the plan, finished or not: status is completed, failed, interrupted,
-    running or missing."""
+def collect(experiment_dir: Path, failures: dict | None = None) -> list[dict]:
+    """One record per (run, seed) of the plan, finished or not: status is completed, failed, interrupted or
+    missing. `failures` marks runs whose job ended without a summary as failed, with an error line."""
     plan = load_plan(experiment_dir)
     records = []
     for run in plan["runs"]:
@@ -107,19 +107,21 @@ def collect(experiment_dir: Path) -> list[dict]:
             summary = read_json(path / "summary.json") or {}
             metrics = read_metrics(path)
             status = summary.get("status") or ("interrupted" if metrics else "missing")
+            if not summary and (run["name"], seed) in (failures or {}):
+                status, summary = "failed", {"status": "failed", "error": failures[(run["name"], seed)]}
             records.append({**run, "seed": seed, "dir": str(path), "status": status, "summary": summary,
                             "metrics": metrics})
     return records
 
 
-def build_table(experiment_dir: Path):
+def build_table(experiment_dir: Path, failures: dict | None = None):
     """The experiment's table: one row per run of the plan, in its order, seeds aggregated."""
     import pandas as pd
 
     from .roadmap import paper_reference
 
     plan = load_plan(experiment_dir)
-    records = collect(experiment_dir)
+    records = collect(experiment_dir, failures)
     paper = paper_reference()
     rows = []
     for run in plan["runs"]:
@@ -181,9 +183,9 @@ def _pm(mean, std) -> str:
     return f"{mean:.1f}" if std is None or pd.isna(std) else f"{mean:.1f} ± {std:.1f}"
 
 
-def write_table(experiment_dir: Path):
+def write_table(experiment_dir: Path, failures: dict | None = None):
     """Write table.csv (raw numbers) and table.md (for people); return the formatted table."""
-    df = build_table(experiment_dir)
+    df = build_table(experiment_dir, failures)
     write_text(Path(experiment_dir) / "table.csv", df.to_csv(index=False))
     pretty = format_table(df)
     write_text(Path(experiment_dir) / "table.md", pretty.to_markdown(index=False) + "\n")

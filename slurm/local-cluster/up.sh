@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Bring up a one-node SLURM on this machine, for the tests and for trying `--executor slurm` without a cluster:
+# munge, MariaDB + slurmdbd (accounting, so that sacct and submitit read job states as on a real cluster),
+# slurmctld and slurmd, started directly (no systemd). Needs root. Installs Debian's packages when missing.
+# What it starts is recorded in $ROADMAP_SLURM_STATE/pids; down.sh stops exactly that.
+set -euo pipefail
+STATE=${ROADMAP_SLURM_STATE:-/var/tmp/roadmap-slurm}
+log() { echo "[slurm up] $*"; }
+
+if [ -s "$STATE/pids" ] && sinfo -h >/dev/null 2>&1; then
+  log "already up ($STATE/pids)"; exit 0
+fi
+
+packages=(slurmctld slurmd slurmdbd slurm-client munge mariadb-server)
+missing=()
+for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if ((${#missing[@]})); then
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # keep the packages' own service scripts from starting anything: this script starts what it needs itself
+  policy_added=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d; policy_added=1; fi
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ "$policy_added" = 1 ] && rm -f /usr/sbin/policy-rc.d
+fi
+
+# a fresh cluster each time: no jobs of an earlier bring-up in the queue or in the accounting database
+rm -rf "$STATE"
+mkdir -p "$STATE"/{log,spool,state,run}
+: > "$STATE/pids"
+remember() { echo "$1 $2" >> "$STATE/pids"; }   # name pid
+wait_for() {  # seconds, description, test command...
+  local n=$1 what=$2; shift 2
+  for _ in $(seq "$n"); do "$@" >/dev/null 2>&1 && return 0; sleep 1; done
+  log "gave up waiting for $what"; return 1
+}
+
+# munge: the key and the daemon, as the munge user
+if [ ! -s /etc/munge/munge.key ]; then
+  dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key status=none
+fi
+chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
+mkdir -p /run/munge && chown munge:munge /run/munge
+rm -f /run/munge/munged.pid
+runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid
+wait_for 10 munged test -s /run/munge/munged.pid
+remember munged "$(cat /run/munge/munged.pid)"
+
+# MariaDB for slurmdbd, on loopback, with its data under $STATE
+mkdir -p "$STATE/mysql" && chown mysql:mysql "$STATE/mysql"
+mariadb-install-db --user=mysql --datadir="$STATE/mysql" --skip-test-db >"$STATE/log/mysql-install.log" 2>&1
+mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld "$STATE/run"
+chmod 777 "$STATE/run"
+setsid /usr/sbin/mariadbd --user=mysql --datadir="$STATE/mysql" --socket="$STATE/run/mysql.sock" \
+  --pid-file="$STATE/run/mysql.pid" --bind-address=127.0.0.1 --port=3306 \
+  </dev/null >"$STATE/log/mysql.log" 2>&1 &
+wait_for 30 mariadb test -S "$STATE/run/mysql.sock"
+remember mariadbd "$(cat "$STATE/run/mysql.pid" 2>/dev/null || echo $!)"
+mariadb -S "$STATE/run/mysql.sock" -u root <<'SQL'
+CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurm';
+CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY 'slurm';
+GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';
+GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';
+FLUSH PRIVILEGES;
+SQL
+
+host=$(hostname -s)
+cpus=$(nproc)
+mem=$(( $(free -m | awk '/^Mem:/ {print $2}') * 9 / 10 ))
+mkdir -p /etc/slurm
+
+cat > /etc/slurm/slurm.conf <<CONF
+# written by convnext-roadmap's slurm/local-cluster/up.sh: one node, $cpus CPUs, no GPUs
+ClusterName=roadmap
+SlurmctldHost=$host
+AuthType=auth/munge
+SlurmUser=root
+StateSaveLocation=$STATE/state
+SlurmdSpoolDir=$STATE/spool
+SlurmctldPidFile=$STATE/run/slurmctld.pid
+SlurmdPidFile=$STATE/run/slurmd.pid
+SlurmctldLogFile=$STATE/log/slurmctld.log
+SlurmdLogFile=$STATE/log/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+SchedulerType=sched/backfill
+MpiDefault=none
+ReturnToService=2
+KillWait=10
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+JobAcctGatherType=jobacct_gather/none
+NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+CONF
+cat > /etc/slurm/slurmdbd.conf <<CONF
+# written by convnext-roadmap's slurm/local-cluster/up.sh
+AuthType=auth/munge
+DbdHost=localhost
+SlurmUser=root
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort=3306
+StorageUser=slurm
+StoragePass=slurm
+StorageLoc=slurm_acct_db
+LogFile=$STATE/log/slurmdbd.log
+PidFile=$STATE/run/slurmdbd.pid
+CONF
+chmod 600 /etc/slurm/slurmdbd.conf
+slurmdbd
+wait_for 30 slurmdbd test -s "$STATE/run/slurmdbd.pid"
+remember slurmdbd "$(cat "$STATE/run/slurmdbd.pid")"
+wait_for 30 "slurmdbd to answer" sacctmgr -n list cluster
+
+sacctmgr -i add cluster roadmap >/dev/null 2>&1 || true
+
+slurmctld -c
+wait_for 30 slurmctld test -s "$STATE/run/slurmctld.pid"
+remember slurmctld "$(cat "$STATE/run/slurmctld.pid")"
+slurmd
+wait_for 30 slurmd test -s "$STATE/run/slurmd.pid"
+remember slurmd "$(cat "$STATE/run/slurmd.pid")"
+
+node_idle() { [ "$(sinfo -h -n "$host" -o %t)" = idle ]; }
+if ! wait_for 60 "the node to be idle" node_idle; then
+  scontrol update nodename="$host" state=resume || true
+  wait_for 30 "the node to be idle" node_idle
+fi
+log "up: $(sinfo -h -o '%P %D %t %c CPUs')"
