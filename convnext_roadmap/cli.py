@@ -157,7 +157,7 @@ def _results_root(args) -> Path:
 
 
 def cmd_run(args) -> int:
-    from . import launch, results
+    from . import launch
     from .data import load_splits
 
     recipe = args.recipe
@@ -279,7 +279,9 @@ def cmd_plot(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="roadmap", description=__doc__.split("\n")[0].replace("`", ""))
+    parser = argparse.ArgumentParser(
+        prog="roadmap", description="Replay the ConvNeXt paper's 'modernizing a ResNet' roadmap as composable "
+                                    "ablations: measure, train, tabulate and plot every step.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("steps", help="list the roadmap's steps with the paper's labels")
@@ -340,13 +342,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="with --executor slurm: wait for the jobs, then the table")
     p.set_defaults(func=cmd_run)
 
-    for name, func, text in (("status", cmd_status, "the SLURM jobs of an experiment, one line each"),
-                             ("cancel", cmd_cancel, "cancel the SLURM jobs of an experiment that have not ended")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("experiment", nargs="?", help="its name under results/ (default: the latest)")
-        p.add_argument("--results", metavar="DIR", help="where experiments are (default: ./results)")
-        p.set_defaults(func=func)
-
     for name, func, text in (("eval", cmd_eval, "evaluate a finished run's best weights"),
                              ("predict", cmd_predict, "write Kaggle-style predictions (id,label) of a run")):
         p = sub.add_parser(name, help=text)
@@ -361,7 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
 
     for name, func, text in (("table", cmd_table, "build table.csv and table.md of an experiment"),
-                             ("plot", cmd_plot, "draw an experiment's figures (Figure 2 replica, curves)")):
+                             ("plot", cmd_plot, "draw an experiment's figures (Figure 2 replica, curves)"),
+                             ("status", cmd_status, "the SLURM jobs of an experiment, one line each"),
+                             ("cancel", cmd_cancel, "cancel the SLURM jobs of an experiment that have not ended")):
         p = sub.add_parser(name, help=text)
         p.add_argument("experiment", nargs="?", help="its name under results/ (default: the latest)")
         p.add_argument("--results", metavar="DIR", help="where experiments are (default: ./results)")

@@ -438,7 +438,7 @@ def stage_plan(cfg: Config) -> list[tuple[int, int, int, int]]:
 def grouped_conv_channels(cfg: Config) -> set[int]:
     """The channel counts of every k×k conv in the network (for the groups check)."""
     channels = set()
-    for first_in, width, out, depth in stage_plan(cfg):
+    for first_in, width, out, _ in stage_plan(cfg):
         for c in {first_in, out}:
             channels |= {ch for spatial, ch in LAYOUTS[cfg.block.layout](c, width, cfg.block.expansion) if spatial}
     return channels

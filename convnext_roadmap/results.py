@@ -156,7 +156,7 @@ def _mean(values):
     return sum(values) / len(values) if values else None
 
 
-def format_table(df) -> "pd.DataFrame":  # noqa: F821
+def format_table(df):
     """The table for people: top-1 as mean ± std, rounded numbers, blanks for what is not there."""
     import pandas as pd
 

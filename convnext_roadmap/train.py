@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-import logging
+import json
 import os
 import platform
 import random
@@ -24,7 +24,6 @@ from . import results
 from .config import Config, to_yaml
 from .errors import RoadmapError
 
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -313,8 +312,6 @@ def _train(job: Job, out: Path, rank: int, world: int) -> dict:
 
 
 def _json_line(metrics: dict) -> str:
-    import json
-
     return json.dumps(metrics) + "\n"
 
 

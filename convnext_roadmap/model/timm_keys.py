@@ -41,10 +41,8 @@ FORMATS = {"resnet": ("layer1.0.conv1.weight", RESNET_KEYS), "convnext": ("stage
 
 def convert_timm_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename a timm ResNet or ConvNeXt state dict's keys to ours."""
-    for marker, rules in FORMATS.values():
-        if marker in state_dict:
-            break
-    else:
+    rules = next((rules for marker, rules in FORMATS.values() if marker in state_dict), None)
+    if rules is None:
         raise RoadmapError("state dict: neither a timm ResNet (layer1.0.conv1.weight) nor a timm ConvNeXt "
                            "(stages.0.blocks.0.conv_dw.weight) checkpoint")
     out = {}
