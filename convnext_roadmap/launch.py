@@ -10,6 +10,7 @@ from pathlib import Path
 from . import results
 from .config import Config, diff
 from .errors import RoadmapError
+from .model.network import adapts_input_size
 from .roadmap import Variant
 from .train import Job
 
@@ -113,7 +114,8 @@ def describe_plan(variants: list[Variant], jobs: list[Job], entries: list[dict])
         model_changes = {k: c for k, c in changes.items() if not k.startswith(("train.", "data."))}
         what = "; ".join(f"{k}: {a} → {b}" for k, (a, b) in model_changes.items()) or "(the start)"
         if v.cfg.timm is not None:
-            what = f"timm model {v.cfg.timm.name}" + (f", adapted to {v.cfg.timm.img_size}²" if v.cfg.timm.img_size else "")
+            adapted = f", adapted to {v.cfg.timm.img_size}²" if adapts_input_size(v.cfg) else ""
+            what = f"timm model {v.cfg.timm.name}{adapted}"
         states = []
         for job in (j for j in jobs if j.name == v.name):
             path = Path(job.run_dir)

@@ -21,9 +21,10 @@ def count_params(model: nn.Module) -> int:
 
 
 def paper_scale(cfg: Config) -> Config:
-    """The same network at the paper's scale: width and depth multipliers back to 1 (a timm model as it is)."""
-    if cfg.stages is None:
-        return cfg
+    """The same network at the paper's scale: width and depth multipliers back to 1, a timm model at its own
+    input size."""
+    if cfg.timm is not None:
+        return cfg.model_copy(update={"timm": cfg.timm.model_copy(update={"img_size": None})})
     return cfg.model_copy(update={"stages": cfg.stages.model_copy(update={"depth_mult": 1.0, "width_mult": 1.0})})
 
 
@@ -46,8 +47,7 @@ def complexity(cfg: Config, num_classes: int = 1000, img_size: int = 224) -> dic
     from .model import build_model
 
     model = build_model(paper_scale(cfg), num_classes)
-    size = cfg.timm.img_size if cfg.timm is not None and cfg.timm.img_size else img_size
-    return {**count_flops(model, size), "params": count_params(model)}
+    return {**count_flops(model, img_size), "params": count_params(model)}
 
 
 @contextmanager

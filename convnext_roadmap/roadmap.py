@@ -125,19 +125,34 @@ def _resolve(base: str, files: Iterable[Path], overrides: Sequence[str], recipe:
              data: str | None = None) -> tuple[Config, tuple[str, ...]]:
     if base not in bases():
         raise RoadmapError(f"--base {base}: unknown base (bases: {', '.join(bases())})")
-    recipe_layers = recipe_files(recipe) if recipe else []
-    layers = [ABLATIONS / "base" / f"{base}.yaml", *recipe_layers, *files]
+    base_file = ABLATIONS / "base" / f"{base}.yaml"
+    layers = [(shown(base_file), load_yaml(base_file)), *_recipe_layers(recipe),
+              *[(shown(f), load_yaml(f)) for f in files], *_command_line(data, overrides, skip=("timm",))]
+    cfg, _ = _merge(layers)
+    return cfg, tuple(source for source, _ in layers)
+
+
+def _recipe_layers(recipe: str | Path | None, skip: Sequence[str] = ()) -> list[tuple[str, dict]]:
+    return [(shown(f), {k: v for k, v in load_yaml(f).items() if k not in ("inherit", *skip)})
+            for f in (recipe_files(recipe) if recipe else [])]
+
+
+def _command_line(data: str | None, overrides: Sequence[str], skip: Sequence[str]) -> list[tuple[str, dict]]:
+    """--data and --set as layers. Overrides of sections this kind of network does not have (`timm.` for the
+    roadmap's, the architecture's for a timm model) are left to the networks that have them."""
+    layers = [(f"--data {data}", {"data": {"source": data}})] if data else []
+    for text in overrides:
+        layer = parse_override(text)
+        if next(iter(layer)) not in skip:
+            layers.append((f"--set {text}", layer))
+    return layers
+
+
+def _merge(layers: list[tuple[str, dict]]) -> tuple[Config, Merged]:
     merged = Merged()
-    for f in layers:
-        doc = load_yaml(f)
-        if f in recipe_layers:
-            doc.pop("inherit", None)
-        merged.merge(doc, shown(f))
-    extra = ([(f"--data {data}", {"data": {"source": data}})] if data else [])
-    extra += [(f"--set {text}", parse_override(text)) for text in overrides]
-    for source, layer in extra:
-        merged.merge(layer, source)
-    return validate(merged), tuple(shown(f) for f in layers) + tuple(source for source, _ in extra)
+    for source, doc in layers:
+        merged.merge(doc, source)
+    return validate(merged), merged
 
 
 def load_sweep(name: str) -> dict:
@@ -240,21 +255,13 @@ def reference_variant(name: str, recipe: str | Path | None, overrides: Sequence[
     spec = references().get(name, {})
     if not timm.is_model(name):
         raise RoadmapError(f"--references {name}: not a timm model name")
-    merged = Merged()
-    sources = []
-    for f in recipe_files(recipe) if recipe else []:
-        doc = {k: v for k, v in load_yaml(f).items() if k not in ("inherit", *ARCHITECTURE)}
-        merged.merge(doc, shown(f))
-        sources.append(shown(f))
-    merged.merge({"timm": {"name": name, "drop_path": spec.get("drop_path", 0.0)}}, shown(ABLATIONS / "references.yaml"))
-    extra = ([(f"--data {data}", {"data": {"source": data}})] if data else [])
-    extra += [(f"--set {text}", parse_override(text)) for text in overrides]
-    for source, layer in extra:
-        merged.merge(layer, source)
-        sources.append(source)
-    cfg = validate(merged)
+    entry = {"timm": {"name": name, "drop_path": spec.get("drop_path", 0.0)}}
+    layers = [*_recipe_layers(recipe, skip=ARCHITECTURE), (shown(ABLATIONS / "references.yaml"), entry),
+              *_command_line(data, overrides, skip=ARCHITECTURE)]
+    cfg, merged = _merge(layers)
     if cfg.data is not None:
         check_input_size(cfg, merged)
+    sources = [source for source, _ in layers]
     return Variant(name, spec.get("label", name), cfg, tuple(sources), "reference")
 
 

@@ -82,6 +82,7 @@ class Trainer:
 
         from .data import make_loaders
         from .model import build_model
+        from .model.network import adapts_input_size
 
         t, self.cfg, self.device, self.rank, self.world = cfg.train, cfg, device, rank, world
         self.cuda = device.type == "cuda"
@@ -89,7 +90,7 @@ class Trainer:
             cfg.data, t.batch_size, t.batch_size * 2, seed, (rank, world))
         self.model = build_model(cfg, len(self.classes))
         self.notes = load_pretrained(self.model, cfg) if t.pretrained else []
-        if cfg.timm is not None and cfg.timm.img_size:
+        if cfg.timm is not None and adapts_input_size(cfg):
             self.notes.append(f"timm adapted {cfg.timm.name} to {cfg.timm.img_size}×{cfg.timm.img_size} input")
         for note in self.notes:
             _say(rank, f"  {note}")

@@ -90,3 +90,12 @@ def test_with_references_adds_the_bases_list(capsys, kaggle):
                  "data.img_size=224", "--data", f"csv:{kaggle}", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "swin_tiny_patch4_window7_224" in out and "4.49 GFLOPs" in out and "convnext_small" in out
+
+
+def test_overrides_go_to_the_networks_that_have_those_sections(capsys, kaggle):
+    assert main(["run", "--upto", "resnet50", "--with-references", "--recipe", "smoke", "--set", "timm.img_size=32",
+                 "--set", "block.kernel_size=5", "--data", f"csv:{kaggle}", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "vit_small_patch32_224, adapted to 32²" in out and "swin_tiny_patch4_window7_224, adapted to 32²" in out
+    assert "timm model convnext_small\n" in out  # takes any input size: nothing to adapt
+    assert "4.49 GFLOPs" in out  # reference FLOPs are counted at the model's own 224²

@@ -103,7 +103,16 @@ def build_model(cfg: Config, num_classes: int = 1000) -> nn.Module:
     if cfg.timm is not None:
         import timm
 
-        extra = {"img_size": cfg.timm.img_size} if cfg.timm.img_size else {}
+        extra = {"img_size": cfg.timm.img_size} if adapts_input_size(cfg) else {}
         return timm.create_model(cfg.timm.name, pretrained=False, num_classes=num_classes,
                                  drop_path_rate=cfg.timm.drop_path, **extra)
     return Network(cfg, num_classes)
+
+
+def adapts_input_size(cfg: Config) -> bool:
+    """Whether timm is asked to build a model made for one input size (ViT, Swin) for another; models that take
+    any size need no asking."""
+    import timm
+
+    fixed = timm.models.get_pretrained_cfg(cfg.timm.name)
+    return bool(cfg.timm.img_size) and fixed is not None and bool(fixed.fixed_input_size)
