@@ -188,5 +188,5 @@ def write_table(experiment_dir: Path, failures: dict | None = None):
     df = build_table(experiment_dir, failures)
     write_text(Path(experiment_dir) / "table.csv", df.to_csv(index=False))
     pretty = format_table(df)
-    write_text(Path(experiment_dir) / "table.md", pretty.to_markdown(index=False) + "\n")
+    write_text(Path(experiment_dir) / "table.md", pretty.to_markdown(index=False, disable_numparse=True) + "\n")
     return pretty
