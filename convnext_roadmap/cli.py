@@ -191,7 +191,7 @@ def cmd_run(args) -> int:
     launch.save_plan(exp_dir, args.base, str(recipe), seeds, entries)
     print(f"# {exp_dir}: {len(variants)} run(s) × {len(seeds)} seed(s)", flush=True)
     if profile is None:
-        outcomes = launch.run_in_process(jobs, force=args.force)
+        outcomes = launch.run_in_process(jobs, exp_dir, force=args.force)
         _table_and_plots(exp_dir)
         return 1 if any(state == "failed" for _, state in outcomes) else 0
     todo = launch.pending(jobs, exp_dir, args.force)

@@ -75,18 +75,13 @@ def save_plan(experiment_dir: Path, base: str, recipe: str, seeds: list[int], en
     results.save_plan(experiment_dir, plan)
 
 
-def run_in_process(jobs: list[Job], force: bool = False) -> list[tuple[Job, str]]:
-    """Run the jobs one after another in this process. A failing job is reported and the others go on."""
+def run_in_process(jobs: list[Job], experiment_dir: Path, force: bool = False) -> list[tuple[Job, str]]:
+    """Run the jobs that are not done yet one after another in this process. A failing job is reported and the
+    others go on."""
     from .train import run_job
 
     outcomes = []
-    for job in jobs:
-        if results.is_done(Path(job.run_dir)) and not force:
-            print(f"= {job.name} seed{job.seed}: done already ({job.run_dir})", flush=True)
-            outcomes.append((job, "skipped"))
-            continue
-        if force:
-            shutil.rmtree(job.run_dir, ignore_errors=True)
+    for job in pending(jobs, experiment_dir, force):
         start = time.time()
         try:
             summary = run_job(job)
@@ -229,7 +224,7 @@ def submit(jobs: list[Job], profile, kind: str, experiment_dir: Path, wait_local
 
 def _record(experiment_dir: Path, jobs: list[Job], handles, kind: str) -> list[dict]:
     path = Path(experiment_dir) / "jobs.json"
-    known = {(r["name"], r["seed"]): r for r in (results.read_json(path) or {}).get("jobs", [])}
+    known = {(r["name"], r["seed"]): r for r in recorded_jobs(experiment_dir)}
     for job, handle in zip(jobs, handles):
         known[(job.name, job.seed)] = {"name": job.name, "seed": job.seed, "job_id": str(handle.job_id),
                                        "executor": kind, "run_dir": job.run_dir,
@@ -237,6 +232,11 @@ def _record(experiment_dir: Path, jobs: list[Job], handles, kind: str) -> list[d
     records = list(known.values())
     results.write_json(path, {"jobs": records})
     return records
+
+
+def recorded_jobs(experiment_dir: Path) -> list[dict]:
+    """The submitted jobs of an experiment, as kept in its jobs.json."""
+    return (results.read_json(Path(experiment_dir) / "jobs.json") or {}).get("jobs", [])
 
 
 def job_states(records: list[dict]) -> dict[str, dict]:
@@ -265,7 +265,7 @@ def job_states(records: list[dict]) -> dict[str, dict]:
 
 def status(experiment_dir: Path) -> list[dict]:
     """One line of facts per submitted (run, seed): job id, state, requeues, elapsed, epoch, last top-1, logs."""
-    records = (results.read_json(Path(experiment_dir) / "jobs.json") or {}).get("jobs", [])
+    records = recorded_jobs(experiment_dir)
     if not records:
         raise RoadmapError(f"{experiment_dir}: no submitted jobs (jobs.json); runs in this process have none")
     states = job_states(records)
@@ -288,7 +288,7 @@ def cancel(experiment_dir: Path) -> list[str]:
     """Cancel the experiment's jobs that have not ended."""
     import subprocess
 
-    records = (results.read_json(Path(experiment_dir) / "jobs.json") or {}).get("jobs", [])
+    records = recorded_jobs(experiment_dir)
     states = job_states(records)
     live = sorted({r["job_id"] for r in records if r.get("executor") == "slurm"
                    and states.get(r["job_id"], {}).get("state") not in TERMINAL})
@@ -299,8 +299,7 @@ def cancel(experiment_dir: Path) -> list[str]:
 
 def pending(jobs: list[Job], experiment_dir: Path, force: bool) -> list[Job]:
     """The jobs to submit: not finished (unless forced) and not already queued or running."""
-    records = {(r["name"], r["seed"]): r for r in
-               (results.read_json(Path(experiment_dir) / "jobs.json") or {}).get("jobs", [])}
+    records = {(r["name"], r["seed"]): r for r in recorded_jobs(experiment_dir)}
     states = job_states(list(records.values()))
     todo = []
     for job in jobs:
@@ -319,7 +318,7 @@ def pending(jobs: list[Job], experiment_dir: Path, force: bool) -> list[Job]:
 
 def wait(experiment_dir: Path, poll_s: float = 5.0) -> None:
     """Block until every recorded job has ended, printing the counts of job states as they change."""
-    records = (results.read_json(Path(experiment_dir) / "jobs.json") or {}).get("jobs", [])
+    records = recorded_jobs(experiment_dir)
     last = None
     while True:
         states = job_states(records)
@@ -339,7 +338,7 @@ def wait(experiment_dir: Path, poll_s: float = 5.0) -> None:
 def job_failures(experiment_dir: Path) -> dict[tuple[str, int], str]:
     """(run, seed) → the last error line of its job's stderr, for jobs that ended without a summary (killed,
     out of memory, timed out for good); the table shows them as failed."""
-    records = (results.read_json(Path(experiment_dir) / "jobs.json") or {}).get("jobs", [])
+    records = recorded_jobs(experiment_dir)
     if not records:
         return {}
     states = job_states(records)
