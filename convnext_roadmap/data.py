@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
-import os
 import random
 import shutil
 import tempfile
@@ -19,6 +18,7 @@ from PIL import Image, ImageDraw
 from timm.data import create_transform
 
 from .errors import RoadmapError
+from .resources import cache_dir
 
 log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -35,12 +35,6 @@ class Split:
 SHAPES = ["disc", "square", "triangle", "ring", "cross"]
 TEXTURES = ["stripes", "dots"]
 SYNTHETIC_VERSION = "v1"
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("ROADMAP_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "convnext-roadmap")
-    return Path(root)
 
 
 def _draw(shape: str, texture: str, rng: random.Random, size: int) -> Image.Image:
@@ -135,7 +129,7 @@ def _scan_folder(root: Path, classes: list[str] | None = None) -> Split:
     return Split(samples, found)
 
 
-def _find_image(folder: Path, image_id: str) -> Path:
+def find_image(folder: Path, image_id: str) -> Path:
     path = folder / image_id
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return path
@@ -196,8 +190,8 @@ def load_splits(spec: str) -> tuple[Split, Split]:
             val_images = images
         if not images.is_dir():
             raise RoadmapError(f"--data {spec}: {images} not found (the images of train.csv)")
-        return (Split([(_find_image(images, i), index[lab]) for i, lab in train_rows], classes),
-                Split([(_find_image(val_images, i), index[lab]) for i, lab in val_rows], classes))
+        return (Split([(find_image(images, i), index[lab]) for i, lab in train_rows], classes),
+                Split([(find_image(val_images, i), index[lab]) for i, lab in val_rows], classes))
     raise RoadmapError(f"--data {spec}: expected synthetic, imagefolder:PATH or csv:PATH")
 
 

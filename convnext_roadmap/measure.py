@@ -1,19 +1,25 @@
-"""Complexity and speed: FLOPs (fvcore), parameters, throughput and peak memory."""
+"""Complexity and speed: FLOPs (fvcore) and parameters, counted once per config and cached; throughput and peak
+memory, measured side by side in `bench`."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import os
 import statistics
 import sys
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 from fvcore.nn import FlopCountAnalysis
 
 from .config import Config
+from .resources import cache_dir
 
 
 def count_params(model: nn.Module) -> int:
@@ -42,12 +48,48 @@ def count_flops(model: nn.Module, img_size: int = 224) -> dict[str, float]:
             "gflops_fvcore": analysis.total() / 1e9}
 
 
-def complexity(cfg: Config, num_classes: int = 1000, img_size: int = 224) -> dict[str, float]:
-    """FLOPs and parameters of a config's network at the paper's scale (224², 1000 classes by default)."""
+def complexity(cfg: Config, num_classes: int = 1000, img_size: int = 224, paper: bool = True) -> dict[str, float]:
+    """FLOPs and parameters of a config's network: at the paper's scale (224², 1000 classes, no width or depth
+    multiplier) by default, or as trained (`paper=False`: the config's own scale). Counted once per network and
+    kept in the cache folder, keyed by the architecture and the code that builds it."""
+    arch = paper_scale(cfg) if paper else cfg
+    sections = {k: v for k, v in arch.model_dump().items() if k not in ("train", "data")}
+    return dict(_complexity(json.dumps(sections, sort_keys=True), num_classes, img_size))
+
+
+@functools.cache
+def _complexity(arch_json: str, num_classes: int, img_size: int) -> tuple:
+    key = hashlib.sha1(f"{arch_json}|{num_classes}|{img_size}|{_code_version()}".encode()).hexdigest()
+    path = cache_dir() / "complexity" / f"{key}.json"
+    try:
+        return tuple(json.loads(path.read_text()).items())
+    except (OSError, ValueError):
+        pass
     from .model import build_model
 
-    model = build_model(paper_scale(cfg), num_classes)
-    return {**count_flops(model, img_size), "params": count_params(model)}
+    model = build_model(Config.model_validate(json.loads(arch_json)), num_classes)
+    counted = {**count_flops(model, img_size), "params": count_params(model)}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(counted))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs the count next time
+    return tuple(counted.items())
+
+
+@functools.cache
+def _code_version() -> str:
+    """A digest of the model code and of timm's and fvcore's versions: a count is reused only for the same code."""
+    from importlib.metadata import version
+
+    from . import model
+
+    digest = hashlib.sha1(f"{version('timm')}|{version('fvcore')}".encode())
+    for path in sorted(Path(model.__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 @contextmanager
@@ -154,3 +196,34 @@ def measure_speed(models: dict[str, nn.Module], *, batch_size: int, img_size: in
         for name in names[r % len(names):] + names[: r % len(names)]:
             timers[name].round()
     return {name: t.result(peak_memory) for name, t in timers.items()}
+
+
+def bench(variants, ends: dict[str, str], *, batch_size: int, img_size: int, device: str, rounds: int,
+          progress=None) -> list[dict]:
+    """Throughput and peak memory of each variant's network; beside a path's end, timm's model with the same
+    weights, measured in alternation with ours, and the ratio of the two."""
+    import timm
+
+    from .model import build_model, load_timm_state_dict
+
+    rows = []
+    for v in variants:
+        models = {v.name: build_model(v.cfg)}
+        twin = ends.get(v.name)
+        if twin:
+            reference = timm.create_model(twin, pretrained=False)
+            load_timm_state_dict(models[v.name], reference.state_dict())  # the same numbers on both sides
+            models[f"timm:{twin}"] = reference
+        speeds = measure_speed(models, batch_size=batch_size, img_size=img_size, device=device, rounds=rounds)
+        ours = speeds[v.name]
+        row = {"step": v.name, "infer_img_s": round(ours.infer_img_s, 1), "train_img_s": round(ours.train_img_s, 1),
+               "peak_mem_mb": round(ours.peak_mem_mb) if ours.peak_mem_mb is not None else None,
+               "timm_model": twin, "ratio_vs_timm_infer": None, "ratio_vs_timm_train": None}
+        if twin:
+            theirs = speeds[f"timm:{twin}"]
+            row.update(ratio_vs_timm_infer=round(ours.infer_img_s / theirs.infer_img_s, 3),
+                       ratio_vs_timm_train=round(ours.train_img_s / theirs.train_img_s, 3))
+        rows.append(row)
+        if progress:
+            progress(v.name)
+    return rows

@@ -119,10 +119,10 @@ def curves(records: list[dict], path: Path, title: str) -> None:
     _save(fig, path)
 
 
-def plot_experiment(experiment_dir: Path) -> list[Path]:
+def plot_experiment(experiment_dir: Path, df: pd.DataFrame) -> list[Path]:
+    """The experiment's figures, drawn from its table (`results.build_table`)."""
     experiment_dir = Path(experiment_dir)
     plan = results.load_plan(experiment_dir)
-    df = results.build_table(experiment_dir)
     groups = _groups(experiment_dir)
     title = f"{experiment_dir.name}: {plan['base']} roadmap, recipe {plan['recipe']}"
     paths = [experiment_dir / "figure2.png", experiment_dir / "top1_vs_gflops.png", experiment_dir / "curves.png"]

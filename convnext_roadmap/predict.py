@@ -7,12 +7,12 @@ import io
 from pathlib import Path
 
 import torch
-import yaml
 
 from . import results
 from .config import Config
-from .data import IMAGE_EXTENSIONS, ImageDataset, Split, load_splits
+from .data import IMAGE_EXTENSIONS, ImageDataset, Split, find_image, load_splits
 from .errors import RoadmapError
+from .loading import from_yaml
 
 
 def find_run(results_root: Path, run: str) -> Path:
@@ -29,7 +29,7 @@ def find_run(results_root: Path, run: str) -> Path:
 def load_run(path: Path, device: torch.device):
     from .model import build_model
 
-    cfg = Config.model_validate(yaml.safe_load((path / "config.yaml").read_text()))
+    cfg = from_yaml((path / "config.yaml").read_text())
     best = torch.load(path / "best.pt", map_location="cpu", weights_only=False)
     model = build_model(cfg, len(best["classes"]))
     model.load_state_dict(best["model"])
@@ -84,9 +84,7 @@ def test_images(spec: str) -> list[tuple[str, Path]]:
     if (root / "test.csv").is_file():
         with open(root / "test.csv", newline="") as f:
             rows = [r for r in csv.reader(f) if r][1:]
-        from .data import _find_image
-
-        return [(r[0], _find_image(folder, r[0])) for r in rows]
+        return [(r[0], find_image(folder, r[0])) for r in rows]
     images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not images:
         raise RoadmapError(f"{folder}: no images to predict")

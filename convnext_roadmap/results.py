@@ -1,11 +1,13 @@
-"""The result store: one folder per run, written atomically; reading runs back; the pandas table.
+"""The result store: the experiment folder's layout, atomic writes, reading runs back, and the pandas table.
 
     <results>/<experiment>/plan.json                      what the experiment asked for (rows of the table)
+    <results>/<experiment>/jobs.json                      submitted jobs: ids, executor, log paths
     <results>/<experiment>/<run>/seed<k>/config.yaml      the resolved config
                                          metrics.jsonl    one line per finished epoch
                                          summary.json     status, final and best top-1, FLOPs, params, speed, ...
                                          checkpoint.pt    the latest state, for resuming
                                          best.pt          the weights of the best epoch
+                                         requeues         how often its job was requeued (SLURM)
 """
 
 from __future__ import annotations
@@ -66,6 +68,35 @@ def is_done(path: Path) -> bool:
     return bool(summary) and summary.get("status") == "completed"
 
 
+def write_failure(path: Path, name: str, seed: int, error: str, meta: dict | None = None) -> None:
+    """A failed run's summary: its error's root cause, one line, for the table."""
+    write_json(Path(path) / "summary.json", {"status": "failed", "name": name, "seed": seed, "error": error,
+                                             **(meta or {})})
+
+
+def read_requeues(path: Path) -> int:
+    try:
+        return int((Path(path) / "requeues").read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def count_requeue(path: Path) -> None:
+    write_text(Path(path) / "requeues", f"{read_requeues(path) + 1}\n")
+
+
+def read_jobs(experiment_dir: Path) -> list[dict]:
+    """The submitted jobs of an experiment, as kept in its jobs.json."""
+    return (read_json(Path(experiment_dir) / "jobs.json") or {}).get("jobs", [])
+
+
+def record_jobs(experiment_dir: Path, records: list[dict]) -> None:
+    """Add or replace (by run and seed) job records in jobs.json."""
+    known = {(r["name"], r["seed"]): r for r in read_jobs(experiment_dir)}
+    known.update({(r["name"], r["seed"]): r for r in records})
+    write_json(Path(experiment_dir) / "jobs.json", {"jobs": list(known.values())})
+
+
 # ---------------------------------------------------------------------------------------------------- the plan
 
 def save_plan(experiment_dir: Path, plan: dict) -> None:
@@ -96,9 +127,9 @@ def find_experiment(results: Path, name: str | None) -> Path:
 
 # --------------------------------------------------------------------------------------------------- the table
 
-def collect(experiment_dir: Path, failures: dict | None = None) -> list[dict]:
+def collect(experiment_dir: Path) -> list[dict]:
     """One record per (run, seed) of the plan, finished or not: status is completed, failed, interrupted or
-    missing. `failures` marks runs whose job ended without a summary as failed, with an error line."""
+    missing."""
     plan = load_plan(experiment_dir)
     records = []
     for run in plan["runs"]:
@@ -107,28 +138,25 @@ def collect(experiment_dir: Path, failures: dict | None = None) -> list[dict]:
             summary = read_json(path / "summary.json") or {}
             metrics = read_metrics(path)
             status = summary.get("status") or ("interrupted" if metrics else "missing")
-            if not summary and (run["name"], seed) in (failures or {}):
-                status, summary = "failed", {"status": "failed", "error": failures[(run["name"], seed)]}
             records.append({**run, "seed": seed, "dir": str(path), "status": status, "summary": summary,
                             "metrics": metrics})
     return records
 
 
-def build_table(experiment_dir: Path, failures: dict | None = None):
+def build_table(experiment_dir: Path):
     """The experiment's table: one row per run of the plan, in its order, seeds aggregated."""
     import pandas as pd
 
-    from .roadmap import paper_reference
+    from . import paper
 
     plan = load_plan(experiment_dir)
-    records = collect(experiment_dir, failures)
-    paper = paper_reference()
+    records = collect(experiment_dir)
     rows = []
     for run in plan["runs"]:
         mine = [r for r in records if r["name"] == run["name"]]
         done = [r for r in mine if r["status"] == "completed"]
         top1 = pd.Series([r["summary"]["final_top1"] for r in done], dtype=float)
-        ref = paper.loc[(plan["base"], run["name"])] if (plan["base"], run["name"]) in paper.index else None
+        ref = paper.row(plan["base"], run["name"])
         statuses = sorted({r["status"] for r in mine})
         failed = [r for r in mine if r["status"] == "failed"]
         rows.append({
@@ -147,7 +175,11 @@ def build_table(experiment_dir: Path, failures: dict | None = None):
             "error": failed[0]["summary"].get("error") if failed else None,
         })
     df = pd.DataFrame(rows)
-    df.insert(df.columns.get_loc("top1_std") + 1, "delta_top1", df["top1"].astype(float).diff())
+    means = dict(zip(df["step"], df["top1"]))
+    baselines = [run.get("baseline") for run in plan["runs"]]
+    df.insert(df.columns.get_loc("top1_std") + 1, "delta_top1",
+              [m - means[b] if b in means and m is not None and means[b] is not None else None
+               for m, b in zip(df["top1"], baselines)])
     return df
 
 
@@ -183,9 +215,8 @@ def _pm(mean, std) -> str:
     return f"{mean:.1f}" if std is None or pd.isna(std) else f"{mean:.1f} ± {std:.1f}"
 
 
-def write_table(experiment_dir: Path, failures: dict | None = None):
+def write_table(experiment_dir: Path, df):
     """Write table.csv (raw numbers) and table.md (for people); return the formatted table."""
-    df = build_table(experiment_dir, failures)
     write_text(Path(experiment_dir) / "table.csv", df.to_csv(index=False))
     pretty = format_table(df)
     write_text(Path(experiment_dir) / "table.md", pretty.to_markdown(index=False, disable_numparse=True) + "\n")

@@ -1,16 +1,21 @@
-"""The roadmap as data: bases, the ordered steps, sweeps. Turns a request into named, resolved configs."""
+"""The roadmap as data, and the requests on it: bases, steps, sweeps, references → named, resolved configs.
+
+Each kind of request is one small function returning `Variant`s, the networks a command asks for:
+`path_runs` (the path, a sweep beside its step), `patched_run` (one network of chosen patches),
+`leave_one_out_runs` (the full path, and the path without each step) and `reference_runs` (timm models).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
-from .config import ARCHITECTURE, Config, Merged, load_yaml, parse_override, validate
+from .config import ARCHITECTURE, Config
 from .errors import RoadmapError
-
-ABLATIONS = Path(__file__).resolve().parent.parent / "ablations"
-PAPER_CSV = Path(__file__).resolve().parent.parent / "results" / "paper_reference.csv"
+from .loading import Merged, load_yaml, merge_layers, parse_override
+from .resources import ABLATIONS, shown
 
 
 @dataclass(frozen=True)
@@ -24,23 +29,20 @@ class Step:
 
 @dataclass(frozen=True)
 class Variant:
-    """One network of a request: its name (a step, `step@key=value` for a sweep value), label and config."""
+    """One network of a request: its name (a step, `step@key=value` for a sweep value), label and config.
+    `baseline` names the run its Δ top-1 is measured against (None: no Δ, e.g. a reference model)."""
 
     name: str
     label: str
     cfg: Config
     sources: tuple[str, ...] = field(default=(), compare=False)
     group: str = ""
+    baseline: str | None = None
 
 
-def shown(path: Path) -> str:
-    """A path as a user would type it: relative to the current directory when it is inside it."""
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
+# ---------------------------------------------------------------------------------------------- the roadmap file
 
-
+@functools.cache
 def _roadmap_file() -> dict:
     return load_yaml(ABLATIONS / "roadmap.yaml")
 
@@ -59,8 +61,7 @@ def steps(base: str = "resnet50") -> list[Step]:
     """The steps of a base's path, in order."""
     doc = _roadmap_file()
     if base not in doc["bases"]:
-        raise RoadmapError(f"{shown(ABLATIONS / 'roadmap.yaml')}: unknown base '{base}' "
-                           f"(bases: {', '.join(doc['bases'])})")
+        raise RoadmapError(f"--base {base}: unknown base (bases: {', '.join(doc['bases'])})")
     out = []
     for entry in doc["bases"][base]["path"]:
         name, file = next(iter(entry.items())) if isinstance(entry, dict) else (entry, f"{entry}.yaml")
@@ -69,7 +70,20 @@ def steps(base: str = "resnet50") -> list[Step]:
     return out
 
 
-def _patch_file(patch: str | Path, base: str) -> Path:
+def upto_steps(upto: str | None, base: str) -> list[Step]:
+    """The path's steps up to and including `upto`; the whole path when None, none for the base itself."""
+    path = steps(base)
+    if upto is None:
+        return path
+    if upto == base:
+        return []
+    names = [s.name for s in path]
+    if upto not in names:
+        raise RoadmapError(f"--upto {upto}: unknown step (steps of {base}: {base}, {', '.join(names)})")
+    return path[: names.index(upto) + 1]
+
+
+def patch_file(patch: str | Path, base: str) -> Path:
     """A step name of the base's path, or a YAML file of the user's."""
     by_name = {s.name: s.patch for s in steps(base)}
     if str(patch) in by_name:
@@ -80,27 +94,6 @@ def _patch_file(patch: str | Path, base: str) -> Path:
             raise RoadmapError(f"--patch {patch}: no such file")
         return path
     raise RoadmapError(f"--patch {patch}: unknown step or patch file (steps: {', '.join(by_name)})")
-
-
-def _upto(upto: str | None, base: str) -> list[Step]:
-    path = steps(base)
-    if upto is None or upto == base:
-        return []
-    names = [s.name for s in path]
-    if upto not in names:
-        raise RoadmapError(f"--upto {upto}: unknown step (steps of {base}: {base}, {', '.join(names)})")
-    return path[: names.index(upto) + 1]
-
-
-def resolve_config(upto: str | None = None, base: str = "resnet50", patches: Sequence[str | Path] = (),
-                   overrides: Sequence[str] = (), recipe: str | Path | None = None,
-                   data: str | None = None) -> Config:
-    """The config of `base` with the path's steps up to `upto`, then `patches` (step names or YAML files, in
-    order), then `overrides` ("block.kernel_size=9"). With a `recipe` (a name under ablations/recipes/ or a file)
-    the config also says how to train: its `train` and `data` sections, and the scale it trains at; `data` is a
-    `--data` spec for `data.source`."""
-    files = [s.patch for s in _upto(upto, base)] + [_patch_file(p, base) for p in patches]
-    return _resolve(base, files, overrides, recipe, data)[0]
 
 
 def recipe_files(recipe: str | Path) -> list[Path]:
@@ -121,40 +114,6 @@ def recipe_files(recipe: str | Path) -> list[Path]:
     return chain
 
 
-def _resolve(base: str, files: Iterable[Path], overrides: Sequence[str], recipe: str | Path | None = None,
-             data: str | None = None) -> tuple[Config, tuple[str, ...]]:
-    if base not in bases():
-        raise RoadmapError(f"--base {base}: unknown base (bases: {', '.join(bases())})")
-    base_file = ABLATIONS / "base" / f"{base}.yaml"
-    layers = [(shown(base_file), load_yaml(base_file)), *_recipe_layers(recipe),
-              *[(shown(f), load_yaml(f)) for f in files], *_command_line(data, overrides, skip=("timm",))]
-    cfg, _ = _merge(layers)
-    return cfg, tuple(source for source, _ in layers)
-
-
-def _recipe_layers(recipe: str | Path | None, skip: Sequence[str] = ()) -> list[tuple[str, dict]]:
-    return [(shown(f), {k: v for k, v in load_yaml(f).items() if k not in ("inherit", *skip)})
-            for f in (recipe_files(recipe) if recipe else [])]
-
-
-def _command_line(data: str | None, overrides: Sequence[str], skip: Sequence[str]) -> list[tuple[str, dict]]:
-    """--data and --set as layers. Overrides of sections this kind of network does not have (`timm.` for the
-    roadmap's, the architecture's for a timm model) are left to the networks that have them."""
-    layers = [(f"--data {data}", {"data": {"source": data}})] if data else []
-    for text in overrides:
-        layer = parse_override(text)
-        if next(iter(layer)) not in skip:
-            layers.append((f"--set {text}", layer))
-    return layers
-
-
-def _merge(layers: list[tuple[str, dict]]) -> tuple[Config, Merged]:
-    merged = Merged()
-    for source, doc in layers:
-        merged.merge(doc, source)
-    return validate(merged), merged
-
-
 def load_sweep(name: str) -> dict:
     path = ABLATIONS / "sweeps" / f"{name}.yaml"
     if not path.is_file():
@@ -167,33 +126,104 @@ def load_sweep(name: str) -> dict:
     return sweep
 
 
-def path_variants(upto: str | None = None, base: str = "resnet50", sweep: str | None = None,
-                  overrides: Sequence[str] = (), recipe: str | Path | None = None,
-                  data: str | None = None) -> list[Variant]:
-    """The base and every step of its path up to `upto` (all of it when None), each with the steps before it;
-    with `sweep`, the sweep's values of its step beside it, in the order of the values."""
-    path = steps(base)
-    chosen = _upto(upto, base) if upto is not None else path
-    variants = [Variant(base, bases()[base], *_resolve(base, [], overrides, recipe, data), group="baseline")]
-    sw = load_sweep(sweep) if sweep else None
+def references(base: str | None = None) -> dict[str, dict]:
+    """Reference models (ablations/references.yaml) by timm name; with `base`, those listed for that roadmap."""
+    refs = load_yaml(ABLATIONS / "references.yaml")
+    return {name: spec for name, spec in refs.items() if base is None or base in spec.get("bases", [])}
+
+
+# ------------------------------------------------------------------------------------------------ resolving
+
+@dataclass(frozen=True)
+class Common:
+    """What every network of one request shares: the base, the recipe, `--data` and `--set`."""
+
+    base: str = "resnet50"
+    recipe: str | Path | None = None
+    data: str | None = None
+    overrides: tuple[str, ...] = ()
+
+    def recipe_layers(self, skip: Sequence[str] = ()) -> list[tuple[str, dict]]:
+        """The recipe's files as (source, mapping) layers, the most general first, without the `skip` sections."""
+        return [(shown(f), {k: v for k, v in load_yaml(f).items() if k not in ("inherit", *skip)})
+                for f in (recipe_files(self.recipe) if self.recipe else [])]
+
+    def command_line(self, skip: Sequence[str]) -> list[tuple[str, dict]]:
+        """--data and --set as layers. A `--set` of a section this kind of network does not have (`timm.` for the
+        roadmap's, the architecture's for a timm model) is left to the networks that have it."""
+        layers = [(f"--data {self.data}", {"data": {"source": self.data}})] if self.data else []
+        for text in self.overrides:
+            layer = parse_override(text)
+            if next(iter(layer)) not in skip:
+                layers.append((f"--set {text}", layer))
+        return layers
+
+    def resolve(self, files: Sequence[Path] = ()) -> tuple[Config, tuple[str, ...]]:
+        """The base's config, the recipe, these patch files, then the command line."""
+        if self.base not in bases():
+            raise RoadmapError(f"--base {self.base}: unknown base (bases: {', '.join(bases())})")
+        base_file = ABLATIONS / "base" / f"{self.base}.yaml"
+        layers = [(shown(base_file), load_yaml(base_file)), *self.recipe_layers(),
+                  *[(shown(f), load_yaml(f)) for f in files], *self.command_line(skip=("timm",))]
+        cfg, _ = merge_layers(layers)
+        return cfg, tuple(source for source, _ in layers)
+
+    def variant(self, name: str, label: str, files: Sequence[Path], group: str, baseline: str | None) -> Variant:
+        cfg, sources = self.resolve(files)
+        return Variant(name, label, _resolve_hub_weights(name, cfg), sources, group, baseline)
+
+
+def resolve_config(upto: str | None = None, base: str = "resnet50", patches: Sequence[str | Path] = (),
+                   overrides: Sequence[str] = (), recipe: str | Path | None = None,
+                   data: str | None = None) -> Config:
+    """The config of `base` with the path's steps up to `upto` (none when None), then `patches` (step names or
+    YAML files, in order), then `overrides` ("block.kernel_size=9"). With a `recipe` (a name under
+    ablations/recipes/ or a file) the config also says how to train: its `train` and `data` sections, and the scale
+    it trains at; `data` is a `--data` spec for `data.source`."""
+    files = [s.patch for s in (upto_steps(upto, base) if upto else [])] + [patch_file(p, base) for p in patches]
+    return Common(base, recipe, data, tuple(overrides)).resolve(files)[0]
+
+
+# ------------------------------------------------------------------------------------------ the request modes
+
+def path_runs(common: Common, upto: str | None = None, sweep: str | None = None) -> list[Variant]:
+    """The base and every step of its path up to `upto` (all of it when None), each with the steps before it and
+    its Δ against the step before; with `sweep`, the sweep's values of its step beside it, each measured against
+    the step before the swept one."""
+    chosen = upto_steps(upto, common.base)
+    variants = [common.variant(common.base, bases()[common.base], [], "baseline", None)]
     for i, step in enumerate(chosen):
-        files = [s.patch for s in path[: i + 1]]
-        own = Variant(step.name, step.label, *_resolve(base, files, overrides, recipe, data), group=step.group)
-        if sw is None or sw["step"] != step.name:
-            variants.append(own)
-            continue
-        leaf = sw["key"].rsplit(".", 1)[-1]
-        label = sw.get("label", leaf + " {value}")
-        if _get(own.cfg, sw["key"]) not in sw["values"]:
-            variants.append(own)
-        for value in sw["values"]:
-            cfg, sources = _resolve(base, files, [*overrides, f"{sw['key']}={value}"], recipe, data)
-            if cfg == own.cfg:
-                variants.append(own)
-            elif all(cfg != v.cfg for v in variants):
-                variants.append(Variant(f"{step.name}@{leaf}={value}", label.format(value=value), cfg, sources,
-                                        step.group))
+        files = [s.patch for s in chosen[: i + 1]]
+        own = common.variant(step.name, step.label, files, step.group, variants_on_path(variants)[-1].name)
+        variants.append(own)
+        if sweep is not None:
+            _add_sweep(variants, common, load_sweep(sweep), step, files, own)
     return variants
+
+
+def variants_on_path(variants: list[Variant]) -> list[Variant]:
+    return [v for v in variants if "@" not in v.name]
+
+
+def _add_sweep(variants: list[Variant], common: Common, sw: dict, step: Step, files: list[Path],
+               own: Variant) -> None:
+    """Put the sweep's values of `step` beside it, in the order of the values, without repeating a network that
+    is already there (a value can give the step itself, or the network before it)."""
+    if sw["step"] != step.name:
+        return
+    variants.remove(own)
+    leaf = sw["key"].rsplit(".", 1)[-1]
+    label = sw.get("label", leaf + " {value}")
+    if _get(own.cfg, sw["key"]) not in sw["values"]:
+        variants.append(own)
+    for value in sw["values"]:
+        sweep_common = replace(common, overrides=(*common.overrides, f"{sw['key']}={value}"))
+        v = sweep_common.variant(f"{step.name}@{leaf}={value}", label.format(value=value), files, step.group,
+                                 own.baseline)
+        if v.cfg == own.cfg:
+            variants.append(own)
+        elif all(v.cfg != other.cfg for other in variants):
+            variants.append(v)
 
 
 def _get(cfg: Config, key: str):
@@ -203,76 +233,78 @@ def _get(cfg: Config, key: str):
     return value
 
 
-def paper_reference():
-    """The paper's numbers (results/paper_reference.csv) as a DataFrame indexed by (base, step)."""
-    import pandas as pd
+def patched_run(common: Common, patches: Sequence[str | Path], upto: str | None = None) -> list[Variant]:
+    """One network: the base, the path up to `upto` (none when None), then the patches ("gelu+layernorm")."""
+    files = [s.patch for s in (upto_steps(upto, common.base) if upto else [])]
+    files += [patch_file(p, common.base) for p in patches]
+    name = "+".join(([upto] if upto else []) + [Path(str(p)).stem for p in patches])
+    return [common.variant(name, name, files, "patched", None)]
 
-    return pd.read_csv(PAPER_CSV, comment="#").set_index(["base", "step"])
 
-
-def request(upto: str | None = None, base: str = "resnet50", only: Sequence[str] = (),
-            patches: Sequence[str | Path] = (), leave_one_out: bool = False, sweep: str | None = None,
-            overrides: Sequence[str] = (), recipe: str | Path | None = None, data: str | None = None) -> list[Variant]:
-    """The networks one command asks for:
-    - the path up to `upto` (all of it by default), the sweep's variants beside their step, `only` those named;
-    - with `patches`: the one network of the base, the path up to `upto`, and the patches ("gelu+layernorm");
-    - with `leave_one_out`: for each step up to `upto`, the path without it ("no_gelu"), after the full path."""
-    if patches:
-        cfg, sources = _resolve(base, [s.patch for s in _upto(upto, base)] + [_patch_file(p, base) for p in patches],
-                                overrides, recipe, data)
-        name = "+".join(([upto] if upto else []) + [Path(str(p)).stem for p in patches])
-        return [Variant(name, name, cfg, sources, "patched")]
-    variants = path_variants(upto, base, sweep, overrides, recipe, data)
-    if leave_one_out:
-        chosen = _upto(upto, base) if upto else steps(base)
-        full = variants[-1]
-        variants = [full]
-        for dropped in chosen:
-            files = [s.patch for s in chosen if s is not dropped]
-            variants.append(Variant(f"no_{dropped.name}", f"– {dropped.label}",
-                                    *_resolve(base, files, overrides, recipe, data), group="leave one out"))
-    if only:
-        known = [v.name for v in variants]
-        unknown = [n for n in only if n not in known]
-        if unknown:
-            raise RoadmapError(f"--steps {','.join(only)}: unknown {', '.join(unknown)} (known: {', '.join(known)})")
-        variants = [v for v in variants if v.name in only]
+def leave_one_out_runs(common: Common, upto: str | None = None, sweep: str | None = None) -> list[Variant]:
+    """The full path up to `upto` (all of it when None), then for each of its steps the path without it
+    ("no_gelu"), each measured against the full path. With `sweep`, then the sweep's values of the full network
+    (`<full>@kernel_size=5`) where the swept step is on the path, without repeating a network already there."""
+    chosen = upto_steps(upto, common.base)
+    if not chosen:
+        raise RoadmapError(f"--leave-one-out: --upto {upto} leaves no step to leave out")
+    full = chosen[-1]
+    variants = [common.variant(full.name, full.label, [s.patch for s in chosen], full.group, None)]
+    for dropped in chosen:
+        files = [s.patch for s in chosen if s is not dropped]
+        variants.append(common.variant(f"no_{dropped.name}", f"– {dropped.label}", files, "leave one out",
+                                       full.name))
+    sw = load_sweep(sweep) if sweep is not None else None
+    if sw is not None and sw["step"] in {s.name for s in chosen}:
+        leaf = sw["key"].rsplit(".", 1)[-1]
+        for value in sw["values"]:
+            sweep_common = replace(common, overrides=(*common.overrides, f"{sw['key']}={value}"))
+            v = sweep_common.variant(f"{full.name}@{leaf}={value}", f"{full.label}, {leaf} {value}",
+                                     [s.patch for s in chosen], "sweep", full.name)
+            if all(v.cfg != other.cfg for other in variants):
+                variants.append(v)
     return variants
 
 
-def references(base: str | None = None) -> dict[str, dict]:
-    """Reference models (ablations/references.yaml) by timm name; with `base`, those listed for that roadmap."""
-    refs = load_yaml(ABLATIONS / "references.yaml")
-    return {name: spec for name, spec in refs.items() if base is None or base in spec.get("bases", [])}
-
-
-def reference_variant(name: str, recipe: str | Path | None, overrides: Sequence[str] = (),
-                      data: str | None = None) -> Variant:
-    """A timm model with the roadmap's recipe. The recipe's settings of the roadmap's network (its scale, its
-    drop path) do not apply to it; the model's own drop path comes from references.yaml."""
+def reference_runs(common: Common, names: Sequence[str]) -> list[Variant]:
+    """timm models with the request's recipe. The recipe's settings of the roadmap's network (its scale, its
+    drop path) do not apply to them; each model's own drop path comes from references.yaml."""
     import timm
 
-    spec = references().get(name, {})
-    if not timm.is_model(name):
-        raise RoadmapError(f"--references {name}: not a timm model name")
-    entry = {"timm": {"name": name, "drop_path": spec.get("drop_path", 0.0)}}
-    layers = [*_recipe_layers(recipe, skip=ARCHITECTURE), (shown(ABLATIONS / "references.yaml"), entry),
-              *_command_line(data, overrides, skip=ARCHITECTURE)]
-    cfg, merged = _merge(layers)
-    if cfg.data is not None:
-        check_input_size(cfg, merged)
-    sources = [source for source, _ in layers]
-    return Variant(name, spec.get("label", name), cfg, tuple(sources), "reference")
+    known, out = references(), []
+    for name in dict.fromkeys(names):
+        if not timm.is_model(name):
+            raise RoadmapError(f"--references {name}: not a timm model name")
+        spec = known.get(name, {})
+        entry = {"timm": {"name": name, "drop_path": spec.get("drop_path", 0.0)}}
+        layers = [*common.recipe_layers(skip=ARCHITECTURE), (shown(ABLATIONS / "references.yaml"), entry),
+                  *common.command_line(skip=ARCHITECTURE)]
+        cfg, merged = merge_layers(layers)
+        if cfg.data is not None:
+            _check_input_size(cfg, merged)
+        out.append(Variant(name, spec.get("label", name), _resolve_hub_weights(name, cfg),
+                           tuple(s for s, _ in layers), "reference", None))
+    return out
 
 
-def check_input_size(cfg: Config, merged: Merged) -> None:
+def select(variants: list[Variant], only: Sequence[str]) -> list[Variant]:
+    """Only the named runs (`--steps a,b`), in the request's order."""
+    if not only:
+        return variants
+    known = [v.name for v in variants]
+    unknown = [n for n in only if n not in known]
+    if unknown:
+        raise RoadmapError(f"--steps {','.join(only)}: unknown {', '.join(unknown)} (known: {', '.join(known)})")
+    return [v for v in variants if v.name in only]
+
+
+def _check_input_size(cfg: Config, merged: Merged) -> None:
     """A model made for one input size (ViT, Swin) gets that size, unless timm is asked to adapt it."""
-    import timm
+    from .model.network import fixed_input_size
 
-    need = timm.models.get_pretrained_cfg(cfg.timm.name)
-    if need is None or not need.fixed_input_size:
+    size = fixed_input_size(cfg.timm.name)
+    if size is None:
         return
-    size = need.input_size[-1]
     asked = cfg.timm.img_size or size
     if cfg.data.img_size != asked:
         raise RoadmapError(
@@ -281,12 +313,32 @@ def check_input_size(cfg: Config, merged: Merged) -> None:
             f"to have timm adapt the model)")
 
 
+# ------------------------------------------------------------------------------------------ pretrained weights
+
+@functools.cache
+def _ends() -> list[tuple[dict, str]]:
+    """(architecture sections, timm name) of every path's ends."""
+    out = []
+    for base in bases():
+        for step, name in timm_models(base).items():
+            cfg = resolve_config(None if step == base else step, base)
+            out.append(({s: getattr(cfg, s) for s in ARCHITECTURE}, name))
+    return out
+
+
 def timm_twin(cfg: Config) -> str | None:
     """The timm model whose network this config builds exactly (a path's end), if any."""
     arch = {s: getattr(cfg, s) for s in ARCHITECTURE}
-    for base in bases():
-        for step, name in timm_models(base).items():
-            other = resolve_config(None if step == base else step, base)
-            if arch == {s: getattr(other, s) for s in ARCHITECTURE}:
-                return name
-    return None
+    return next((name for end, name in _ends() if end == arch), None)
+
+
+def _resolve_hub_weights(name: str, cfg: Config) -> Config:
+    """`train.pretrained: true` becomes `timm:NAME`, the hub weights of the timm model this network is, so that
+    the job never needs the roadmap to know where its weights come from."""
+    if cfg.train is None or cfg.train.pretrained is not True:
+        return cfg
+    twin = cfg.timm.name if cfg.timm is not None else timm_twin(cfg)
+    if twin is None:
+        raise RoadmapError(f"--pretrained: {name} is not a timm model, so there are no hub weights for it; "
+                           f"give a checkpoint file")
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"pretrained": f"timm:{twin}"})})

@@ -1,6 +1,7 @@
-"""One run of one config: the training loop with timm's pieces, evaluation, checkpoint and resume.
+"""One (config, seed) to completion: the training loop with timm's pieces, evaluation, checkpoint and resume.
 
-`run_job` is the job function: the same call runs in-process, under submitit on this machine, or on a SLURM node.
+`run_job` is the job function: the same call runs in-process, under submitit on this machine, or on a SLURM node;
+it never knows how it was launched.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import torch
 import torch.nn as nn
 
 from . import results
-from .config import Config, to_yaml
+from .config import Config
 from .errors import RoadmapError
-
+from .loading import to_yaml
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Job:
     device: str = "auto"
     stop_after: int | None = None  # end this call after that many epochs, leaving a checkpoint (time budgets)
     meta: dict = field(default_factory=dict)  # recorded in the summary: step label, base, experiment
+    measures: dict = field(default_factory=dict)  # FLOPs and params as the plan counted them, for the summary
 
 
 def pick_device(device: str) -> torch.device:
@@ -82,6 +84,7 @@ class Trainer:
 
         from .data import make_loaders
         from .model import build_model
+        from .model.pretrained import load_initial_weights
         from .model.network import adapts_input_size
 
         t, self.cfg, self.device, self.rank, self.world = cfg.train, cfg, device, rank, world
@@ -89,7 +92,7 @@ class Trainer:
         self.train_loader, self.val_loader, self.classes = make_loaders(
             cfg.data, t.batch_size, t.batch_size * 2, seed, (rank, world))
         self.model = build_model(cfg, len(self.classes))
-        self.notes = load_pretrained(self.model, cfg) if t.pretrained else []
+        self.notes = load_initial_weights(self.model, cfg) if t.pretrained else []
         if cfg.timm is not None and adapts_input_size(cfg):
             self.notes.append(f"timm adapted {cfg.timm.name} to {cfg.timm.img_size}×{cfg.timm.img_size} input")
         for note in self.notes:
@@ -132,10 +135,12 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
 
-    def train_epoch(self, epoch: int, progress) -> float:
+    def train_epoch(self, epoch: int, progress) -> dict[str, float]:
+        """One pass over the training split: its mean loss, and its images per second (all processes, data
+        loading included) as the table's throughput."""
         self.model.train()
         self.train_loader.sampler.set_epoch(epoch)
-        total, count = torch.zeros((), device=self.device), 0
+        total, count, start = torch.zeros((), device=self.device), 0, time.perf_counter()
         for i, (x, y) in enumerate(self.train_loader):
             x, y = self._to_device(x, y)
             if self.mixup is not None:
@@ -156,7 +161,8 @@ class Trainer:
             count += len(x)
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
-        return self._reduce(total, count)
+        seconds = time.perf_counter() - start
+        return {"train_loss": self._reduce(total, count), "train_img_s": count * self.world / seconds}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
@@ -198,34 +204,6 @@ class Trainer:
         _set_rng_state(state["rng"])
 
 
-def load_pretrained(model: nn.Module, cfg: Config) -> list[str]:
-    """Weights to start from: `train.pretrained` true means timm's hub (for a roadmap network, the hub weights of
-    the timm model it is exactly), a path means that file."""
-    from .model.pretrained import fit_state_dict, read_checkpoint
-    from .roadmap import timm_twin
-
-    source = cfg.train.pretrained
-    classifier = "head.fc"
-    if cfg.timm is not None:
-        classifier = model.pretrained_cfg.get("classifier", "head")
-    if source is True:
-        import timm
-
-        name = cfg.timm.name if cfg.timm is not None else timm_twin(cfg)
-        if name is None:
-            raise RoadmapError("train.pretrained: true needs a timm model or a roadmap end (resnet50, "
-                               "layer_scale …); give a checkpoint file for other steps")
-        try:
-            state = timm.create_model(name, pretrained=True).state_dict()
-        except Exception as e:  # noqa: BLE001 - offline, or the hub refused
-            raise RoadmapError(f"train.pretrained: could not fetch {name}'s weights from the hub "
-                               f"({type(e).__name__}); give a local file: --pretrained FILE") from None
-        where = f"timm's {name} weights"
-    else:
-        state, where = read_checkpoint(source), str(source)
-    return [f"loaded {where}", *fit_state_dict(model, state, classifier, where)]
-
-
 def _progress(total: int, desc: str):
     from tqdm import tqdm
 
@@ -236,9 +214,8 @@ def run_job(job: Job) -> dict:
     """Train one (config, seed) to completion, resuming from its checkpoint; return its summary. A finished run
     is not trained again. A run that fails leaves a summary with status "failed" and the error, then raises."""
     out = Path(job.run_dir)
-    done = results.read_json(out / "summary.json")
-    if done and done.get("status") == "completed":
-        return done
+    if results.is_done(out):
+        return results.read_json(out / "summary.json")
     rank, world = _distributed()
     try:
         return _train(job, out, rank, world)
@@ -286,8 +263,8 @@ def _train(job: Job, out: Path, rank: int, world: int) -> dict:
     for epoch in range(start, t.epochs):
         tick = time.time()
         with _progress(trainer.steps_per_epoch, f"{job.name} s{job.seed} {epoch + 1}/{t.epochs}") as bar:
-            train_loss = trainer.train_epoch(epoch, bar)
-        metrics = {"epoch": epoch + 1, "train_loss": train_loss, **trainer.evaluate(trainer.model),
+            trained = trainer.train_epoch(epoch, bar)
+        metrics = {"epoch": epoch + 1, **trained, **trainer.evaluate(trainer.model),
                    "lr": trainer.optimizer.param_groups[0]["lr"], "epoch_s": time.time() - tick}
         if trainer.ema is not None:
             metrics.update({f"ema_{k}": v for k, v in trainer.evaluate(trainer.ema.module).items()})
@@ -302,7 +279,7 @@ def _train(job: Job, out: Path, rank: int, world: int) -> dict:
             state = trainer.state(epoch, history, best)
             results.atomic_write(checkpoint, lambda f: torch.save(state, f))
             results.write_text(out / "metrics.jsonl", "".join(_json_line(m) for m in history))
-        _say(rank, f"    epoch {epoch + 1}/{t.epochs}  loss {train_loss:.3f}  top-1 {metrics['top1']:.1f}%  "
+        _say(rank, f"    epoch {epoch + 1}/{t.epochs}  loss {trained['train_loss']:.3f}  top-1 {metrics['top1']:.1f}%  "
                    f"top-5 {metrics['top5']:.1f}%  ({metrics['epoch_s']:.0f} s)")
         if job.stop_after is not None and epoch + 1 - start >= job.stop_after and epoch + 1 < t.epochs:
             return {"status": "interrupted", "epoch": epoch + 1}
@@ -323,26 +300,18 @@ def _say(rank: int, text: str) -> None:
 
 def _summary(job: Job, cfg: Config, trainer: Trainer, history: list[dict], best: float, wall: float,
              world: int) -> dict:
-    from .measure import complexity, count_flops, count_params, measure_speed
-    from .model import build_model
-
     last = history[-1]
-    paper = complexity(cfg)
-    trained = count_flops(build_model(cfg, len(trainer.classes)), cfg.data.img_size)
-    speed = measure_speed({"m": build_model(cfg, len(trainer.classes))}, batch_size=cfg.train.batch_size,
-                          img_size=cfg.data.img_size, device=str(trainer.device), rounds=2,
-                          num_classes=len(trainer.classes), peak_memory=False)["m"]
+    speeds = [m["train_img_s"] for m in history[1:] or history]  # the first epoch warms up
     return {
-        "status": "completed", "name": job.name, "seed": job.seed, **job.meta,
+        "status": "completed", "name": job.name, "seed": job.seed, **job.meta, **job.measures,
         "final_top1": last["top1"], "final_top5": last["top5"], "best_top1": best,
         "final_ema_top1": last.get("ema_top1"), "epochs": len(history),
-        "gflops_224": paper["gflops"], "gflops_fvcore_224": paper["gflops_fvcore"], "params": paper["params"],
-        "trained_gflops": trained["gflops"], "trained_params": count_params(trainer.model),
-        "train_img_s": speed.train_img_s, "infer_img_s": speed.infer_img_s, "img_size": cfg.data.img_size,
+        "train_img_s": sorted(speeds)[len(speeds) // 2], "img_size": cfg.data.img_size,
         "effective_batch": trainer.effective_batch, "lr": trainer.lr,
         "lr_rule": f"{cfg.train.lr:g} × {trainer.effective_batch} / {cfg.train.base_batch_size} (linear)",
-        "processes": world, "pretrained": cfg.train.pretrained, "notes": trainer.notes, "wall_s": wall, "hardware": _hardware(trainer.device), "git_commit": _git_commit(),
-        "versions": _versions(), "classes": trainer.classes,
+        "processes": world, "pretrained": cfg.train.pretrained, "notes": trainer.notes, "wall_s": wall,
+        "hardware": _hardware(trainer.device), "git_commit": _git_commit(), "versions": _versions(),
+        "classes": trainer.classes,
     }
 
 

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 
 from convnext_roadmap import RoadmapError, resolve_config
-from convnext_roadmap.config import parse_override
-from convnext_roadmap.roadmap import path_variants, steps
+from convnext_roadmap.loading import parse_override
+from convnext_roadmap.roadmap import Common, leave_one_out_runs, path_runs, select, steps
 
 
 def test_base_is_resnet50():
@@ -54,7 +54,9 @@ def test_override_reads_yaml_and_exponent_floats():
     ("block:\n  kernal_size: 5\n", ["block.kernal_size", "unknown key", "kernel_size"]),
     ("block:\n  kernel_size: '7'\n", ["block.kernel_size", "expected an integer"]),
     ("block:\n  kernel_size: 6\n", ["block.kernel_size", "odd"]),
-    ("stages:\n  depths: [3, 0, 9, 3]\n", ["stages.depths", "positive"]),
+    ("stages:\n  depths: [3, 0, 9, 3]\n", ["stages.depths[1]: got 0, expected ≥ 1"]),
+    ("stages:\n  widths: [64, 128]\n", ["stages.widths: got [64, 128], expected 4 widths, one per stage"]),
+    ("block:\n  drop_path: 1.5\n", ["block.drop_path: got 1.5, expected < 1"]),
     ("block:\n  groups: 5\n", ["block.groups", "divisor"]),
     ("blocks:\n  groups: 5\n", ["blocks", "unknown key", "the top level takes"]),
     ("- a list\n", ["expected a mapping"]),
@@ -85,7 +87,7 @@ def test_error_names_the_file_that_set_the_key(tmp_path: Path):
     ({"upto": "large_kernels"}, "--upto large_kernels: unknown step"),
     ({"patches": ["gelus"]}, "--patch gelus: unknown step or patch file"),
     ({"patches": ["missing.yaml"]}, "--patch missing.yaml: no such file"),
-    ({"base": "resnet18"}, "unknown base 'resnet18'"),
+    ({"base": "resnet18"}, "--base resnet18: unknown base"),
     ({"overrides": ["block.kernel_size"]}, "expected KEY=VALUE"),
 ])
 def test_bad_request(kwargs, words):
@@ -94,9 +96,44 @@ def test_bad_request(kwargs, words):
 
 
 def test_sweep_variants_sit_beside_their_step_without_repeats():
-    names = [v.name for v in path_variants(upto="gelu", sweep="kernel_size")]
+    variants = path_runs(Common(), upto="gelu", sweep="kernel_size")
+    names = [v.name for v in variants]
     assert names[names.index("move_up_dwconv"):] == [
         "move_up_dwconv", "large_kernel@kernel_size=5", "large_kernel", "large_kernel@kernel_size=9",
         "large_kernel@kernel_size=11", "gelu"]
+    # each step is measured against the step before it on the path, each kernel size against 3×3
+    baselines = {v.name: v.baseline for v in variants}
+    assert baselines["gelu"] == "large_kernel" and baselines["large_kernel"] == "move_up_dwconv"
+    assert baselines["large_kernel@kernel_size=11"] == "move_up_dwconv" and baselines["resnet50"] is None
     with pytest.raises(RoadmapError, match="unknown sweep"):
-        path_variants(sweep="depth")
+        path_runs(Common(), sweep="depth")
+
+
+@pytest.mark.parametrize("sweep", [None, "kernel_size"])
+def test_leave_one_out_leaves_each_step_out_of_the_path_up_to_upto(sweep):
+    variants = leave_one_out_runs(Common(), upto="large_kernel", sweep=sweep)
+    full = variants[0]
+    assert full.name == "large_kernel" and full.cfg == resolve_config(upto="large_kernel")
+    path = [s.name for s in steps()][: [s.name for s in steps()].index("large_kernel") + 1]
+    dropped = {v.name: v for v in variants if v.name.startswith("no_")}
+    assert list(dropped) == [f"no_{name}" for name in path]
+    for name in path:  # the path without that one step, measured against the full path
+        others = [n for n in path if n != name]
+        assert dropped[f"no_{name}"].cfg == resolve_config(patches=others) and dropped[f"no_{name}"].baseline == full.name
+    swept = [v for v in variants if "@" in v.name]
+    if sweep is None:
+        assert swept == []
+    else:  # kernel 3 is no_large_kernel and 7 the full network: neither is repeated
+        assert [v.name for v in swept] == [f"large_kernel@kernel_size={k}" for k in (5, 9, 11)]
+        assert all(v.cfg.block.kernel_size != 7 and v.cfg.block.layout == "dw_first" for v in swept)
+    assert [v.name for v in select(variants, ["no_widen"])] == ["no_widen"]
+
+
+def test_a_later_patch_wins_and_lists_are_replaced_whole(tmp_path: Path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("block:\n  kernel_size: 5\n  act_at: [conv1, conv2, conv3, output]\n")
+    b.write_text("block:\n  kernel_size: 9\n  act_at: [conv2]\n")
+    cfg = resolve_config(patches=[a, b])
+    assert cfg.block.kernel_size == 9 and cfg.block.act_at == ["conv2"]  # the shorter list, not a merge
+    assert resolve_config(patches=[b, a]).block.kernel_size == 5
+    assert cfg.block.norm_at == ["conv1", "conv2", "conv3"]  # untouched keys keep the base's values

@@ -6,7 +6,7 @@ import pytest
 
 from convnext_roadmap import RoadmapError
 from convnext_roadmap.cli import main
-from convnext_roadmap.launch import load_profile
+from convnext_roadmap.executors.slurm import load_profile
 
 from conftest import SMOKE, make_imagefolder
 

@@ -9,8 +9,9 @@ import time
 import pandas as pd
 import pytest
 
-from convnext_roadmap import launch
+from convnext_roadmap import executors
 from convnext_roadmap.cli import main
+from convnext_roadmap.executors.slurm import Slurm
 from convnext_roadmap.results import read_metrics
 
 from conftest import make_imagefolder
@@ -34,7 +35,8 @@ def _job_ids(exp):
 
 
 def _state(job_id):
-    return launch.job_states([{"job_id": job_id, "executor": "slurm"}]).get(job_id, {}).get("state")
+    found = Slurm.states([{"job_id": job_id}]).get(job_id)
+    return found.state if found else None
 
 
 def _reason(job_id):
@@ -76,11 +78,11 @@ def test_preempted_job_requeues_and_resumes(tmp_path, data):
     # SLURM holds a requeued job for a couple of minutes before it may start again; once it waits, start it now
     _until(lambda: _reason(job_id) == "BeginTime", 60, "the requeued job to wait for its begin time")
     subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
-    launch.wait(exp, poll_s=1)
+    Slurm(exp).wait(json.loads((exp / "jobs.json").read_text())["jobs"], poll_s=1)
     assert _state(job_id) == "COMPLETED"
     assert [m["epoch"] for m in read_metrics(run)] == [1, 2, 3, 4, 5]  # no epoch twice
     assert json.loads((run / "summary.json").read_text())["epochs"] == 5
-    rows = launch.status(exp)
+    rows = executors.status(exp)
     assert rows[0]["requeued"] == 1 and rows[0]["state"] == "COMPLETED" and rows[0]["epoch"] == 5
 
 

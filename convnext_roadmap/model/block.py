@@ -8,14 +8,14 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath
 
-from ..config import LAYOUTS
+from .geometry import LAYOUTS
 from .layers import conv, make_act, make_norm
 
 
 class Block(nn.Module):
     """conv1 → norm1 → act1 → conv2 → norm2 → act2 → conv3 → norm3 → act3 → layer scale → drop path → + shortcut → act.
 
-    `layout` says which of conv1..conv3 is the k×k conv and how wide each is (see `config.LAYOUTS`); `norm_at` and
+    `layout` says which of conv1..conv3 is the k×k conv and how wide each is (see `geometry.LAYOUTS`); `norm_at` and
     `act_at` say after which convs a norm and an activation run ("output": after the residual add). The k×k conv is
     grouped (`groups`, or "depthwise") and carries the stride. A block that strides or changes width projects its
     shortcut with a conv and a norm.

@@ -8,14 +8,15 @@ import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
 
-from ..config import Config, scale_width, stage_plan
+from ..config import Config
 from .block import Block
+from .geometry import stage_plan, stem_width
 from .layers import conv, make_act, make_norm
 
 
 def make_stem(cfg: Config) -> nn.Sequential:
     s = cfg.stem
-    width = scale_width(s.width, cfg.stages.width_mult)
+    width = stem_width(cfg)
     return nn.Sequential(OrderedDict(
         conv=conv(3, width, s.kernel_size, s.stride, norm_after=s.norm),
         norm=make_norm(s.norm, width),
@@ -61,7 +62,7 @@ class Network(nn.Module):
         plan = stage_plan(cfg)
         rates = torch.linspace(0, b.drop_path, sum(depth for *_, depth in plan)).tolist()
         self.stem = make_stem(cfg)
-        c, stages = scale_width(cfg.stem.width, cfg.stages.width_mult), []
+        c, stages = stem_width(cfg), []
         for i, (first_in, width, out, depth) in enumerate(plan):
             stride = 1 if i == 0 else 2
             separate = ds.type == "separate" and i > 0
@@ -109,10 +110,16 @@ def build_model(cfg: Config, num_classes: int = 1000) -> nn.Module:
     return Network(cfg, num_classes)
 
 
-def adapts_input_size(cfg: Config) -> bool:
-    """Whether timm is asked to build a model made for one input size (ViT, Swin) for another; models that take
-    any size need no asking."""
+def fixed_input_size(name: str) -> int | None:
+    """The one input size a timm model is made for (ViT, Swin), or None for a model that takes any size."""
     import timm
 
-    fixed = timm.models.get_pretrained_cfg(cfg.timm.name)
-    return bool(cfg.timm.img_size) and fixed is not None and bool(fixed.fixed_input_size)
+    pretrained_cfg = timm.models.get_pretrained_cfg(name)
+    if pretrained_cfg is None or not pretrained_cfg.fixed_input_size:
+        return None
+    return pretrained_cfg.input_size[-1]
+
+
+def adapts_input_size(cfg: Config) -> bool:
+    """Whether timm is asked to build a model made for one input size for another (`timm.img_size`)."""
+    return bool(cfg.timm.img_size) and fixed_input_size(cfg.timm.name) is not None

@@ -1,0 +1,183 @@
+"""Where jobs run, behind one interface (submit, states, cancel, wait): in this process, on this machine (N at
+once, through submitit's local executor) or on SLURM (submitit job arrays). The launcher is chosen in `make`, the
+one place that knows the kinds; what a job does inside is `train.run_job`, the same everywhere."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import results
+from ..errors import RoadmapError
+from ..train import Job
+
+# job states that will not change any more (SLURM's words; the local executors use the same)
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
+            "PREEMPTED", "UNKNOWN"}
+
+
+@dataclass
+class JobState:
+    state: str  # PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, … or UNKNOWN (the scheduler no longer knows it)
+    reason: str = ""  # why a pending job waits (SLURM's reason: Resources, Priority, BeginTime, …)
+    elapsed: str = ""
+
+
+class Executor:
+    """Runs jobs somewhere. `submit` returns the records kept in jobs.json (none for jobs run in this process);
+    `blocking` executors return from `submit` only when their jobs have ended."""
+
+    kind = ""
+    blocking = True
+
+    def submit(self, jobs: list[Job]) -> list[dict]:
+        raise NotImplementedError
+
+    @staticmethod
+    def states(records: list[dict]) -> dict[str, JobState]:
+        return {}
+
+    @staticmethod
+    def cancel(records: list[dict]) -> list[str]:
+        return []
+
+    def wait(self, records: list[dict], timeout_min: float | None = None) -> None:
+        """Block until the records' jobs have ended (nothing to do for a blocking executor)."""
+
+    def describe(self) -> str:
+        """Where and how the jobs will run, for the dry run and the first line of a run."""
+        return ""
+
+
+def make(kind: str, experiment_dir: Path, **options) -> Executor:
+    """The executor of `--executor KIND`: inprocess, local or slurm."""
+    from .local import InProcess, Local
+    from .slurm import Slurm
+
+    return {"inprocess": InProcess, "local": Local, "slurm": Slurm}[kind](experiment_dir, **options)
+
+
+def _kinds() -> dict[str, type[Executor]]:
+    from .local import Local
+    from .slurm import Slurm
+
+    return {"local": Local, "slurm": Slurm}
+
+
+def states(records: list[dict]) -> dict[str, JobState]:
+    """The current state of every recorded job, each asked of the executor that ran it."""
+    out: dict[str, JobState] = {}
+    for kind, cls in _kinds().items():
+        mine = [r for r in records if r.get("executor") == kind]
+        if mine:
+            out.update(cls.states(mine))
+    return out
+
+
+def cancel(records: list[dict]) -> list[str]:
+    """Cancel every recorded job that has not ended; returns their ids."""
+    live = [r for r in records if states([r]).get(r["job_id"], JobState("UNKNOWN")).state not in TERMINAL]
+    cancelled = []
+    for kind, cls in _kinds().items():
+        cancelled += cls.cancel([r for r in live if r.get("executor") == kind])
+    return cancelled
+
+
+def status(experiment_dir: Path) -> list[dict]:
+    """One line of facts per submitted (run, seed): job id, state, why it waits, requeues, elapsed, epoch, last
+    top-1, logs."""
+    records = results.read_jobs(experiment_dir)
+    if not records:
+        raise RoadmapError(f"{experiment_dir}: no submitted jobs (jobs.json); runs in this process have none")
+    now = states(records)
+    rows = []
+    for r in records:
+        run = Path(r["run_dir"])
+        metrics = results.read_metrics(run)
+        s = now.get(r["job_id"], JobState("UNKNOWN"))
+        rows.append({"run": r["name"], "seed": r["seed"], "job_id": r["job_id"], "state": s.state,
+                     "reason": s.reason, "requeued": results.read_requeues(run), "elapsed": s.elapsed,
+                     "epoch": metrics[-1]["epoch"] if metrics else 0,
+                     "top1": round(metrics[-1]["top1"], 1) if metrics else None,
+                     "error": (results.read_json(run / "summary.json") or {}).get("error", ""),
+                     "stdout": r["stdout"], "stderr": r["stderr"]})
+    return rows
+
+
+def live(records: list[dict]) -> dict[tuple[str, int], str]:
+    """(run, seed) → where its job is queued or running, for the recorded jobs that have not ended."""
+    now = states(records)
+    out = {}
+    for r in records:
+        s = now.get(r["job_id"])
+        if s is not None and s.state not in TERMINAL:
+            out[(r["name"], r["seed"])] = f"{s.state.lower()} already (job {r['job_id']})"
+    return out
+
+
+def settle(experiment_dir: Path) -> list[str]:
+    """Give every recorded job that ended without a summary (killed, out of memory, timed out for good) a failed
+    summary with its root cause, so that the table and the figure show it; returns their lines."""
+    records = results.read_jobs(experiment_dir)
+    now = states(records)
+    lines = []
+    for r in records:
+        s = now.get(r["job_id"])
+        run = Path(r["run_dir"])
+        if s is None or s.state not in TERMINAL or s.state == "COMPLETED" or (run / "summary.json").exists():
+            continue
+        error = f"{s.state}: {last_error_line(r.get('stderr')) or 'no error output'}"
+        results.write_failure(run, r["name"], r["seed"], error)
+        lines.append(f"✗ {r['name']} seed{r['seed']}: job {r['job_id']} {error}")
+    return lines
+
+
+def last_error_line(stderr: str | None) -> str | None:
+    """The root cause in a job's error log: its last line that names an error, else its last line."""
+    path = Path(stderr) if stderr else None
+    if path is None or not path.exists():
+        return None
+    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "Error" in ln or "error" in ln]
+    return (errors or lines or [None])[-1]
+
+
+def outcome_line(job: Job, seconds: float) -> str:
+    """One line for a job that ended: its top-1 and size, or its error."""
+    summary = results.read_json(Path(job.run_dir) / "summary.json") or {}
+    if summary.get("status") != "completed":
+        return f"✗ {job.name} seed{job.seed}: {summary.get('error') or 'ended without a summary'}"
+    return (f"✓ {job.name} seed{job.seed}: top-1 {summary['final_top1']:.1f}% (best {summary['best_top1']:.1f}), "
+            f"{summary['gflops_224']:.2f} GFLOPs at 224², {summary['params'] / 1e6:.1f} M params, {seconds:.0f} s")
+
+
+class SubmittedRun:
+    """What a submitit job calls (on SLURM or on this machine): torch.distributed from submitit's environment when
+    the job has several tasks, then `run_job`. On a time-out or preemption submitit calls `checkpoint`, which
+    requeues the same call: `run_job` resumes from the run's last checkpoint."""
+
+    def __init__(self, job: Job):
+        self.job = job
+
+    def __call__(self) -> dict:
+        import submitit
+        import torch
+
+        from ..train import run_job
+
+        env = submitit.JobEnvironment()
+        distributed = env.num_tasks > 1
+        if distributed:
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        try:
+            return run_job(self.job)
+        finally:
+            if distributed:
+                torch.distributed.destroy_process_group()
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        results.count_requeue(Path(self.job.run_dir))
+        return submitit.helpers.DelayedSubmission(SubmittedRun(self.job))

@@ -1,0 +1,143 @@
+"""Jobs on this machine: one after another in this process, or up to N at once as submitit's local jobs, each
+pinned to its own GPUs (CUDA_VISIBLE_DEVICES) or, on the CPU, to its share of the cores."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from .. import results
+from ..errors import RoadmapError
+from ..train import Job
+from . import Executor, JobState, SubmittedRun, outcome_line
+
+A_WEEK_MIN = 7 * 24 * 60
+
+
+class InProcess(Executor):
+    """Each job in this process, one after another. A failing job is reported and the others go on."""
+
+    kind = "inprocess"
+
+    def __init__(self, experiment_dir: Path, **_):
+        self.experiment_dir = experiment_dir
+
+    def describe(self) -> str:
+        return "in this process, one after another"
+
+    def submit(self, jobs: list[Job]) -> list[dict]:
+        from ..train import run_job
+
+        for job in jobs:
+            start = time.time()
+            try:
+                run_job(job)
+            except Exception:  # noqa: BLE001 - one failed step must not stop the roadmap; it is in its summary
+                pass
+            print(outcome_line(job, time.time() - start), flush=True)
+        return []
+
+
+class Local(Executor):
+    """Up to `parallel` jobs at once through submitit's LocalExecutor, this process scheduling them. With GPUs,
+    each job gets `gpus_per_job` of its own (one task each, DDP across them through submitit's environment, as on
+    SLURM); on the CPU, `tasks_per_job` processes and the cores divided between the jobs."""
+
+    kind = "local"
+
+    def __init__(self, experiment_dir: Path, parallel: int | None = None, gpus_per_job: int = 1,
+                 tasks_per_job: int = 1, poll_s: float = 0.5, **_):
+        import torch
+
+        self.experiment_dir = Path(experiment_dir)
+        self.gpus = torch.cuda.device_count()
+        self.gpus_per_job = gpus_per_job if self.gpus else 0
+        if self.gpus_per_job > self.gpus:
+            raise RoadmapError(f"--gpus-per-job {gpus_per_job}: this machine has {self.gpus} GPU(s)")
+        most = self.gpus // self.gpus_per_job if self.gpus else os.cpu_count() or 1
+        self.parallel = min(parallel or most, most) if self.gpus else (parallel or most)
+        self.tasks = self.gpus_per_job or tasks_per_job
+        self.threads = max(1, (os.cpu_count() or 1) // (self.parallel * self.tasks))
+        self.poll_s = poll_s
+
+    def describe(self) -> str:
+        if self.gpus:
+            return f"{self.parallel} job(s) at once, {self.gpus_per_job} GPU(s) each"
+        return f"{self.parallel} job(s) at once, {self.tasks} process(es) × {self.threads} CPU thread(s) each"
+
+    def submit(self, jobs: list[Job]) -> list[dict]:
+        import submitit
+
+        queue, running, records = list(jobs), {}, []
+        free = list(range(self.parallel))
+        while queue or running:
+            while queue and free:
+                slot, job = free.pop(0), queue.pop(0)
+                executor = submitit.LocalExecutor(folder=self.experiment_dir / "local" / "%j")
+                gpus = list(range(slot * self.gpus_per_job, (slot + 1) * self.gpus_per_job))
+                executor.update_parameters(timeout_min=A_WEEK_MIN, tasks_per_node=self.tasks,
+                                           gpus_per_node=len(gpus), visible_gpus=gpus,
+                                           setup=[f"export OMP_NUM_THREADS={self.threads}"])
+                handle = executor.submit(SubmittedRun(job))
+                record = _record(job, handle, self.kind)
+                results.record_jobs(self.experiment_dir, [record])
+                records.append(record)
+                running[slot] = (job, handle, time.time())
+            time.sleep(self.poll_s)
+            for slot, (job, handle, start) in list(running.items()):
+                if handle.done():
+                    del running[slot]
+                    free.append(slot)
+                    _settle_one(job, handle)
+                    print(outcome_line(job, time.time() - start), flush=True)
+        return records
+
+    @staticmethod
+    def states(records: list[dict]) -> dict[str, JobState]:
+        """A job whose controller process still lives is running; otherwise its summary says how it ended."""
+        out = {}
+        for r in records:
+            if _alive(r["job_id"]):
+                out[r["job_id"]] = JobState("RUNNING")
+                continue
+            summary = results.read_json(Path(r["run_dir"]) / "summary.json") or {}
+            out[r["job_id"]] = JobState({"completed": "COMPLETED", "failed": "FAILED"}.get(summary.get("status"),
+                                                                                            "UNKNOWN"))
+        return out
+
+    @staticmethod
+    def cancel(records: list[dict]) -> list[str]:
+        import signal
+
+        cancelled = []
+        for r in records:
+            if _alive(r["job_id"]):
+                os.kill(int(r["job_id"]), signal.SIGINT)
+                cancelled.append(r["job_id"])
+        return cancelled
+
+
+def _record(job: Job, handle, kind: str) -> dict:
+    return {"name": job.name, "seed": job.seed, "job_id": str(handle.job_id), "executor": kind,
+            "run_dir": job.run_dir, "stdout": str(handle.paths.stdout), "stderr": str(handle.paths.stderr)}
+
+
+def _settle_one(job: Job, handle) -> None:
+    """A local job that ended without a summary (killed, out of memory) gets a failed one with its root cause."""
+    if (Path(job.run_dir) / "summary.json").exists():
+        return
+    from . import last_error_line
+
+    results.write_failure(Path(job.run_dir), job.name, job.seed,
+                          f"{handle.state}: {last_error_line(str(handle.paths.stderr)) or 'no error output'}",
+                          job.meta)
+
+
+def _alive(pid: str) -> bool:
+    """Whether a local job's controller (a submitit process of this user) still runs."""
+    try:
+        cmdline = Path(f"/proc/{int(pid)}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+    return b"submitit" in cmdline

@@ -1,0 +1,198 @@
+"""Configs from layers: YAML loading, deep-merge of patches, `--set`, and which source set each leaf (for errors).
+
+A config is the merge of mappings in order: a base, the recipe, the patches, the command line. A patch names only
+the fields it changes; lists are replaced whole. Every leaf remembers the source that set it last, so that a
+validation error names the file (or the `--set`) and the key in one line.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from .config import Config, Problem
+from .errors import RoadmapError
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `4e-3` as a string; accept exponent floats without a dot, as YAML 1.2 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(path: Path) -> dict:
+    """Read a YAML mapping; an empty file is an empty mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise RoadmapError(f"{path}: no such file")
+    try:
+        data = yaml.load(path.read_text(), Loader=_Loader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise RoadmapError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RoadmapError(f"{path}: expected a mapping of config sections, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> dict:
+    """`block.kernel_size=9` → {"block": {"kernel_size": 9}}; the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise RoadmapError(f"--set {text}: expected KEY=VALUE with a dotted key, e.g. block.kernel_size=9")
+    try:
+        value = yaml.load(raw, Loader=_Loader) if raw.strip() else raw
+    except yaml.YAMLError:
+        raise RoadmapError(f"--set {text}: the value is not valid YAML") from None
+    tree: Any = value
+    for part in reversed(key.strip().split(".")):
+        tree = {part: tree}
+    return tree
+
+
+class Merged:
+    """A mapping built by deep-merging layers, remembering which source set each leaf."""
+
+    def __init__(self) -> None:
+        self.data: dict = {}
+        self.origin: dict[str, str] = {}
+
+    def merge(self, layer: dict, source: str) -> "Merged":
+        self._merge(self.data, layer, source, prefix="")
+        return self
+
+    def _merge(self, into: dict, layer: dict, source: str, prefix: str) -> None:
+        for key, value in layer.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                self._merge(into[key], value, source, dotted + ".")
+            else:
+                into[key] = copy.deepcopy(value)
+                self.origin = {k: v for k, v in self.origin.items() if not k.startswith(dotted + ".")}
+                self.origin[dotted] = source
+
+    def source_of(self, key: str) -> str:
+        """The source that set `key`, or the nearest enclosing key; the first source when none did."""
+        parts = key.split(".")
+        for n in range(len(parts), 0, -1):
+            found = self.origin.get(".".join(parts[:n]))
+            if found:
+                return found
+        return next(iter(self.origin.values()), "config")
+
+
+def merge_layers(layers: list[tuple[str, dict]], schema: type[BaseModel] = Config) -> tuple[BaseModel, Merged]:
+    """Merge (source, mapping) layers in order and validate the result."""
+    merged = Merged()
+    for source, doc in layers:
+        merged.merge(doc, source)
+    return validate(merged, schema), merged
+
+
+def validate(merged: Merged, schema: type[BaseModel] = Config) -> BaseModel:
+    """Check keys, types and constraints (the schema's); the first problem becomes one RoadmapError line."""
+    try:
+        return schema.model_validate(merged.data)
+    except ValidationError as e:
+        raise RoadmapError(_describe(e.errors()[0], merged, schema)) from None
+
+
+def _describe(err: dict, merged: Merged, schema: type[BaseModel]) -> str:
+    loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
+    # pydantic reports a failed Union/Literal member in the loc (e.g. "literal['depthwise']"); keep the field path
+    loc = [p for p in loc if not re.match(r"^(int|float|str|bool|none|literal\[.*\]|list\[.*\]|constrained-.*)$", p)]
+    index = next((p for p in err["loc"] if isinstance(p, int)), None)
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, Problem):  # a cross-field rule: its key is relative to the section that raised it
+        key = ".".join([*loc, cause.key])
+        return f"{merged.source_of(key)}: {key}: {cause}"
+    key = ".".join(loc)
+    source = merged.source_of(key)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent = _section(schema, loc[:-1])
+        allowed = ", ".join(parent.model_fields) if parent else "?"
+        where = ".".join(loc[:-1]) or "the top level"
+        return f"{source}: {key}: unknown key ({where} takes: {allowed})"
+    if kind == "missing":
+        return f"{source}: {key}: missing (the base config must set every field)"
+    field = _field(schema, loc)
+    item = f"[{index}]" if index is not None else ""
+    return f"{source}: {key}{item}: got {err.get('input')!r}, expected {_expected(err, field)}"
+
+
+def _expected(err: dict, field) -> str:
+    """What a field takes, in words: its constraint when one failed, else its type."""
+    ctx, kind = err.get("ctx") or {}, err["type"]
+    bounds = {"greater_than_equal": ("≥", "ge"), "greater_than": (">", "gt"), "less_than": ("<", "lt"),
+              "less_than_equal": ("≤", "le")}
+    if kind in bounds:
+        sign, name = bounds[kind]
+        return f"{sign} {ctx[name]}"
+    if kind in ("too_short", "too_long"):
+        lengths = {m.min_length for m in field.metadata if hasattr(m, "min_length")} if field else set()
+        return f"a list of {lengths.pop()} values" if len(lengths) == 1 else err["msg"].lower()
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    if field is not None and field.description:
+        return field.description
+    return _type_words(field.annotation) if field is not None else err["msg"]
+
+
+def _section(schema: type[BaseModel], path: list[str]) -> type[BaseModel] | None:
+    for part in path:
+        field = schema.model_fields.get(part)
+        models = [a for a in (field.annotation, *get_args(field.annotation)) if _is_model(a)] if field else []
+        if not models:
+            return None
+        schema = models[0]
+    return schema
+
+
+def _is_model(annotation) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _field(schema: type[BaseModel], path: list[str]):
+    parent = _section(schema, path[:-1])
+    return parent.model_fields.get(path[-1]) if parent and path else None
+
+
+def _type_words(annotation) -> str:
+    """A type annotation in words: `Union[int, Literal["depthwise"]]` → "an integer or 'depthwise'"."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in args)
+    if origin is Union:
+        return " or ".join(_type_words(a) for a in args)
+    if origin is list:
+        return f"a list, each {_type_words(args[0])}" if args else "a list"
+    if args and hasattr(annotation, "__metadata__"):  # Annotated[int, Field(...)]
+        return _type_words(args[0])
+    if _is_model(annotation):
+        return "a mapping of " + ", ".join(annotation.model_fields)
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            type(None): "null"}.get(annotation, str(annotation))
+
+
+def to_yaml(cfg: BaseModel) -> str:
+    sections = {k: v for k, v in cfg.model_dump().items() if v is not None}  # no train/data: no recipe applied
+    return yaml.safe_dump(sections, sort_keys=False, default_flow_style=None, allow_unicode=True)
+
+
+def from_yaml(text: str) -> Config:
+    """A config written by `to_yaml` (a run's config.yaml)."""
+    return Config.model_validate(yaml.safe_load(text))

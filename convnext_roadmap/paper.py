@@ -1,0 +1,39 @@
+"""The paper's printed numbers (results/paper_reference.csv): one row per (base, run), and our FLOPs against them."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+from .resources import PAPER_CSV
+
+FLOPS_TOLERANCE = 0.01  # the paper's own rounding
+
+
+@functools.cache
+def table():
+    """The paper's numbers as a DataFrame indexed by (base, step)."""
+    import pandas as pd
+
+    return pd.read_csv(PAPER_CSV, comment="#").set_index(["base", "step"])
+
+
+def row(base: str, name: str) -> dict | None:
+    """The paper's row for a run of a base's roadmap (a step, a sweep value, a reference model), or None."""
+    df = table()
+    if (base, name) not in df.index:
+        return None
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in df.loc[(base, name)].items()}
+
+
+def check_flops(gflops: float, ref: dict | None) -> dict:
+    """Our GFLOPs against the paper's: the difference, and whether it is within rounding of what the paper says
+    (or, for its known anomalies, of what it should have said)."""
+    if ref is None:
+        return {"diff": None, "check": "no paper number"}
+    expected = ref["expected_gflops"] if ref["expected_gflops"] is not None else ref["paper_gflops"]
+    ok = abs(gflops - expected) <= FLOPS_TOLERANCE + 1e-9
+    check = "ok" if ok else f"OFF (expected {expected})"
+    if ok and expected != ref["paper_gflops"]:
+        check = f"ok; paper anomaly: the paper says {ref['paper_gflops']}"
+    return {"diff": round(gflops - ref["paper_gflops"], 3) + 0.0, "check": check}  # + 0.0: no "-0"

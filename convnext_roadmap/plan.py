@@ -1,0 +1,133 @@
+"""From the requested networks to jobs: variants × seeds, their FLOPs counted once, conflicts with what is on disk,
+which jobs are still to run, the dry-run text and plan.json."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from . import results
+from .config import Config, diff
+from .errors import RoadmapError
+from .loading import from_yaml
+from .roadmap import Variant
+from .train import Job
+
+
+def measure(variants: list[Variant], num_classes: int) -> dict[str, dict]:
+    """Each network's FLOPs and parameters, once: at the paper's scale (224², 1000 classes) for the table, and as
+    trained (the recipe's image size and scale, the data's classes) for the run's summary."""
+    from .measure import complexity
+
+    out = {}
+    for v in variants:
+        paper, trained = complexity(v.cfg), complexity(v.cfg, num_classes, v.cfg.data.img_size, paper=False)
+        out[v.name] = {"gflops_224": paper["gflops"], "gflops_fvcore_224": paper["gflops_fvcore"],
+                       "params": paper["params"], "trained_gflops": trained["gflops"],
+                       "trained_params": trained["params"]}
+    return out
+
+
+def make_jobs(variants: list[Variant], seeds: list[int], experiment_dir: Path, device: str, meta: dict,
+              measures: dict[str, dict]) -> list[Job]:
+    return [Job(run_dir=str(results.run_dir(experiment_dir, v.name, seed)), name=v.name, cfg=v.cfg.model_dump(),
+                seed=seed, device=device, meta={**meta, "label": v.label, "group": v.group},
+                measures=measures[v.name])
+            for v in variants for seed in seeds]
+
+
+def check_conflicts(jobs: list[Job]) -> None:
+    """A run folder holds one config: refuse to mix what is there with a different request."""
+    for job in jobs:
+        path = Path(job.run_dir) / "config.yaml"
+        if not path.exists():
+            continue
+        changes = diff(from_yaml(path.read_text()), Config.model_validate(job.cfg))
+        if changes:
+            key, (old, new) = next(iter(changes.items()))
+            raise RoadmapError(f"{path}: this run was made with another config ({key}: {old} → {new}); "
+                               f"use another --experiment, or --force to train it again")
+
+
+def pending(jobs: list[Job], finished: set[tuple[str, int]], live: dict[tuple[str, int], str],
+            force: bool) -> tuple[list[Job], list[str]]:
+    """The jobs still to run, and a line for each that is not: queued or running already (`live`: where), or
+    finished (unless `force`)."""
+    todo, skipped = [], []
+    for job in jobs:
+        key = (job.name, job.seed)
+        if key in live:
+            skipped.append(f"= {job.name} seed{job.seed}: {live[key]}")
+        elif key in finished and not force:
+            skipped.append(f"= {job.name} seed{job.seed}: done already ({job.run_dir})")
+        else:
+            todo.append(job)
+    return todo, skipped
+
+
+def remove_runs(jobs: list[Job]) -> None:
+    """`--force`: delete these runs' folders, so that they train from the start."""
+    for job in jobs:
+        shutil.rmtree(job.run_dir, ignore_errors=True)
+
+
+def entries(variants: list[Variant], measures: dict[str, dict]) -> list[dict]:
+    """The rows of plan.json: each run's name, label, group, baseline, FLOPs and the files it was made from."""
+    return [{"name": v.name, "label": v.label, "group": v.group, "baseline": v.baseline,
+             "gflops": measures[v.name]["gflops_224"], "params": measures[v.name]["params"],
+             "sources": list(v.sources)} for v in variants]
+
+
+def save(experiment_dir: Path, base: str, recipe: str, seeds: list[int], rows: list[dict]) -> None:
+    """Record what the experiment asks for; a later request adds its runs and seeds to those already there."""
+    old = results.read_json(Path(experiment_dir) / "plan.json") or {"runs": [], "seeds": []}
+    names = {r["name"] for r in rows}
+    runs = [r for r in old["runs"] if r["name"] not in names]
+    plan = {"base": base, "recipe": recipe, "seeds": sorted(set(old["seeds"]) | set(seeds)), "runs": runs + rows}
+    results.save_plan(experiment_dir, plan)
+
+
+def describe(variants: list[Variant], jobs: list[Job], rows: list[dict]) -> str:
+    """The dry-run text: each run, what it changes from the one before, its FLOPs, and whether it is done."""
+    from .model.network import adapts_input_size
+
+    lines, previous, seen = [], None, {}
+    by_name = {e["name"]: e for e in rows}
+    for v in variants:
+        changes = diff(previous, v.cfg) if previous is not None else {}
+        model_changes = {k: c for k, c in changes.items() if not k.startswith(("train.", "data."))}
+        what = "; ".join(f"{k}: {a} → {b}" for k, (a, b) in model_changes.items()) or "(the start)"
+        twin = seen.setdefault(v.cfg.model_dump_json(), v.name)
+        if twin != v.name:  # e.g. a step left out whose change a later step makes anyway
+            what += f"\n    the same network as {twin}"
+        if v.cfg.timm is not None:
+            adapted = f", adapted to {v.cfg.timm.img_size}²" if adapts_input_size(v.cfg) else ""
+            what = f"timm model {v.cfg.timm.name}{adapted}"
+        states = []
+        for job in (j for j in jobs if j.name == v.name):
+            path = Path(job.run_dir)
+            state = "done" if results.is_done(path) else "resume" if (path / "checkpoint.pt").exists() else "run"
+            states.append(f"seed{job.seed}: {state}")
+        e = by_name[v.name]
+        lines.append(f"{v.name:<28} {e['gflops']:5.2f} GFLOPs {e['params'] / 1e6:6.1f} M  [{', '.join(states)}]\n"
+                     f"    {what}")
+        previous = v.cfg
+    if variants:
+        cfg = variants[0].cfg
+        t, d = cfg.train, cfg.data
+        scale = f", width × {cfg.stages.width_mult}, depth × {cfg.stages.depth_mult}" if cfg.stages else ""
+        lines.append(f"recipe: {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g} at batch {t.base_batch_size}, "
+                     f"data {d.source} at {d.img_size}²{scale}, pretrained: {t.pretrained}")
+    return "\n".join(lines)
+
+
+def check_initial_weights(variants: list[Variant], num_classes: int) -> None:
+    """Load each pretrained file into its network before anything is written, so that a file that does not fit
+    is one error line, not a failed run."""
+    from .model import build_model
+    from .model.pretrained import HUB, load_initial_weights
+
+    for v in variants:
+        source = v.cfg.train.pretrained
+        if isinstance(source, str) and not source.startswith(HUB):
+            load_initial_weights(build_model(v.cfg, num_classes), v.cfg)

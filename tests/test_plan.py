@@ -1,0 +1,101 @@
+"""Planning and launching: which jobs run, conflicts with what is on disk, --force, exit codes per request, and
+the table and the figure built from one table."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from convnext_roadmap import plots
+from convnext_roadmap.cli import main
+from convnext_roadmap.plan import pending
+from convnext_roadmap.results import read_metrics
+from convnext_roadmap.train import Job
+
+from conftest import SMOKE, make_imagefolder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_imagefolder(tmp_path_factory.mktemp("data"))
+
+
+def _job(name, seed=0):
+    return Job(run_dir=f"/r/{name}/seed{seed}", name=name, cfg={}, seed=seed)
+
+
+def test_pending_is_a_pure_choice():
+    jobs = [_job("a"), _job("b"), _job("c"), _job("c", 1)]
+    todo, skipped = pending(jobs, finished={("a", 0)}, live={("b", 0): "running already (job 7)"}, force=False)
+    assert [(j.name, j.seed) for j in todo] == [("c", 0), ("c", 1)]
+    assert skipped == ["= a seed0: done already (/r/a/seed0)", "= b seed0: running already (job 7)"]
+    todo, _ = pending(jobs, finished={("a", 0)}, live={("b", 0): "queued"}, force=True)
+    assert [j.name for j in todo] == ["a", "c", "c"]  # forced: a finished run trains again, a live one is left alone
+
+
+def test_conflicting_config_is_refused_and_force_trains_again(tmp_path, data, capsys):
+    base = ["run", "--steps", "resnet50", *SMOKE, "--data", f"imagefolder:{data}", "--results", str(tmp_path),
+            "--experiment", "c"]
+    assert main(base) == 0
+    run = tmp_path / "c" / "resnet50" / "seed0"
+    first = json.loads((run / "summary.json").read_text())
+    capsys.readouterr()
+    assert main([*base, "--set", "block.kernel_size=5"]) == 2
+    err = capsys.readouterr().err
+    assert "config.yaml: this run was made with another config (block.kernel_size: 3 → 5)" in err
+    assert json.loads((run / "summary.json").read_text()) == first  # nothing touched
+    assert main([*base, "--set", "block.kernel_size=5", "--force"]) == 0
+    again = json.loads((run / "summary.json").read_text())
+    assert "kernel_size: 5" in (run / "config.yaml").read_text() and again["wall_s"] != first["wall_s"]
+    assert [m["epoch"] for m in read_metrics(run)] == [1, 2]
+
+
+def test_exit_code_is_that_of_this_request_only(tmp_path, data, capsys):
+    common = ["run", *SMOKE, "--data", f"imagefolder:{data}", "--results", str(tmp_path), "--experiment", "x",
+              "--executor", "local", "--parallel", "1"]
+    assert main([*common, "--steps", "resnet50", "--set", "train.batch_size=1000"]) == 1  # fails: batch > data
+    assert main([*common, "--steps", "patchify_stem"]) == 0  # a clean request beside an old failure
+    table = pd.read_csv(tmp_path / "x" / "table.csv")
+    assert dict(zip(table.step, table.status)) == {"resnet50": "failed", "patchify_stem": "completed"}
+    records = json.loads((tmp_path / "x" / "jobs.json").read_text())["jobs"]
+    assert {r["name"] for r in records} == {"resnet50", "patchify_stem"}
+
+
+def test_table_and_figure_agree_on_every_row(tmp_path, data, monkeypatch, capsys):
+    drawn = {}
+    real = plots.figure2
+    monkeypatch.setattr(plots, "figure2", lambda df, *a, **k: (drawn.update(zip(df.step, df.status)),
+                                                               real(df, *a, **k)))
+    assert main(["run", "--steps", "resnet50,patchify_stem", *SMOKE, "--data", f"imagefolder:{data}", "--results",
+                 str(tmp_path), "--experiment", "t", "--set", "train.batch_size=1000"]) == 1
+    table = pd.read_csv(tmp_path / "t" / "table.csv")
+    assert drawn == dict(zip(table.step, table.status)) == {"resnet50": "failed", "patchify_stem": "failed"}
+    assert table.error.str.contains("batch_size").all()
+    drawn.clear()
+    assert main(["plot", "t", "--results", str(tmp_path)]) == 0
+    assert drawn == dict(zip(table.step, table.status))
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--patch", "gelu", "--leave-one-out"], "not allowed with argument --patch"),
+    (["--patch", "gelu", "--sweep", "kernel_size"], "--patch makes one network; it does not combine with --sweep"),
+    (["--patch", "gelu", "--steps", "zzz"], "--patch makes one network; it does not combine with --steps"),
+])
+def test_options_that_cannot_combine_are_one_line_exit_2(tmp_path, data, capsys, extra, words):
+    with pytest.raises(SystemExit) if "allowed" in words else _no_raise() as caught:
+        code = main(["run", *SMOKE, "--data", f"imagefolder:{data}", "--results", str(tmp_path), "--dry-run",
+                     *extra])
+    code = caught.value.code if "allowed" in words else code
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+class _no_raise:
+    value = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
