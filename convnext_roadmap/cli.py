@@ -122,10 +122,10 @@ def cmd_bench(args) -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise RoadmapError("--device cuda: no CUDA device is available here")
     rows = bench(_requested(args), roadmap.timm_models(args.base), batch_size=args.batch_size,
-                 img_size=args.img_size, device=args.device, rounds=args.rounds,
+                 img_size=args.img_size, device=args.device, rounds=args.rounds, amp=args.amp,
                  progress=lambda name: print(f"  measured {name}", file=sys.stderr))
-    print(f"# {args.device}, batch {args.batch_size}, {args.img_size}², median of {args.rounds} alternating rounds"
-          + (", channels_last + bf16 autocast" if args.device == "cuda" else ""))
+    print(f"# {args.device}, batch {args.batch_size}, {args.img_size}², channels_last"
+          + (", bf16 autocast" if args.amp else "") + f", median of {args.rounds} alternating rounds")
     _print_frame(pd.DataFrame(rows), args.format)
 
 
@@ -145,14 +145,15 @@ def cmd_run(args) -> int:
     first = variants[0].cfg.train.seed
     experiment = args.experiment or f"{args.base}-{Path(str(args.recipe)).stem}"
     exp_dir = _results_root(args) / experiment
-    profile = None
+    profile, source_of = (None, None)
     if args.executor == "slurm":
-        profile = load_profile(args.cluster, {k: getattr(args, k) for k in PROFILE_FLAGS})
-    executor = executors.make(args.executor, exp_dir, profile=profile, parallel=args.parallel,
-                              gpus_per_job=args.gpus_per_job)
+        profile, source_of = load_profile(args.cluster, {k: getattr(args, k) for k in PROFILE_FLAGS})
+    executor = executors.make(args.executor, exp_dir, profile=profile, source_of=source_of, parallel=args.parallel,
+                              gpus_per_job=args.gpus_per_job, tasks_per_job=args.tasks_per_job)
     return launch.run(variants, list(range(first, first + args.seeds)), exp_dir, executor, base=args.base,
                       recipe=str(args.recipe), device=args.device, force=args.force, dry_run=args.dry_run,
-                      wait=args.wait)
+                      wait=args.wait, timeout_wait=args.timeout_wait, tensorboard=args.log == "tensorboard",
+                      log_every=args.log_every)
 
 
 def _experiment(args) -> Path:
@@ -215,6 +216,13 @@ def cmd_predict(args) -> None:
     print(f"wrote {args.out}: {n} predictions (id,label)")
 
 
+def cmd_subset(args) -> None:
+    from .data import make_subset
+
+    chosen = make_subset(Path(args.source), Path(args.target), args.classes)
+    print(f"linked {len(chosen)} classes ({chosen[0]} … {chosen[-1]}) of {args.source} into {args.target}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .executors.slurm import PROFILE_FLAGS
 
@@ -243,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per model (after one warm-up round)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast, as the paper's recipe trains (any device)")
     _format(p)
     p.set_defaults(func=cmd_bench)
 
@@ -251,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="cpu_proxy", metavar="NAME|FILE",
                    help="how to train: cpu_proxy (default), paper_in1k, smoke, or a YAML file")
     p.add_argument("--data", metavar="SPEC", help="synthetic (the recipe's default), imagefolder:PATH or csv:PATH")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per run (the paper reports 3)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per run (default 3, as the paper reports)")
     p.add_argument("--experiment", metavar="NAME", help="results/NAME (default: BASE-RECIPE)")
     p.add_argument("--results", metavar="DIR", help="where experiments go (default: ./results)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
@@ -264,18 +273,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timm models to train (comma list); without --upto/--steps, only those")
     p.add_argument("--pretrained", nargs="?", const="true", metavar="FILE",
                    help="start from pretrained weights: timm's hub, or a local .safetensors/.pth file")
-    p.add_argument("--executor", choices=["inprocess", "local", "slurm"], default="inprocess",
-                   help="where runs execute: this process (default), this machine N at once, or SLURM jobs")
+    p.add_argument("--executor", choices=["local", "inprocess", "slurm"], default="local",
+                   help="where runs execute: this machine, N at once (default), this process, or SLURM jobs")
     p.add_argument("--parallel", type=int, metavar="N",
                    help="--executor local: jobs at once (default: one per GPU, or one per CPU core)")
     p.add_argument("--gpus-per-job", type=int, default=1, metavar="K",
                    help="--executor local: GPUs per job, one DDP process each (default 1)")
+    p.add_argument("--tasks-per-job", type=int, metavar="N",
+                   help="--executor local: DDP processes per job (default: one per GPU of the job, or 1)")
+    p.add_argument("--log", choices=["tensorboard"], help="also write TensorBoard scalars into each run's folder")
+    p.add_argument("--log-every", type=int, default=50, metavar="STEPS",
+                   help="with --log: a training-loss point every this many optimizer steps (default 50)")
     p.add_argument("--cluster", default="default", metavar="PROFILE",
                    help="a cluster profile: slurm/PROFILE.yaml or a YAML file (default: slurm/default.yaml)")
     for flag, kind in PROFILE_FLAGS.items():
         p.add_argument(f"--{flag.replace('_', '-')}", type=kind, help=f"override the profile's {flag}")
     p.add_argument("--wait", action="store_true", help="with --executor slurm: wait for the jobs, then the table")
+    p.add_argument("--timeout-wait", type=float, metavar="MIN", help="with --wait: stop waiting after MIN minutes")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("subset", help="link a class subset of an ImageFolder tree (ImageNet-100 for imagenet_proxy)")
+    p.add_argument("source", help="an ImageFolder tree: SOURCE/train/<class>/, SOURCE/val/<class>/")
+    p.add_argument("target", help="where the subset's train/ and val/ are linked")
+    p.add_argument("--classes", type=int, default=100, help="how many classes: every k-th in sorted order")
+    p.set_defaults(func=cmd_subset)
 
     for name, func, text in (("eval", cmd_eval, "evaluate a finished run's best weights"),
                              ("predict", cmd_predict, "write Kaggle-style predictions (id,label) of a run")):

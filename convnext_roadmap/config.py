@@ -97,23 +97,30 @@ class Train(Section):
     """How a network is trained; set by a recipe (ablations/recipes/)."""
 
     epochs: Positive
-    batch_size: Positive  # per process; the effective batch is batch_size × processes
+    batch_size: Positive  # per process; the effective batch is batch_size × processes × accum_steps
+    accum_steps: Positive = 1  # micro-batches whose gradients add up to one optimizer step
+    target_batch: Union[Positive, None] = None  # or: pick accum_steps to reach this effective batch
     lr: float = Field(gt=0)  # at base_batch_size, scaled linearly to the effective batch
     base_batch_size: Positive
-    min_lr: float = Field(ge=0)
+    sched: Literal["cosine", "step"] = "cosine"  # per optimizer step, after a linear warm-up
+    min_lr: float = Field(ge=0)  # cosine: the lr it ends at
+    decay_epochs: Positive = 30  # step: multiply the lr by decay_rate every decay_epochs
+    decay_rate: float = Field(0.1, gt=0, le=1)
     warmup_epochs: int = Field(ge=0)
     warmup_lr: float = Field(ge=0)
-    opt: str  # a timm optimizer name
-    betas: list[Probability] = Field(min_length=2, max_length=2)
-    weight_decay: float = Field(ge=0)  # none on norms and biases
+    opt: str  # a timm optimizer name: adamw, momentum (SGD with momentum), sgd (Nesterov), …
+    betas: list[Probability] = Field(min_length=2, max_length=2)  # Adam-style optimizers
+    momentum: Probability = 0.9  # SGD-style optimizers
+    weight_decay: float = Field(ge=0)
+    filter_bias_and_bn: bool = True  # no weight decay on norms and biases (timm's default; torchvision decays all)
     clip_grad: Union[Annotated[float, Field(gt=0)], None]
     label_smoothing: Probability
     mixup: float = Field(ge=0)
     cutmix: float = Field(ge=0)
     ema: bool
     ema_decay: float = Field(gt=0, lt=1)
-    amp: bool  # bf16 autocast, on CUDA
-    channels_last: bool  # on CUDA
+    amp: bool  # bf16 autocast, on any device
+    channels_last: bool  # NHWC memory format, on any device
     compile: bool
     seed: int  # the first seed; --seeds N runs seed, seed+1, …
     # false; true: timm's hub weights of this network; timm:NAME: the hub weights of NAME; a path: a local file
@@ -123,7 +130,20 @@ class Train(Section):
     def _warmup_within_training(self):
         if self.warmup_epochs >= self.epochs:
             raise Problem("warmup_epochs", f"got {self.warmup_epochs}, expected fewer than epochs ({self.epochs})")
+        if self.target_batch is not None and self.accum_steps != 1:
+            raise Problem("accum_steps", f"got {self.accum_steps} beside target_batch {self.target_batch}, "
+                                         f"expected one of the two (target_batch picks accum_steps)")
         return self
+
+    def accumulation(self, processes: int) -> int:
+        """Micro-batches per optimizer step for this many processes: accum_steps, or what target_batch asks."""
+        if self.target_batch is None:
+            return self.accum_steps
+        per_step = self.batch_size * processes
+        if self.target_batch % per_step:
+            raise Problem("target_batch", f"got {self.target_batch}, expected a multiple of batch_size × processes "
+                                          f"= {self.batch_size} × {processes} = {per_step}")
+        return self.target_batch // per_step
 
 
 class Data(Section):
@@ -138,7 +158,10 @@ class Data(Section):
     random_erasing: float = Field(ge=0, le=1)
     mean: list[float] = Field(min_length=3, max_length=3)
     std: list[float] = Field(min_length=3, max_length=3)
-    workers: int = Field(ge=0)
+    workers: int = Field(ge=0)  # loader worker processes (pil pipeline)
+    # pil: each image read and augmented by timm's transforms in loader workers (any data set);
+    # tensor: the set decoded once into a uint8 cache, batches augmented as tensors (small sets; the CPU proxy)
+    pipeline: Literal["pil", "tensor"] = "pil"
 
     @model_validator(mode="after")
     def _crop_range(self):
@@ -203,6 +226,7 @@ class ClusterProfile(Section):
     timeout_min: Positive = 60
     array_parallelism: Positive = 16
     max_requeues: int = Field(3, ge=0)
+    signal_delay_s: int = Field(90, ge=1)  # how long before its time limit SLURM signals a job to checkpoint
     additional_parameters: dict[str, Any] = {}
 
     def tasks(self) -> int:

@@ -5,23 +5,30 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import executors, plan, report, results
+from .errors import RoadmapError
 from .executors import Executor
 from .roadmap import Variant
 
 
 def run(variants: list[Variant], seeds: list[int], experiment_dir: Path, executor: Executor, *, base: str,
         recipe: str, device: str = "auto", force: bool = False, dry_run: bool = False, wait: bool = False,
-        timeout_wait: float | None = None) -> int:
-    """Train the variants × seeds that are not done yet; return the exit code of this request: 0 when every one
-    of its runs has finished (or, without waiting, has been submitted), 1 when one failed."""
+        timeout_wait: float | None = None, tensorboard: bool = False, log_every: int = 50) -> int:
+    """Train the variants × seeds that are not done yet; return the exit code of this request: 1 when one of its
+    runs failed, else 0 (every run finished, submitted without waiting, or left to another live launch that
+    holds it)."""
     from .data import load_splits
 
     train_split, _ = load_splits(variants[0].cfg.data.source)  # a bad --data fails here, before anything is written
     classes = len(train_split.classes)
     plan.check_initial_weights(variants, classes)
+    plan.check_training(variants, executor.processes)
+    executor.check()
+    if tensorboard:
+        _check_tensorboard()
     measures = plan.measure(variants, classes)
     jobs = plan.make_jobs(variants, seeds, experiment_dir, device,
-                          {"base": base, "experiment": experiment_dir.name, "recipe": recipe}, measures)
+                          {"base": base, "experiment": experiment_dir.name, "recipe": recipe}, measures,
+                          tensorboard=tensorboard, log_every=log_every)
     if not force:
         plan.check_conflicts(jobs)
     rows = plan.entries(variants, measures)
@@ -35,7 +42,7 @@ def run(variants: list[Variant], seeds: list[int], experiment_dir: Path, executo
           flush=True)
     keys = {(j.name, j.seed) for j in jobs}
     recorded = [r for r in results.read_jobs(experiment_dir) if (r["name"], r["seed"]) in keys]
-    live = executors.live(recorded)
+    live = executors.live(recorded, jobs)
     finished = {(j.name, j.seed) for j in jobs if results.is_done(Path(j.run_dir))}
     todo, skipped = plan.pending(jobs, finished, live, force)
     for line in skipped:
@@ -53,4 +60,13 @@ def run(variants: list[Variant], seeds: list[int], experiment_dir: Path, executo
     for line in executors.settle(experiment_dir):
         print(line, flush=True)
     report.write(experiment_dir)
-    return 0 if all(results.is_done(Path(j.run_dir)) for j in jobs) else 1
+    failed = [j for j in jobs if (results.read_json(Path(j.run_dir) / "summary.json") or {}).get("status") == "failed"]
+    return 1 if failed else 0
+
+
+def _check_tensorboard() -> None:
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        raise RoadmapError("--log tensorboard: the tensorboard package is not installed "
+                           "(pip install 'convnext-roadmap[tensorboard]')") from None

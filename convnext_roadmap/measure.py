@@ -116,10 +116,11 @@ class Speed:
 class Timer:
     """Throughput of one model, one round at a time, so that several models can be measured in alternation."""
 
-    def __init__(self, model: nn.Module, batch_size: int, img_size: int, device: str, num_classes: int = 1000):
+    def __init__(self, model: nn.Module, batch_size: int, img_size: int, device: str, num_classes: int = 1000,
+                 amp: bool = False):
         self.device = torch.device(device)
-        self.cuda = self.device.type == "cuda"
-        fmt = torch.channels_last if self.cuda else torch.contiguous_format
+        self.cuda, self.amp = self.device.type == "cuda", amp
+        fmt = torch.channels_last  # as the recipes train, on any device
         self.model = model.to(self.device, memory_format=fmt)
         self.x = torch.randn(batch_size, 3, img_size, img_size, device=self.device).to(memory_format=fmt)
         self.y = torch.randint(0, num_classes, (batch_size,), device=self.device)
@@ -128,7 +129,7 @@ class Timer:
         self.train_s: list[float] = []
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
 
     def _sync(self) -> None:
         if self.cuda:
@@ -186,11 +187,12 @@ class Timer:
 
 
 def measure_speed(models: dict[str, nn.Module], *, batch_size: int, img_size: int, device: str,
-                  rounds: int = 5, num_classes: int = 1000, peak_memory: bool = True) -> dict[str, Speed]:
+                  rounds: int = 5, num_classes: int = 1000, peak_memory: bool = True,
+                  amp: bool = False) -> dict[str, Speed]:
     """Measure several models side by side: rounds alternate between them, in a rotating order, so that the
     machine's drift and noise fall on all of them alike."""
     torch.set_flush_denormal(True)  # untrained networks drift into denormals, which would time the FPU, not the net
-    timers = {name: Timer(m, batch_size, img_size, device, num_classes) for name, m in models.items()}
+    timers = {name: Timer(m, batch_size, img_size, device, num_classes, amp) for name, m in models.items()}
     names = list(timers)
     for r in range(rounds + 1):
         for name in names[r % len(names):] + names[: r % len(names)]:
@@ -199,7 +201,7 @@ def measure_speed(models: dict[str, nn.Module], *, batch_size: int, img_size: in
 
 
 def bench(variants, ends: dict[str, str], *, batch_size: int, img_size: int, device: str, rounds: int,
-          progress=None) -> list[dict]:
+          amp: bool = False, progress=None) -> list[dict]:
     """Throughput and peak memory of each variant's network; beside a path's end, timm's model with the same
     weights, measured in alternation with ours, and the ratio of the two."""
     import timm
@@ -214,7 +216,8 @@ def bench(variants, ends: dict[str, str], *, batch_size: int, img_size: int, dev
             reference = timm.create_model(twin, pretrained=False)
             load_timm_state_dict(models[v.name], reference.state_dict())  # the same numbers on both sides
             models[f"timm:{twin}"] = reference
-        speeds = measure_speed(models, batch_size=batch_size, img_size=img_size, device=device, rounds=rounds)
+        speeds = measure_speed(models, batch_size=batch_size, img_size=img_size, device=device, rounds=rounds,
+                               amp=amp)
         ours = speeds[v.name]
         row = {"step": v.name, "infer_img_s": round(ours.infer_img_s, 1), "train_img_s": round(ours.train_img_s, 1),
                "peak_mem_mb": round(ours.peak_mem_mb) if ours.peak_mem_mb is not None else None,

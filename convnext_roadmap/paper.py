@@ -1,4 +1,5 @@
-"""The paper's printed numbers (results/paper_reference.csv): one row per (base, run), and our FLOPs against them."""
+"""The paper's printed numbers (results/paper_reference.csv): one row per (base, run, recipe), and our FLOPs against
+them."""
 
 from __future__ import annotations
 
@@ -12,18 +13,20 @@ FLOPS_TOLERANCE = 0.01  # the paper's own rounding
 
 @functools.cache
 def table():
-    """The paper's numbers as a DataFrame indexed by (base, step)."""
+    """The paper's numbers as a DataFrame indexed by (base, step, recipe)."""
     import pandas as pd
 
-    return pd.read_csv(PAPER_CSV, comment="#").set_index(["base", "step"])
+    return pd.read_csv(PAPER_CSV, comment="#").set_index(["base", "step", "recipe"])
 
 
-def row(base: str, name: str) -> dict | None:
-    """The paper's row for a run of a base's roadmap (a step, a sweep value, a reference model), or None."""
+def row(base: str, name: str, recipe: str = "paper_in1k") -> dict | None:
+    """The paper's row for a run of a base's roadmap (a step, a sweep value, a reference model) trained with a
+    recipe (the root of ours: the paper's own, or PyTorch's for the first bar of Figure 2), or None."""
     df = table()
-    if (base, name) not in df.index:
+    if (base, name, recipe) not in df.index:
         return None
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in df.loc[(base, name)].items()}
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in df.loc[(base, name, recipe)].items()}
 
 
 def check_flops(gflops: float, ref: dict | None) -> dict:

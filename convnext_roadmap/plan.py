@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from . import results
-from .config import Config, diff
+from .config import Config, Problem, diff
 from .errors import RoadmapError
 from .loading import from_yaml
 from .roadmap import Variant
@@ -29,11 +29,28 @@ def measure(variants: list[Variant], num_classes: int) -> dict[str, dict]:
 
 
 def make_jobs(variants: list[Variant], seeds: list[int], experiment_dir: Path, device: str, meta: dict,
-              measures: dict[str, dict]) -> list[Job]:
+              measures: dict[str, dict], **options) -> list[Job]:
+    """One job per (variant, seed); `options` are Job fields shared by all (tensorboard, log_every)."""
     return [Job(run_dir=str(results.run_dir(experiment_dir, v.name, seed)), name=v.name, cfg=v.cfg.model_dump(),
                 seed=seed, device=device, meta={**meta, "label": v.label, "group": v.group},
-                measures=measures[v.name])
+                measures=measures[v.name], **options)
             for v in variants for seed in seeds]
+
+
+def check_training(variants: list[Variant], processes: int) -> None:
+    """What the schema alone cannot check, as one error line before anything runs: an optimizer timm has not, a
+    target batch that the processes of each job cannot reach."""
+    from timm.optim import list_optimizers
+
+    known = set(list_optimizers())
+    for v in variants:
+        if v.cfg.train.opt.lower() not in known:
+            raise RoadmapError(f"train.opt: got {v.cfg.train.opt!r}, expected a timm optimizer "
+                               f"(adamw, momentum, sgd, lamb, …: timm.optim.list_optimizers())")
+        try:
+            v.cfg.train.accumulation(processes)
+        except Problem as e:
+            raise RoadmapError(f"train.{e.key}: {e}") from None
 
 
 def check_conflicts(jobs: list[Job]) -> None:
@@ -79,11 +96,15 @@ def entries(variants: list[Variant], measures: dict[str, dict]) -> list[dict]:
 
 
 def save(experiment_dir: Path, base: str, recipe: str, seeds: list[int], rows: list[dict]) -> None:
-    """Record what the experiment asks for; a later request adds its runs and seeds to those already there."""
+    """Record what the experiment asks for; a later request adds its runs and seeds to those already there. The
+    paper's numbers to compare with are those of the recipe ours derives from (the root of its `inherit` chain)."""
+    from .roadmap import recipe_files
+
     old = results.read_json(Path(experiment_dir) / "plan.json") or {"runs": [], "seeds": []}
     names = {r["name"] for r in rows}
     runs = [r for r in old["runs"] if r["name"] not in names]
-    plan = {"base": base, "recipe": recipe, "seeds": sorted(set(old["seeds"]) | set(seeds)), "runs": runs + rows}
+    plan = {"base": base, "recipe": recipe, "paper_recipe": recipe_files(recipe)[0].stem,
+            "seeds": sorted(set(old["seeds"]) | set(seeds)), "runs": runs + rows}
     results.save_plan(experiment_dir, plan)
 
 

@@ -1,4 +1,4 @@
-"""The figures: a replica of the paper's Figure 2, top-1 against GFLOPs, and training curves."""
+"""The figures: the paper's Figure 2 beside ours, top-1 against GFLOPs, and training curves."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from . import results  # noqa: E402
+from . import results, stats  # noqa: E402
 
 # One colour per part of Section 2, as Figure 2 groups its bars.
 GROUP_COLOURS = {
@@ -35,63 +35,99 @@ def bar_colours(df: pd.DataFrame, groups: dict[str, str]) -> list[str]:
     return [GROUP_COLOURS.get(groups.get(s, ""), "#4c72b0") for s in df["step"]]
 
 
-def figure2(df: pd.DataFrame, groups: dict[str, str], path: Path, title: str) -> None:
-    """One horizontal bar per step, top to bottom in roadmap order: our top-1 (± std over seeds) with the step's
-    GFLOPs written on it; the paper's top-1 as a diamond on its own axis above."""
+def _ci_half(df: pd.DataFrame) -> pd.Series:
+    """Half the 95% t interval of each row's mean top-1 over its finished seeds (0 with fewer than two)."""
+    n = df["seeds"].map(lambda s: int(str(s).split("/")[0]))
+    return pd.Series([stats.mean_half_width(sd, k) if k > 1 and pd.notna(sd) else 0.0
+                      for sd, k in zip(df["top1_std"], n)], index=df.index)
+
+
+def figure2(df: pd.DataFrame, groups: dict[str, str], path: Path, title: str, fidelity: dict | None = None) -> None:
+    """Figure 2 as two panels with the same rows, top to bottom in roadmap order: our top-1 (bars, with the 95%
+    interval of the mean over seeds, the step's GFLOPs written on it, hatched where the step's Δ is within noise),
+    and beside it, on its own scale, the paper's top-1 on ImageNet-1K."""
     n = len(df)
-    fig, ax = plt.subplots(figsize=(9, 0.42 * n + 1.6))
+    paper = df["paper_top1"].astype(float)
+    fig, (ax, right) = plt.subplots(1, 2, figsize=(11, 0.42 * n + 2.2), sharey=True,
+                                    gridspec_kw={"width_ratios": [3, 1.4], "wspace": 0.05})
     y = list(range(n))[::-1]
     top1 = df["top1"].astype(float)
-    colours = bar_colours(df, groups)
-    std = df["top1_std"].astype(float)
-    ax.barh(y, top1.fillna(0), xerr=std.fillna(0) if std.notna().any() else None, color=colours, height=0.7,
-            error_kw={"elinewidth": 1, "capsize": 2, "ecolor": "#333333"})
+    half = _ci_half(df)
+    noise = df.get("verdict", pd.Series([""] * n)).fillna("").eq("within noise").tolist()
+    bars = ax.barh(y, top1.fillna(0), xerr=half if (half > 0).any() else None, color=bar_colours(df, groups),
+                   height=0.7, error_kw={"elinewidth": 1, "capsize": 2, "ecolor": "#333333"})
+    for bar, quiet in zip(bars, noise):
+        if quiet:
+            bar.set_hatch("///")
+            bar.set_edgecolor("white")
     done = top1.dropna()
-    lo = max(0.0, (done.min() - 8) if len(done) else 0.0)
-    hi = min(100.0, (done.max() + 6) if len(done) else 100.0)
+    lo = max(0.0, (done - half).min() - 4) if len(done) else 0.0
+    hi = min(100.0, (done + half).max() + 12) if len(done) else 100.0
     ax.set_xlim(lo, hi)
-    for yi, (_, row) in zip(y, df.iterrows()):
+    for yi, (_, row), h in zip(y, df.iterrows(), half):
         if pd.isna(row["top1"]):
             ax.text(lo + 0.3, yi, f"{row['status']}", va="center", fontsize=8, color="#b22222")
             continue
-        ax.text(row["top1"] + 0.25, yi, f"{row['top1']:.1f}", va="center", fontsize=8)
+        verdict = row.get("verdict") if isinstance(row.get("verdict"), str) else ""
+        ax.text(row["top1"] + h + 0.25, yi, f"{row['top1']:.1f}" + (f"  ({verdict})" if verdict else ""),
+                va="center", fontsize=7.5, clip_on=True)
         ax.text(lo + 0.3, yi, f"{row['gflops_224']:.1f} GF", va="center", fontsize=7, color="white",
                 fontweight="bold")
-    ax.set_yticks(y, [f"{lab}" for lab in df["label"]])
-    ax.set_xlabel("our top-1 (%)")
+    ax.set_yticks(y, list(df["label"]))
+    ax.set_xlabel("our top-1 (%), mean and 95% interval over seeds")
     ax.grid(axis="x", alpha=0.3)
     ax.set_axisbelow(True)
-    paper = df["paper_top1"].astype(float)
     if paper.notna().any():
-        twin = ax.twiny()
-        twin.scatter(paper, y, marker="D", s=22, color="black", zorder=3, label="paper (ImageNet-1K)")
+        right.scatter(paper, y, marker="D", s=22, color="black", zorder=3)
+        for yi, v in zip(y, paper):
+            if pd.notna(v):
+                right.text(v + 0.1, yi, f"{v:.1f}", va="center", fontsize=7.5)
         span = paper.dropna()
-        twin.set_xlim(span.min() - 2.5, span.max() + 1.5)
-        twin.set_xlabel("paper's top-1 on ImageNet-1K (%), ◆", fontsize=9)
-        twin.tick_params(labelsize=8)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=GROUP_COLOURS[g]) for g in dict.fromkeys(groups.values())
-               if g in GROUP_COLOURS]
-    names = [g for g in dict.fromkeys(groups.values()) if g in GROUP_COLOURS]
-    ax.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, -0.6 / (0.42 * n + 1.6) - 0.08),
-              ncol=min(len(names), 4), fontsize=7, frameon=False)
-    ax.set_title(title, fontsize=10, pad=28 if paper.notna().any() else 6)
-    _save(fig, path)
+        right.set_xlim(span.min() - 1.0, span.max() + 1.0)
+    right.set_xlabel("the paper's top-1 (%), ImageNet-1K")
+    right.grid(axis="x", alpha=0.3)
+    right.tick_params(axis="y", length=0)
+    names = [g for g in dict.fromkeys(groups.get(s, "") for s in df["step"]) if g in GROUP_COLOURS]
+    handles = [plt.Rectangle((0, 0), 1, 1, color=GROUP_COLOURS[g]) for g in names]
+    if any(noise):
+        handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="#999999", hatch="///", edgecolor="white"))
+        names.append("Δ within noise")
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 5), fontsize=7, frameon=False)
+    subtitle = f"\n{fidelity_text(fidelity)}" if fidelity else ""
+    fig.suptitle(title + subtitle, fontsize=9.5)
+    fig.subplots_adjust(left=0.17, right=0.97, top=1 - 0.75 / fig.get_figheight(), bottom=0.9 / fig.get_figheight())
+    results.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=150))
+    plt.close(fig)
+
+
+def fidelity_text(f: dict) -> str:
+    if not f or not f.get("rows"):
+        return "no row in common with the paper"
+    agree = (f"{len(f['signs_agree'])}/{len(f['signs_counted'])} Δ signs agree" if f.get("signs_counted")
+             else "no paper Δ beyond its std")
+    def num(v):
+        return "n/a" if v is None or v != v else f"{v:+.2f}"
+
+    return (f"vs the paper over {len(f['rows'])} rows: Kendall τ {num(f['kendall_tau'])}, "
+            f"Spearman ρ {num(f['spearman_rho'])}, {agree}")
 
 
 def accuracy_vs_flops(df: pd.DataFrame, groups: dict[str, str], path: Path, title: str) -> None:
-    """Top-1 against GFLOPs (224²), each step joined to the next by an arrow."""
+    """Top-1 (with the 95% interval of the mean over seeds) against GFLOPs at 224², each step joined to the next
+    by an arrow."""
     done = df.dropna(subset=["top1"])
+    half = _ci_half(df)
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for (_, a), (_, b) in zip(done.iloc[:-1].iterrows(), done.iloc[1:].iterrows()):
         ax.annotate("", xy=(b["gflops_224"], b["top1"]), xytext=(a["gflops_224"], a["top1"]),
                     arrowprops={"arrowstyle": "->", "color": "#999999", "lw": 0.8})
-    for _, row in done.iterrows():
-        ax.errorbar(row["gflops_224"], row["top1"], yerr=0 if pd.isna(row["top1_std"]) else row["top1_std"],
-                    fmt="o", color=GROUP_COLOURS.get(groups.get(row["step"], ""), "#4c72b0"), ms=6, capsize=2)
+    for i, row in done.iterrows():
+        ax.errorbar(row["gflops_224"], row["top1"], yerr=half[i], fmt="o",
+                    color=GROUP_COLOURS.get(groups.get(row["step"], ""), "#4c72b0"), ms=6, capsize=2)
         ax.annotate(row["label"], (row["gflops_224"], row["top1"]), xytext=(4, 3), textcoords="offset points",
                     fontsize=7)
     ax.set_xlabel("GFLOPs at 224² (conv + linear multiply-adds)")
-    ax.set_ylabel("our top-1 (%)")
+    ax.set_ylabel("our top-1 (%), mean and 95% interval over seeds")
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=10)
     _save(fig, path)
@@ -119,14 +155,14 @@ def curves(records: list[dict], path: Path, title: str) -> None:
     _save(fig, path)
 
 
-def plot_experiment(experiment_dir: Path, df: pd.DataFrame) -> list[Path]:
-    """The experiment's figures, drawn from its table (`results.build_table`)."""
+def plot_experiment(experiment_dir: Path, df: pd.DataFrame, fidelity: dict | None = None) -> list[Path]:
+    """The experiment's figures, drawn from its table (with its statistics) and its fidelity to the paper."""
     experiment_dir = Path(experiment_dir)
     plan = results.load_plan(experiment_dir)
     groups = _groups(experiment_dir)
     title = f"{experiment_dir.name}: {plan['base']} roadmap, recipe {plan['recipe']}"
     paths = [experiment_dir / "figure2.png", experiment_dir / "top1_vs_gflops.png", experiment_dir / "curves.png"]
-    figure2(df, groups, paths[0], title)
+    figure2(df, groups, paths[0], title, fidelity)
     accuracy_vs_flops(df, groups, paths[1], title)
     curves(results.collect(experiment_dir), paths[2], title)
     return paths

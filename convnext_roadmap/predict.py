@@ -10,7 +10,7 @@ import torch
 
 from . import results
 from .config import Config
-from .data import IMAGE_EXTENSIONS, ImageDataset, Split, find_image, load_splits
+from .data import IMAGE_EXTENSIONS, ImageDataset, Split, eval_transform, find_image, load_splits
 from .errors import RoadmapError
 from .loading import from_yaml
 
@@ -37,12 +37,8 @@ def load_run(path: Path, device: torch.device):
 
 
 def _loader(cfg: Config, split: Split, batch_size: int):
-    from timm.data import create_transform
-
-    d = cfg.data
-    tf = create_transform(d.img_size, is_training=False, crop_pct=d.crop_pct, interpolation="bicubic",
-                          mean=d.mean, std=d.std)
-    return torch.utils.data.DataLoader(ImageDataset(split, tf), batch_size, shuffle=False, num_workers=d.workers)
+    return torch.utils.data.DataLoader(ImageDataset(split, eval_transform(cfg.data)), batch_size, shuffle=False,
+                                       num_workers=cfg.data.workers)
 
 
 @torch.no_grad()

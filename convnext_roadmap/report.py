@@ -1,20 +1,90 @@
-"""An experiment's report: its table from the result store, written as table.csv and table.md, and its figures."""
+"""An experiment's report: its table from the result store with the paired statistics of every step, its fidelity
+to the paper, written as table.csv, table.md and fidelity.json, and its figures drawn from that same table."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-from . import plots, results
+import pandas as pd
+
+from . import paper, plots, results, stats
+
+STAT_COLUMNS = ["delta_top1", "delta_ci_low", "delta_ci_high", "delta_p", "delta_p_holm", "delta_resolvable",
+                "verdict"]
+
+
+def annotate(table: pd.DataFrame, top1: dict[str, dict[int, float]],
+             baselines: dict[str, str | None]) -> tuple[pd.DataFrame, dict]:
+    """The table with each row's paired Δ against its baseline (stats.compare), after top1_std."""
+    compared = stats.compare(top1, baselines)
+    columns = {"delta_top1": "delta", "delta_ci_low": "ci_low", "delta_ci_high": "ci_high", "delta_p": "p_t",
+               "delta_p_holm": "p_holm", "delta_resolvable": "resolvable", "verdict": "verdict"}
+    out = table.copy()
+    at = out.columns.get_loc("top1_std") + 1
+    for i, (column, key) in enumerate(columns.items()):
+        out.insert(at + i, column, [compared.get(s, {}).get(key) for s in out["step"]])
+    return out, compared
+
+
+def fidelity(table: pd.DataFrame, plan: dict, groups: dict[str, str], baselines: dict[str, str | None]) -> dict:
+    """stats.fidelity over the roadmap's rows (references and patched networks left out)."""
+    path = [s for s in table["step"] if groups.get(s) not in ("reference", "patched")]
+    ours = {s: v for s, v in zip(table["step"], table["top1"]) if s in path and pd.notna(v)}
+    rows = {s: paper.row(plan["base"], s, plan.get("paper_recipe", "paper_in1k")) for s in path}
+    return stats.fidelity(ours, {s: r["paper_top1"] for s, r in rows.items() if r},
+                          {s: r["paper_top1_std"] for s, r in rows.items() if r}, baselines)
+
+
+def format_table(df: pd.DataFrame, compared: dict) -> pd.DataFrame:
+    """The table for people: top-1 as mean ± std, Δ with its 95% interval, the verdict, blanks for what is not
+    there."""
+    return pd.DataFrame({
+        "step": df["step"], "label": df["label"],
+        "GFLOPs (224²)": df["gflops_224"].map(lambda v: f"{v:.2f}"),
+        "params (M)": df["params_m"].map(lambda v: f"{v:.1f}"),
+        "train img/s": df["train_img_s"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}"),
+        "top-1": [_pm(m, s) for m, s in zip(df["top1"], df["top1_std"])],
+        "Δ top-1 [95% CI]": [_delta(compared.get(s)) for s in df["step"]],
+        "verdict": df["verdict"].fillna(""),
+        "seeds": df["seeds"],
+        "paper top-1": df["paper_top1"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}"),
+        "paper GFLOPs": df["paper_gflops"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}"),
+        "status": [s if pd.isna(e) or not e else f"{s}: {e}" for s, e in zip(df["status"], df["error"])],
+    })
+
+
+def _pm(mean, std) -> str:
+    if mean is None or pd.isna(mean):
+        return ""
+    return f"{mean:.1f}" if std is None or pd.isna(std) else f"{mean:.1f} ± {std:.1f}"
+
+
+def _delta(r: dict | None) -> str:
+    if r is None or math.isnan(r["delta"]):
+        return ""
+    if math.isnan(r["ci_low"]):
+        return f"{r['delta']:+.1f} ({r['ci_method']})"
+    return f"{r['delta']:+.1f} [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]".replace("-", "−")
 
 
 def write(experiment_dir: Path, quiet: bool = False):
-    """Build the table once and draw the figures from that same table, so that both say the same of every run;
-    print the table and what was written unless `quiet`. Returns the table for people."""
-    table = results.build_table(experiment_dir)
-    pretty = results.write_table(experiment_dir, table)
-    paths = plots.plot_experiment(experiment_dir, table)
+    """Build the table once, with its statistics, and draw the figures from that same table, so that both say
+    the same of every run; print the table, the fidelity line and what was written unless `quiet`. Returns the
+    table for people and the figures' paths."""
+    plan = results.load_plan(experiment_dir)
+    baselines = {r["name"]: r.get("baseline") for r in plan["runs"]}
+    groups = {r["name"]: r.get("group", "") for r in plan["runs"]}
+    table, compared = annotate(results.build_table(experiment_dir), results.top1_by_seed(experiment_dir),
+                               baselines)
+    pretty = format_table(table, compared)
+    results.write_table(experiment_dir, table, pretty)
+    fid = fidelity(table, plan, groups, baselines)
+    results.write_json(Path(experiment_dir) / "fidelity.json",
+                       {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in fid.items()})
+    paths = plots.plot_experiment(experiment_dir, table, fid)
     if not quiet:
         print(pretty.to_string(index=False))
-        print(f"wrote {experiment_dir / 'table.csv'}, {experiment_dir / 'table.md'}, "
-              + ", ".join(p.name for p in paths))
+        print(f"fidelity to the paper: {plots.fidelity_text(fid)} (fidelity.json)")
+        print(f"wrote {experiment_dir / 'table.csv'}, table.md, fidelity.json, " + ", ".join(p.name for p in paths))
     return pretty, paths

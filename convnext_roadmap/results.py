@@ -144,7 +144,7 @@ def collect(experiment_dir: Path) -> list[dict]:
 
 
 def build_table(experiment_dir: Path):
-    """The experiment's table: one row per run of the plan, in its order, seeds aggregated."""
+    """The experiment's table: one row per run of the plan, in its order, seeds aggregated (sample std)."""
     import pandas as pd
 
     from . import paper
@@ -156,7 +156,7 @@ def build_table(experiment_dir: Path):
         mine = [r for r in records if r["name"] == run["name"]]
         done = [r for r in mine if r["status"] == "completed"]
         top1 = pd.Series([r["summary"]["final_top1"] for r in done], dtype=float)
-        ref = paper.row(plan["base"], run["name"])
+        ref = paper.row(plan["base"], run["name"], plan.get("paper_recipe", "paper_in1k"))
         statuses = sorted({r["status"] for r in mine})
         failed = [r for r in mine if r["status"] == "failed"]
         rows.append({
@@ -167,20 +167,23 @@ def build_table(experiment_dir: Path):
             "params_m": run["params"] / 1e6,
             "train_img_s": _mean([r["summary"].get("train_img_s") for r in done]),
             "top1": top1.mean() if len(top1) else None,
-            "top1_std": top1.std(ddof=0) if len(top1) > 1 else None,
+            "top1_std": top1.std(ddof=1) if len(top1) > 1 else None,
             "seeds": f"{len(done)}/{len(mine)}",
             "paper_top1": ref["paper_top1"] if ref is not None else None,
             "paper_gflops": ref["paper_gflops"] if ref is not None else None,
             "status": "completed" if statuses == ["completed"] else ", ".join(statuses),
             "error": failed[0]["summary"].get("error") if failed else None,
         })
-    df = pd.DataFrame(rows)
-    means = dict(zip(df["step"], df["top1"]))
-    baselines = [run.get("baseline") for run in plan["runs"]]
-    df.insert(df.columns.get_loc("top1_std") + 1, "delta_top1",
-              [m - means[b] if b in means and m is not None and means[b] is not None else None
-               for m, b in zip(df["top1"], baselines)])
-    return df
+    return pd.DataFrame(rows)
+
+
+def top1_by_seed(experiment_dir: Path) -> dict[str, dict[int, float]]:
+    """Each run's final top-1 by seed, for the runs' finished seeds."""
+    out: dict[str, dict[int, float]] = {}
+    for r in collect(experiment_dir):
+        if r["status"] == "completed":
+            out.setdefault(r["name"], {})[r["seed"]] = r["summary"]["final_top1"]
+    return out
 
 
 def _mean(values):
@@ -188,36 +191,105 @@ def _mean(values):
     return sum(values) / len(values) if values else None
 
 
-def format_table(df):
-    """The table for people: top-1 as mean ± std, rounded numbers, blanks for what is not there."""
-    import pandas as pd
-
-    out = pd.DataFrame({
-        "step": df["step"], "label": df["label"],
-        "GFLOPs (224²)": df["gflops_224"].map(lambda v: f"{v:.2f}"),
-        "params (M)": df["params_m"].map(lambda v: f"{v:.1f}"),
-        "train img/s": df["train_img_s"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}"),
-        "top-1": [_pm(m, s) for m, s in zip(df["top1"], df["top1_std"])],
-        "Δ top-1": df["delta_top1"].map(lambda v: "" if pd.isna(v) else f"{v:+.1f}"),
-        "seeds": df["seeds"],
-        "paper top-1": df["paper_top1"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}"),
-        "paper GFLOPs": df["paper_gflops"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}"),
-        "status": [s if pd.isna(e) or not e else f"{s}: {e}" for s, e in zip(df["status"], df["error"])],
-    })
-    return out
-
-
-def _pm(mean, std) -> str:
-    import pandas as pd
-
-    if mean is None or pd.isna(mean):
-        return ""
-    return f"{mean:.1f}" if std is None or pd.isna(std) else f"{mean:.1f} ± {std:.1f}"
-
-
-def write_table(experiment_dir: Path, df):
-    """Write table.csv (raw numbers) and table.md (for people); return the formatted table."""
-    write_text(Path(experiment_dir) / "table.csv", df.to_csv(index=False))
-    pretty = format_table(df)
+def write_table(experiment_dir: Path, table, pretty) -> None:
+    """table.csv (the numbers) and table.md (for people)."""
+    write_text(Path(experiment_dir) / "table.csv", table.to_csv(index=False))
     write_text(Path(experiment_dir) / "table.md", pretty.to_markdown(index=False, disable_numparse=True) + "\n")
-    return pretty
+
+
+# ------------------------------------------------------------------------------------------- one owner per run
+
+LOCK = "run.lock"
+STALE_S = 180  # a holder refreshes its lock every 30 s; one not refreshed for this long has died
+
+
+def _holder() -> dict:
+    import os
+    import socket
+    import time
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": _slurm_job_id(), "since": time.time()}
+
+
+def _slurm_job_id() -> str | None:
+    """This process's SLURM job as squeue names it (an array element as ARRAY_INDEX), or None."""
+    import os
+
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def lock_holder(path: Path) -> dict | None:
+    """Who holds a run folder now, or None: a lock whose holder has died (its pid gone on this host, or no refresh
+    for STALE_S seconds) is no lock."""
+    import os
+    import socket
+    import time
+
+    lock = Path(path) / LOCK
+    try:
+        holder, age = json.loads(lock.read_text()), time.time() - lock.stat().st_mtime
+    except (OSError, ValueError):
+        return None
+    if age > STALE_S:
+        return None
+    if holder.get("host") == socket.gethostname():
+        try:
+            os.kill(int(holder["pid"]), 0)
+        except ProcessLookupError:
+            return None
+        except (PermissionError, ValueError, KeyError):
+            pass
+    return holder
+
+
+def describe_holder(holder: dict) -> str:
+    job = f", SLURM job {holder['slurm_job']}" if holder.get("slurm_job") else ""
+    return f"running in pid {holder['pid']} on host {holder['host']}{job}"
+
+
+class RunLock:
+    """One owner per run folder: `acquire` creates run.lock (host, pid, SLURM job, start time) or takes over a dead
+    holder's (or our own job's, after a requeue); a thread refreshes it while the run trains; `release` removes it."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path) / LOCK
+        self._stop = None
+
+    def acquire(self) -> dict | None:
+        """None when this process now owns the run; else the live holder."""
+        import os
+        import threading
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = _holder()
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = lock_holder(self.path.parent)
+                if holder is not None and not (me["slurm_job"] and holder.get("slurm_job") == me["slurm_job"]):
+                    return holder
+                self.path.unlink(missing_ok=True)  # a dead holder's, or ours from before a requeue
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self._stop = threading.Event()
+            threading.Thread(target=self._refresh, daemon=True).start()
+            return None
+        return lock_holder(self.path.parent) or {"host": "?", "pid": "?"}
+
+    def _refresh(self) -> None:
+        import os
+
+        while not self._stop.wait(30):
+            try:
+                os.utime(self.path)
+            except OSError:
+                return
+
+    def release(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self.path.unlink(missing_ok=True)

@@ -7,12 +7,14 @@ it never knows how it was launched.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import random
 import subprocess
 import sys
 import time
+import traceback
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from . import results
-from .config import Config
+from .config import Config, Problem
 from .errors import RoadmapError
 from .loading import to_yaml
 
@@ -39,6 +41,8 @@ class Job:
     stop_after: int | None = None  # end this call after that many epochs, leaving a checkpoint (time budgets)
     meta: dict = field(default_factory=dict)  # recorded in the summary: step label, base, experiment
     measures: dict = field(default_factory=dict)  # FLOPs and params as the plan counted them, for the summary
+    tensorboard: bool = False  # write TensorBoard scalars into the run folder: per epoch, and every log_every steps
+    log_every: int = 50
 
 
 def pick_device(device: str) -> torch.device:
@@ -71,15 +75,15 @@ def _set_rng_state(state: dict) -> None:
 
 
 class Trainer:
-    """The pieces of one run, built from its config with timm: loaders and transforms, optimizer (AdamW, no weight
-    decay on norms and biases), cosine schedule with linear warm-up per step, mixup/cutmix with label smoothing,
-    EMA, bf16 autocast and channels_last on CUDA."""
+    """The pieces of one run, built from its config with timm: loaders and transforms, the optimizer (no weight
+    decay on norms and biases unless asked), a cosine or step schedule with linear warm-up per optimizer step,
+    gradient accumulation, mixup/cutmix with label smoothing, EMA, bf16 autocast and channels_last."""
 
     def __init__(self, cfg: Config, seed: int, device: torch.device, rank: int = 0, world: int = 1):
         from timm.data import Mixup
         from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-        from timm.optim import create_optimizer_v2
-        from timm.scheduler import CosineLRScheduler
+        from timm.optim import create_optimizer_v2, get_optimizer_info
+        from timm.scheduler import CosineLRScheduler, StepLRScheduler
         from timm.utils import ModelEmaV3
 
         from .data import make_loaders
@@ -90,7 +94,7 @@ class Trainer:
         t, self.cfg, self.device, self.rank, self.world = cfg.train, cfg, device, rank, world
         self.cuda = device.type == "cuda"
         self.train_loader, self.val_loader, self.classes = make_loaders(
-            cfg.data, t.batch_size, t.batch_size * 2, seed, (rank, world))
+            cfg.data, t.batch_size, t.batch_size * 2, seed, (rank, world), prefetch=self.cuda)
         self.model = build_model(cfg, len(self.classes))
         self.notes = load_initial_weights(self.model, cfg) if t.pretrained else []
         if cfg.timm is not None and adapts_input_size(cfg):
@@ -98,19 +102,29 @@ class Trainer:
         for note in self.notes:
             _say(rank, f"  {note}")
         self.model = self.model.to(device)
-        if self.cuda and t.channels_last:
+        if t.channels_last:  # NHWC: faster on GPUs and, for these networks, on the CPU too
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.effective_batch = t.batch_size * world
+        try:
+            self.accum = t.accumulation(world)
+        except Problem as e:
+            raise RoadmapError(f"train.{e.key}: {e}") from None
+        self.effective_batch = t.batch_size * world * self.accum
         self.lr = t.lr * self.effective_batch / t.base_batch_size
+        betas = {"betas": tuple(t.betas)} if get_optimizer_info(t.opt).has_betas else {}
         self.optimizer = create_optimizer_v2(self.model, opt=t.opt, lr=self.lr, weight_decay=t.weight_decay,
-                                             betas=tuple(t.betas))
-        self.steps_per_epoch = len(self.train_loader)
-        if self.steps_per_epoch == 0:
+                                             momentum=t.momentum, filter_bias_and_bn=t.filter_bias_and_bn, **betas)
+        micro = len(self.train_loader)
+        self.steps_per_epoch = math.ceil(micro / self.accum)  # optimizer steps; the last may gather fewer
+        if micro == 0:
             raise RoadmapError(f"train.batch_size: {t.batch_size} × {world} is more than the "
-                               f"{len(self.train_loader.dataset)} training images")
-        self.scheduler = CosineLRScheduler(
-            self.optimizer, t_initial=t.epochs * self.steps_per_epoch, lr_min=t.min_lr,
-            warmup_t=t.warmup_epochs * self.steps_per_epoch, warmup_lr_init=t.warmup_lr, t_in_epochs=False)
+                               f"{len(self.train_loader.sampler) * world} training images")
+        warmup = dict(warmup_t=t.warmup_epochs * self.steps_per_epoch, warmup_lr_init=t.warmup_lr, t_in_epochs=False)
+        if t.sched == "step":
+            self.scheduler = StepLRScheduler(self.optimizer, decay_t=t.decay_epochs * self.steps_per_epoch,
+                                             decay_rate=t.decay_rate, **warmup)
+        else:
+            self.scheduler = CosineLRScheduler(self.optimizer, t_initial=t.epochs * self.steps_per_epoch,
+                                               lr_min=t.min_lr, **warmup)
         self.mixup = None
         if t.mixup > 0 or t.cutmix > 0:
             self.mixup = Mixup(mixup_alpha=t.mixup, cutmix_alpha=t.cutmix, label_smoothing=t.label_smoothing,
@@ -127,36 +141,49 @@ class Trainer:
                 self.forward, device_ids=[device.index] if self.cuda else None)
 
     def autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda and self.cfg.train.amp else nullcontext()
+        # the same bf16 autocast on any device, so that the CPU tests run the code a GPU runs
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.train.amp else nullcontext()
 
     def _to_device(self, x, y):
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        if self.cuda and self.cfg.train.channels_last:
+        if self.cfg.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
 
-    def train_epoch(self, epoch: int, progress) -> dict[str, float]:
+    def train_epoch(self, epoch: int, progress, on_step=None) -> dict[str, float]:
         """One pass over the training split: its mean loss, and its images per second (all processes, data
-        loading included) as the table's throughput."""
+        loading included) as the table's throughput. Every `accum` micro-batches make one optimizer step; DDP
+        all-reduces the gradients only on the last of them."""
         self.model.train()
-        self.train_loader.sampler.set_epoch(epoch)
+        self.train_loader.set_epoch(epoch)
+        micro = len(self.train_loader)
         total, count, start = torch.zeros((), device=self.device), 0, time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
         for i, (x, y) in enumerate(self.train_loader):
             x, y = self._to_device(x, y)
             if self.mixup is not None:
                 x, y = self.mixup(x, y)
-            with self.autocast():
-                loss = self.criterion(self.forward(x), y)
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"the loss is {loss.item()} at epoch {epoch + 1}, step {i + 1}")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.cfg.train.clip_grad is not None:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_grad)
-            self.optimizer.step()
-            self.scheduler.step_update(epoch * self.steps_per_epoch + i + 1)
-            if self.ema is not None:
-                self.ema.update(self.model)
+            group = min(self.accum, micro - (i // self.accum) * self.accum)  # micro-batches in this step
+            last = (i + 1) % self.accum == 0 or i + 1 == micro
+            with nullcontext() if last or self.world == 1 else self.forward.no_sync():
+                with self.autocast():
+                    logits = self.forward(x)
+                    loss = self.criterion(logits, y)
+                if not torch.isfinite(loss):
+                    raise RuntimeError(f"the loss is {loss.item()} at epoch {epoch + 1}, step {i + 1}")
+                (loss / group).backward()
+            self.autocast_dtype = logits.dtype
+            if last:
+                if self.cfg.train.clip_grad is not None:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_grad)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                step = epoch * self.steps_per_epoch + i // self.accum + 1
+                self.scheduler.step_update(step)
+                if self.ema is not None:
+                    self.ema.update(self.model)
+                if on_step is not None:
+                    on_step(step, loss, self.optimizer.param_groups[0]["lr"])
             total += loss.detach() * len(x)
             count += len(x)
             progress.update(1)
@@ -212,19 +239,42 @@ def _progress(total: int, desc: str):
 
 def run_job(job: Job) -> dict:
     """Train one (config, seed) to completion, resuming from its checkpoint; return its summary. A finished run
-    is not trained again. A run that fails leaves a summary with status "failed" and the error, then raises."""
+    is not trained again, and a run that another live process holds (run.lock) is left to it: "skipped". A run
+    that fails leaves a summary with status "failed" and the root cause, error.txt with the traceback, and
+    raises."""
     out = Path(job.run_dir)
     if results.is_done(out):
         return results.read_json(out / "summary.json")
     rank, world = _distributed()
+    lock = results.RunLock(out)
+    holder = [lock.acquire() if rank == 0 else None]
+    if world > 1:
+        torch.distributed.broadcast_object_list(holder, src=0)
+    if holder[0] is not None:
+        _say(rank, f"= {job.name} seed{job.seed}: {results.describe_holder(holder[0])}")
+        return {"status": "skipped", "holder": holder[0]}
     try:
         return _train(job, out, rank, world)
     except Exception as e:
         if rank == 0:
-            results.write_json(out / "summary.json", {
-                "status": "failed", "name": job.name, "seed": job.seed,
-                "error": f"{type(e).__name__}: {e}".splitlines()[0], **job.meta})
+            results.write_text(out / "error.txt", traceback.format_exc())
+            results.write_failure(out, job.name, job.seed, root_cause(e), job.meta)
         raise
+    finally:
+        if rank == 0:
+            lock.release()
+
+
+def root_cause(e: BaseException) -> str:
+    """The original error in one line: the innermost explicitly chained exception, and of its message the last
+    line, which is where a DataLoader worker's wrapper ("Caught ValueError in DataLoader worker process 1 …
+    Original Traceback …") keeps the error it caught."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if len(lines) > 1:  # a wrapped traceback: its last line is "Type: message" of the original
+        return lines[-1]
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 def _distributed() -> tuple[int, int]:
@@ -256,14 +306,16 @@ def _train(job: Job, out: Path, rank: int, world: int) -> dict:
     elif rank == 0 and (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()  # lines of a run that never reached its first checkpoint
     if rank == 0 and start == 0:
-        _say(rank, f"  {job.name} seed{job.seed}: batch {t.batch_size} × {world} process(es) = {trainer.effective_batch}"
+        _say(rank, f"  {job.name} seed{job.seed}: batch {t.batch_size} × {world} process(es) × {trainer.accum} "
+                   f"accumulation step(s) = {trainer.effective_batch}"
                    f", lr {t.lr:g} × {trainer.effective_batch}/{t.base_batch_size} = {trainer.lr:.3g} "
                    f"(linear scaling), {len(trainer.classes)} classes, {device}")
+    board = _TensorBoard(out, job.log_every) if job.tensorboard and rank == 0 else None
     started = time.time()
     for epoch in range(start, t.epochs):
         tick = time.time()
-        with _progress(trainer.steps_per_epoch, f"{job.name} s{job.seed} {epoch + 1}/{t.epochs}") as bar:
-            trained = trainer.train_epoch(epoch, bar)
+        with _progress(len(trainer.train_loader), f"{job.name} s{job.seed} {epoch + 1}/{t.epochs}") as bar:
+            trained = trainer.train_epoch(epoch, bar, board.step if board else None)
         metrics = {"epoch": epoch + 1, **trained, **trainer.evaluate(trainer.model),
                    "lr": trainer.optimizer.param_groups[0]["lr"], "epoch_s": time.time() - tick}
         if trainer.ema is not None:
@@ -279,14 +331,40 @@ def _train(job: Job, out: Path, rank: int, world: int) -> dict:
             state = trainer.state(epoch, history, best)
             results.atomic_write(checkpoint, lambda f: torch.save(state, f))
             results.write_text(out / "metrics.jsonl", "".join(_json_line(m) for m in history))
+        if board is not None:
+            board.epoch(metrics)
         _say(rank, f"    epoch {epoch + 1}/{t.epochs}  loss {trained['train_loss']:.3f}  top-1 {metrics['top1']:.1f}%  "
                    f"top-5 {metrics['top5']:.1f}%  ({metrics['epoch_s']:.0f} s)")
         if job.stop_after is not None and epoch + 1 - start >= job.stop_after and epoch + 1 < t.epochs:
+            if board is not None:
+                board.writer.close()
             return {"status": "interrupted", "epoch": epoch + 1}
+    if board is not None:
+        board.writer.close()
     summary = _summary(job, cfg, trainer, history, best, time.time() - started, world)
     if rank == 0:
         results.write_json(out / "summary.json", summary)
     return summary
+
+
+class _TensorBoard:
+    """TensorBoard scalars in the run folder, so that `tensorboard --logdir results/EXP` shows each run and seed."""
+
+    def __init__(self, folder: Path, every: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer, self.every = SummaryWriter(log_dir=str(folder)), every
+
+    def step(self, step: int, loss: torch.Tensor, lr: float) -> None:
+        if step % self.every == 0:
+            self.writer.add_scalar("step/train_loss", loss.item(), step)
+            self.writer.add_scalar("step/lr", lr, step)
+
+    def epoch(self, metrics: dict) -> None:
+        for key, value in metrics.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                self.writer.add_scalar(f"epoch/{key}", value, metrics["epoch"])
+        self.writer.flush()
 
 
 def _json_line(metrics: dict) -> str:
@@ -307,12 +385,31 @@ def _summary(job: Job, cfg: Config, trainer: Trainer, history: list[dict], best:
         "final_top1": last["top1"], "final_top5": last["top5"], "best_top1": best,
         "final_ema_top1": last.get("ema_top1"), "epochs": len(history),
         "train_img_s": sorted(speeds)[len(speeds) // 2], "img_size": cfg.data.img_size,
-        "effective_batch": trainer.effective_batch, "lr": trainer.lr,
+        "effective_batch": trainer.effective_batch, "accum_steps": trainer.accum, "lr": trainer.lr,
         "lr_rule": f"{cfg.train.lr:g} × {trainer.effective_batch} / {cfg.train.base_batch_size} (linear)",
-        "processes": world, "pretrained": cfg.train.pretrained, "notes": trainer.notes, "wall_s": wall,
+        "autocast": str(trainer.autocast_dtype).removeprefix("torch.") if cfg.train.amp else None,
+        "channels_last": _is_channels_last(trainer.model),
+        "processes": world, "hosts": _hosts(world), "pretrained": cfg.train.pretrained, "notes": trainer.notes,
+        "wall_s": wall,
         "hardware": _hardware(trainer.device), "git_commit": _git_commit(), "versions": _versions(),
         "classes": trainer.classes,
     }
+
+
+def _hosts(world: int) -> list[str]:
+    """The hosts the job's processes ran on, in rank order (every rank takes part)."""
+    if world == 1:
+        return [platform.node()]
+    hosts = [None] * world
+    torch.distributed.all_gather_object(hosts, platform.node())
+    return hosts
+
+
+def _is_channels_last(model: nn.Module) -> bool:
+    """Whether the network's first 4-d weight is laid out NHWC (what `train.channels_last` asks)."""
+    weight = next((p for p in model.parameters() if p.dim() == 4), None)
+    return bool(weight is not None and weight.is_contiguous(memory_format=torch.channels_last)
+                and not weight.is_contiguous())
 
 
 def _hardware(device: torch.device) -> dict:

@@ -43,7 +43,9 @@ def make_imagefolder(root, classes=("cat", "dog", "owl"), per_class=10, val_per_
     return root
 
 
-SMOKE = ["--recipe", "smoke", "--set", "train.batch_size=8", "--set", "train.epochs=2"]
+# one seed, in this process: quick; the tests of seeds and executors say so themselves
+SMOKE = ["--recipe", "smoke", "--set", "train.batch_size=8", "--set", "train.epochs=2", "--seeds", "1",
+         "--executor", "inprocess"]
 
 
 def make_csv_dataset(root, classes=("cat", "dog", "owl"), per_class=10, tests=6, size=24):
@@ -67,4 +69,22 @@ def make_csv_dataset(root, classes=("cat", "dog", "owl"), per_class=10, tests=6,
         img = np.clip(60 * (n % len(classes)) + rng.normal(0, 20, (size, size, 3)), 0, 255).astype("uint8")
         Image.fromarray(img).save(root / "test" / f"{image_id}.png")
     (root / "test.csv").write_text("id\n" + "\n".join(ids) + "\n")
+    return root
+
+
+def make_photos(root, classes=("disc", "ring", "cross"), per_class=12, val_per_class=4, size=(56, 44)):
+    """A small real-looking ImageFolder set: textured shapes on noisy textured backgrounds (the synthetic set's
+    drawing), not square, in train/ and val/."""
+    import random
+
+    from convnext_roadmap.data.sources import TEXTURES, _draw
+
+    rng = random.Random(7)
+    for split, n in (("train", per_class), ("val", val_per_class)):
+        for k, shape in enumerate(classes):
+            folder = root / split / shape
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = _draw(shape, TEXTURES[i % 2], rng, max(size))
+                img.crop((0, 0, *size)).save(folder / f"{i:03d}.jpg", quality=90)
     return root

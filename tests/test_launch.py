@@ -30,8 +30,9 @@ def test_no_sbatch_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys)
 
 
 def test_profile_flags_override_and_unknown_keys_fail(tmp_path):
-    p = load_profile("default", {"gpus_per_node": 8, "nodes": 2, "partition": None})
+    p, source_of = load_profile("default", {"gpus_per_node": 8, "nodes": 2, "partition": None})
     assert (p.gpus_per_node, p.nodes, p.tasks(), p.timeout_min) == (8, 2, 8, 60)
+    assert source_of("nodes") == "--nodes" and source_of("cpus_per_task").endswith("slurm/default.yaml")
     bad = tmp_path / "mine.yaml"
     bad.write_text("gpus: 4\n")
     with pytest.raises(RoadmapError, match="mine.yaml: gpus: unknown key"):
@@ -40,3 +41,36 @@ def test_profile_flags_override_and_unknown_keys_fail(tmp_path):
         load_profile("default", {"nodes": 0})
     with pytest.raises(RoadmapError, match="no such profile"):
         load_profile("hpc9", {})
+
+
+def test_two_jobs_at_once_give_what_one_at_a_time_gives(tmp_path):
+    from convnext_roadmap.results import read_metrics
+
+    data = make_imagefolder(tmp_path / "data")
+    common = ["run", "--steps", "resnet50,patchify_stem", "--recipe", "smoke", "--set", "train.batch_size=8",
+              "--seeds", "1", "--data", f"imagefolder:{data}", "--results", str(tmp_path / "r"),
+              "--executor", "local"]
+    assert main([*common, "--parallel", "2", "--experiment", "together"]) == 0
+    assert main([*common, "--parallel", "1", "--experiment", "apart"]) == 0
+    starts = {}
+    for exp in ("together", "apart"):
+        summaries = [json.loads((tmp_path / "r" / exp / s / "seed0" / "summary.json").read_text())
+                     for s in ("resnet50", "patchify_stem")]
+        assert all(s["status"] == "completed" for s in summaries)
+        starts[exp] = sorted(s["hardware"]["torch_threads"] for s in summaries)
+    assert starts["together"] == [1, 1]  # two cores shared by two jobs
+    for step in ("resnet50", "patchify_stem"):
+        a = read_metrics(tmp_path / "r" / "together" / step / "seed0")
+        b = read_metrics(tmp_path / "r" / "apart" / step / "seed0")
+        for x, y in zip(a, b):
+            assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-4)
+            assert x["val_loss"] == pytest.approx(y["val_loss"], rel=1e-4)
+
+
+def test_a_local_job_can_train_data_parallel(tmp_path):
+    data = make_imagefolder(tmp_path / "data")
+    assert main(["run", "--steps", "resnet50", "--recipe", "smoke", "--set", "train.batch_size=4", "--seeds", "1",
+                 "--data", f"imagefolder:{data}", "--results", str(tmp_path / "r"), "--experiment", "ddp",
+                 "--executor", "local", "--tasks-per-job", "2"]) == 0
+    summary = json.loads((tmp_path / "r" / "ddp" / "resnet50" / "seed0" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["effective_batch"] == 8

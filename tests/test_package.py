@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_the_installed_wheel_runs_from_another_folder(tmp_path):
     source = tmp_path / "source"  # the project's own files, so that the build leaves this checkout alone
     (source / "results").mkdir(parents=True)

@@ -2,6 +2,7 @@
 the table and the figure built from one table."""
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -99,3 +100,27 @@ class _no_raise:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_two_launches_of_one_experiment_train_each_run_once(tmp_path, data):
+    import subprocess
+    import sys
+    import time
+
+    args = [sys.executable, "-m", "convnext_roadmap.cli", "run", "--steps", "resnet50,patchify_stem", *SMOKE,
+            "--set", "train.epochs=25", "--set", "train.batch_size=4", "--data", f"imagefolder:{data}",
+            "--results", str(tmp_path), "--experiment", "twice"]  # long enough to be running when the second starts
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = tmp_path / "twice" / "resnet50" / "seed0"
+    deadline = time.time() + 60
+    while not (run / "run.lock").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    second = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    out_first = first.communicate(timeout=300)[0]
+    assert first.returncode == 0 and second.returncode == 0, out_first + second.stdout + second.stderr
+    assert re.search(r"= resnet50 seed0: running in pid \d+ on host \S+", second.stdout)
+    for name in ("resnet50", "patchify_stem"):
+        assert [m["epoch"] for m in read_metrics(tmp_path / "twice" / name / "seed0")] == list(range(1, 26))
+        assert not (tmp_path / "twice" / name / "seed0" / "run.lock").exists()
+    trained = [out.count("epoch 1/25") for out in (out_first, second.stdout)]
+    assert sum(trained) == 2  # each run's first epoch, once, in one of the two

@@ -11,7 +11,8 @@ from convnext_roadmap.plots import GROUP_COLOURS, bar_colours
 
 from conftest import make_csv_dataset
 
-TINY = ["--set", "train.batch_size=8", "--set", "train.epochs=1", "--set", "train.warmup_epochs=0"]
+TINY = ["--set", "train.batch_size=8", "--set", "train.epochs=1", "--set", "train.warmup_epochs=0", "--seeds", "1",
+        "--executor", "inprocess"]
 
 
 @pytest.fixture(scope="module")

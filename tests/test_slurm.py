@@ -1,17 +1,22 @@
-"""The SLURM path, against a real one-node SLURM (slurm/local-cluster/up.sh; .ci/run brings it up)."""
+"""The SLURM path, against a real two-node SLURM (slurm/local-cluster/up.sh; .ci/run brings it up)."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
+import threading
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from convnext_roadmap import executors
 from convnext_roadmap.cli import main
-from convnext_roadmap.executors.slurm import Slurm
+from convnext_roadmap.errors import RoadmapError
+from convnext_roadmap.executors import JobState
+from convnext_roadmap.executors.slurm import Slurm, expand, max_array_size
 from convnext_roadmap.results import read_metrics
 
 from conftest import make_imagefolder
@@ -21,8 +26,10 @@ if shutil.which("sbatch") is None:
         raise RuntimeError("CI must run the SLURM tests: bring the cluster up with slurm/local-cluster/up.sh")
     pytest.skip("no sbatch on PATH: bring up a local cluster with slurm/local-cluster/up.sh", allow_module_level=True)
 
-JOB = ["--executor", "slurm", "--cpus-per-task", "1", "--mem-gb", "2", "--recipe", "smoke",
-       "--set", "train.batch_size=4"]
+pytestmark = pytest.mark.slow
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+JOB = ["--executor", "slurm", "--cluster", "local", "--recipe", "smoke", "--set", "train.batch_size=4",
+       "--seeds", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -30,17 +37,16 @@ def data(tmp_path_factory):
     return make_imagefolder(tmp_path_factory.mktemp("data"))
 
 
-def _job_ids(exp):
-    return [r["job_id"] for r in json.loads((exp / "jobs.json").read_text())["jobs"]]
+def _records(exp):
+    return json.loads((exp / "jobs.json").read_text())["jobs"]
 
 
 def _state(job_id):
-    found = Slurm.states([{"job_id": job_id}]).get(job_id)
-    return found.state if found else None
+    return Slurm.states([{"job_id": job_id}])[job_id].state
 
 
 def _reason(job_id):
-    return subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%r"], capture_output=True, text=True).stdout.strip()
+    return Slurm.states([{"job_id": job_id}])[job_id].reason
 
 
 def _until(predicate, seconds=120, what="a condition"):
@@ -52,46 +58,116 @@ def _until(predicate, seconds=120, what="a condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_two_steps_as_one_array_gathered_into_the_table(tmp_path, data):
-    assert main(["run", "--steps", "resnet50,patchify_stem", *JOB, "--data", f"imagefolder:{data}",
-                 "--results", str(tmp_path), "--experiment", "arr", "--wait"]) == 0
-    exp = tmp_path / "arr"
-    ids = _job_ids(exp)
-    assert len(ids) == 2 and len({i.split("_")[0] for i in ids}) == 1  # one array
+def _readme_command(start: str) -> list[str]:
+    """The README's command line that starts with `start`, as words."""
+    line = next(ln for ln in README.splitlines() if ln.startswith(start))
+    return line.split("#")[0].split()[1:]
+
+
+def test_the_readmes_local_cluster_command_completes(tmp_path, capsys):
+    words = _readme_command("roadmap run --upto patchify_stem --recipe smoke")
+    assert "--cluster" in words and "local" in words and "--wait" in words
+    assert main([*words, "--results", str(tmp_path)]) == 0
+    exp = next(tmp_path.iterdir())
     table = pd.read_csv(exp / "table.csv")
-    assert table.step.tolist() == ["resnet50", "patchify_stem"] and (table.status == "completed").all()
-    assert (exp / "figure2.png").exists()
+    assert table.step.tolist() == ["resnet50", "stage_ratio", "patchify_stem"]
+    assert (table.status == "completed").all()
+    records = _records(exp)
+    assert len(records) == 3 * table.seeds.str.split("/").str[1].astype(int).iloc[0]
+    assert len({r["job_id"].split("_")[0] for r in records}) >= 1
     # submitted again: nothing to do
-    assert main(["run", "--steps", "resnet50,patchify_stem", *JOB, "--data", f"imagefolder:{data}",
-                 "--results", str(tmp_path), "--experiment", "arr"]) == 0
-    assert _job_ids(exp) == ids
+    capsys.readouterr()
+    assert main([*words, "--results", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.count("done already") == len(records)
+
+
+def test_a_request_the_partition_can_never_run_is_refused_before_submission(tmp_path, data, capsys):
+    assert main(["run", "--steps", "resnet50", "--recipe", "smoke", "--executor", "slurm", "--data",
+                 f"imagefolder:{data}", "--results", str(tmp_path)]) == 2  # the default profile: 4 CPUs per task
+    err = capsys.readouterr().err
+    assert re.search(r"slurm/default\.yaml: cpus_per_task: 4 CPU\(s\) × 1 task\(s\) per node = 4, but the nodes "
+                     r"of partition debug have at most \d+", err) and err.count("\n") == 1
+    assert not (tmp_path / "resnet50-smoke").exists()
+    assert main(["run", "--steps", "resnet50", *JOB, "--nodes", "3", "--data", f"imagefolder:{data}",
+                 "--results", str(tmp_path)]) == 2
+    assert "--nodes: nodes: 3 nodes, but partition debug has 2" in capsys.readouterr().err
+
+
+def test_a_pending_then_cancelled_array_ends_the_wait(tmp_path, data, capsys):
+    later = ["--set", "train.epochs=1"]
+    profile = tmp_path / "later.yaml"
+    profile.write_text("cpus_per_task: 1\nmem_gb: 1\nadditional_parameters: {begin: now+1hour}\n")
+    assert main(["run", "--steps", "resnet50,patchify_stem", *JOB, "--cluster", str(profile), *later, "--data",
+                 f"imagefolder:{data}", "--results", str(tmp_path), "--experiment", "later"]) == 0
+    records = _records(tmp_path / "later")
+    _until(lambda: _reason(records[0]["job_id"]) == "BeginTime", 30, "the array to wait for its begin time")
+    capsys.readouterr()
+    assert main(["status", "later", "--results", str(tmp_path)]) == 0
+    assert "BeginTime" in capsys.readouterr().out
+    subprocess.run(["scancel", records[0]["job_id"].split("_")[0]], check=True)  # the whole array, never started
+    start = time.time()
+    Slurm(tmp_path / "later").wait(records, poll_s=1)
+    assert time.time() - start < 60
+    assert {s.state for s in Slurm.states(records).values()} == {"CANCELLED"}
+    assert main(["table", "later", "--results", str(tmp_path), "--format", "csv"]) == 0
+    table = pd.read_csv(tmp_path / "later" / "table.csv")
+    assert (table.status == "failed").all() and table.error.str.startswith("CANCELLED").all()
+
+
+def test_a_reason_that_never_clears_fails_the_wait(tmp_path, monkeypatch):
+    monkeypatch.setattr(Slurm, "states", staticmethod(lambda records: {"7_0": JobState("PENDING", "PartitionConfig")}))
+    with pytest.raises(RoadmapError, match=r"job 7_0 \(gelu seed0\) can never start: PartitionConfig"):
+        Slurm(tmp_path / "x").wait([{"job_id": "7_0", "name": "gelu", "seed": 0}], poll_s=0.01)
+    monkeypatch.setattr(Slurm, "states", staticmethod(lambda records: {"7_0": JobState("PENDING", "Priority")}))
+    with pytest.raises(RoadmapError, match="--timeout-wait 0.001: stopped waiting with 1 pending \\(Priority\\)"):
+        Slurm(tmp_path / "x").wait([{"job_id": "7_0", "name": "gelu", "seed": 0}], timeout_min=0.001, poll_s=0.01)
+
+
+def test_array_ids_expand():
+    assert expand("12_[0-2,5%4]") == ["12_0", "12_1", "12_2", "12_5"]
+    assert expand("12_3") == ["12_3"] and expand("13") == ["13"]
+
+
+def test_more_jobs_than_max_array_size_run_as_several_arrays(tmp_path, data):
+    cap = max_array_size()
+    assert cap < 6  # the local cluster's slurm.conf sets it low
+    assert main(["run", "--steps", "resnet50", *JOB, "--seeds", str(cap + 2), "--data", f"imagefolder:{data}",
+                 "--results", str(tmp_path), "--experiment", "many", "--wait"]) == 0
+    records = _records(tmp_path / "many")
+    arrays = {r["job_id"].split("_")[0] for r in records}
+    assert len(records) == cap + 2 and len(arrays) == 2
+    assert (pd.read_csv(tmp_path / "many" / "table.csv").seeds == f"{cap + 2}/{cap + 2}").all()
 
 
 def test_preempted_job_requeues_and_resumes(tmp_path, data):
     exp = tmp_path / "rq"
     assert main(["run", "--steps", "resnet50", *JOB, "--set", "train.batch_size=2", "--set", "train.epochs=5",
                  "--data", f"imagefolder:{data}", "--results", str(tmp_path), "--experiment", "rq"]) == 0
-    (job_id,) = _job_ids(exp)
-    run = exp / "resnet50" / "seed0"
+    _requeue_and_finish(exp, exp / "resnet50" / "seed0", 5)
+    rows = executors.status(exp)
+    assert rows[0]["requeued"] == 1 and rows[0]["state"] == "COMPLETED" and rows[0]["epoch"] == 5
+
+
+def _requeue_and_finish(exp, run, epochs):
+    (record,) = _records(exp)
+    job_id = record["job_id"]
     _until(lambda: len(read_metrics(run)) >= 1, what="the first epoch")
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)  # what SLURM sends before a time limit
     # SLURM holds a requeued job for a couple of minutes before it may start again; once it waits, start it now
     _until(lambda: _reason(job_id) == "BeginTime", 60, "the requeued job to wait for its begin time")
     subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
-    Slurm(exp).wait(json.loads((exp / "jobs.json").read_text())["jobs"], poll_s=1)
+    Slurm(exp).wait([record], poll_s=1)
     assert _state(job_id) == "COMPLETED"
-    assert [m["epoch"] for m in read_metrics(run)] == [1, 2, 3, 4, 5]  # no epoch twice
-    assert json.loads((run / "summary.json").read_text())["epochs"] == 5
-    rows = executors.status(exp)
-    assert rows[0]["requeued"] == 1 and rows[0]["state"] == "COMPLETED" and rows[0]["epoch"] == 5
+    assert [m["epoch"] for m in read_metrics(run)] == list(range(1, epochs + 1))  # no epoch twice
+    assert json.loads((run / "summary.json").read_text())["epochs"] == epochs
 
 
 def test_two_task_ddp_job_matches_a_single_process_run(tmp_path, data):
     common = ["run", "--steps", "resnet50", "--recipe", "smoke", "--set", "train.batch_size=4", "--data",
-              f"imagefolder:{data}", "--results", str(tmp_path)]
-    assert main([*common, "--experiment", "single"]) == 0
-    assert main([*common, "--experiment", "ddp", "--executor", "slurm", "--tasks-per-node", "2",
-                 "--cpus-per-task", "1", "--mem-gb", "2", "--wait"]) == 0
+              f"imagefolder:{data}", "--results", str(tmp_path), "--seeds", "1"]
+    assert main([*common, "--experiment", "single", "--executor", "inprocess"]) == 0
+    assert main([*common, "--experiment", "ddp", "--executor", "slurm", "--cluster", "local",
+                 "--tasks-per-node", "2", "--wait"]) == 0
     single = json.loads((tmp_path / "single" / "resnet50" / "seed0" / "summary.json").read_text())
     ddp = json.loads((tmp_path / "ddp" / "resnet50" / "seed0" / "summary.json").read_text())
     assert set(single) == set(ddp) and ddp["status"] == "completed"
@@ -102,22 +178,44 @@ def test_two_task_ddp_job_matches_a_single_process_run(tmp_path, data):
     assert [set(m) for m in a] == [set(m) for m in b]
 
 
-def test_failed_job_is_a_failed_row_with_its_error(tmp_path, data):
+def test_two_node_ddp_job_spans_both_hosts_and_resumes_after_a_requeue(tmp_path, data):
+    exp = tmp_path / "nodes"
+    assert main(["run", "--steps", "resnet50", *JOB, "--nodes", "2", "--set", "train.batch_size=2",
+                 "--set", "train.epochs=4", "--data", f"imagefolder:{data}", "--results", str(tmp_path),
+                 "--experiment", "nodes"]) == 0
+    run = exp / "resnet50" / "seed0"
+    _requeue_and_finish(exp, run, 4)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["processes"] == 2 and sorted(summary["hosts"]) == ["node1", "node2"]
+    assert executors.status(exp)[0]["requeued"] == 1
+
+
+def test_failed_job_is_a_failed_row_with_its_root_cause(tmp_path, data, capsys):
     assert main(["run", "--steps", "resnet50", *JOB, "--set", "train.batch_size=1000", "--data",
                  f"imagefolder:{data}", "--results", str(tmp_path), "--experiment", "bad", "--wait"]) == 1
     table = pd.read_csv(tmp_path / "bad" / "table.csv")
-    assert table.status.tolist() == ["failed"] and "batch_size" in table.error[0]
+    assert table.status.tolist() == ["failed"] and table.error[0].startswith("RoadmapError: train.batch_size")
+    assert "Traceback" in (tmp_path / "bad" / "resnet50" / "seed0" / "error.txt").read_text()
+    capsys.readouterr()
+    main(["status", "bad", "--results", str(tmp_path)])
+    assert "RoadmapError: train.batch_size" in capsys.readouterr().out
 
 
 def test_status_and_cancel_live_jobs(tmp_path, data, capsys):
     assert main(["run", "--steps", "resnet50", *JOB, "--set", "train.epochs=200", "--data",
                  f"imagefolder:{data}", "--results", str(tmp_path), "--experiment", "live"]) == 0
-    (job_id,) = _job_ids(tmp_path / "live")
+    (record,) = _records(tmp_path / "live")
+    job_id = record["job_id"]
     _until(lambda: _state(job_id) == "RUNNING", what="the job to start")
     capsys.readouterr()
     assert main(["status", "live", "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert job_id in out and "RUNNING" in out and "log.out" in out
+    # a second launch of the same experiment leaves the running job alone
+    assert main(["run", "--steps", "resnet50", *JOB, "--set", "train.epochs=200", "--data",
+                 f"imagefolder:{data}", "--results", str(tmp_path), "--experiment", "live"]) == 0
+    assert f"= resnet50 seed0: running already (job {job_id})" in capsys.readouterr().out
+    assert _records(tmp_path / "live") == [record]
     assert main(["cancel", "live", "--results", str(tmp_path)]) == 0
     assert f"cancelled 1 job(s): {job_id}" in capsys.readouterr().out
     _until(lambda: _state(job_id) == "CANCELLED", 60, "the cancel")

@@ -29,6 +29,7 @@ class Executor:
 
     kind = ""
     blocking = True
+    processes = 1  # processes (DDP ranks) per job
 
     def submit(self, jobs: list[Job]) -> list[dict]:
         raise NotImplementedError
@@ -47,6 +48,9 @@ class Executor:
     def describe(self) -> str:
         """Where and how the jobs will run, for the dry run and the first line of a run."""
         return ""
+
+    def check(self) -> None:
+        """Refuse, before anything runs, what could never run here (one RoadmapError line)."""
 
 
 def make(kind: str, experiment_dir: Path, **options) -> Executor:
@@ -104,14 +108,19 @@ def status(experiment_dir: Path) -> list[dict]:
     return rows
 
 
-def live(records: list[dict]) -> dict[tuple[str, int], str]:
-    """(run, seed) → where its job is queued or running, for the recorded jobs that have not ended."""
+def live(records: list[dict], jobs: list[Job]) -> dict[tuple[str, int], str]:
+    """(run, seed) → where it is queued or running: a recorded job that has not ended, or a live holder of the
+    run's lock (another `roadmap run`, in any executor)."""
     now = states(records)
     out = {}
     for r in records:
         s = now.get(r["job_id"])
         if s is not None and s.state not in TERMINAL:
             out[(r["name"], r["seed"])] = f"{s.state.lower()} already (job {r['job_id']})"
+    for job in jobs:
+        holder = results.lock_holder(Path(job.run_dir))
+        if holder is not None:
+            out.setdefault((job.name, job.seed), results.describe_holder(holder))
     return out
 
 
@@ -143,8 +152,11 @@ def last_error_line(stderr: str | None) -> str | None:
 
 
 def outcome_line(job: Job, seconds: float) -> str:
-    """One line for a job that ended: its top-1 and size, or its error."""
+    """One line for a job that ended: its top-1 and size, its error, or who else trains its run."""
     summary = results.read_json(Path(job.run_dir) / "summary.json") or {}
+    holder = results.lock_holder(Path(job.run_dir))
+    if summary.get("status") != "completed" and holder is not None:
+        return f"= {job.name} seed{job.seed}: {results.describe_holder(holder)}"
     if summary.get("status") != "completed":
         return f"✗ {job.name} seed{job.seed}: {summary.get('error') or 'ended without a summary'}"
     return (f"✓ {job.name} seed{job.seed}: top-1 {summary['final_top1']:.1f}% (best {summary['best_top1']:.1f}), "

@@ -47,7 +47,7 @@ class Local(Executor):
     kind = "local"
 
     def __init__(self, experiment_dir: Path, parallel: int | None = None, gpus_per_job: int = 1,
-                 tasks_per_job: int = 1, poll_s: float = 0.5, **_):
+                 tasks_per_job: int | None = None, poll_s: float = 0.5, **_):
         import torch
 
         self.experiment_dir = Path(experiment_dir)
@@ -57,7 +57,7 @@ class Local(Executor):
             raise RoadmapError(f"--gpus-per-job {gpus_per_job}: this machine has {self.gpus} GPU(s)")
         most = self.gpus // self.gpus_per_job if self.gpus else os.cpu_count() or 1
         self.parallel = min(parallel or most, most) if self.gpus else (parallel or most)
-        self.tasks = self.gpus_per_job or tasks_per_job
+        self.tasks = self.processes = tasks_per_job or self.gpus_per_job or 1
         self.threads = max(1, (os.cpu_count() or 1) // (self.parallel * self.tasks))
         self.poll_s = poll_s
 
@@ -69,7 +69,7 @@ class Local(Executor):
     def submit(self, jobs: list[Job]) -> list[dict]:
         import submitit
 
-        queue, running, records = list(jobs), {}, []
+        queue, running, records, seen = list(jobs), {}, [], {}
         free = list(range(self.parallel))
         while queue or running:
             while queue and free:
@@ -84,8 +84,10 @@ class Local(Executor):
                 results.record_jobs(self.experiment_dir, [record])
                 records.append(record)
                 running[slot] = (job, handle, time.time())
+                seen[job.run_dir] = 0
             time.sleep(self.poll_s)
             for slot, (job, handle, start) in list(running.items()):
+                seen[job.run_dir] = _print_new_epochs(job, seen[job.run_dir])
                 if handle.done():
                     del running[slot]
                     free.append(slot)
@@ -118,14 +120,25 @@ class Local(Executor):
         return cancelled
 
 
+def _print_new_epochs(job: Job, shown: int) -> int:
+    """A line for each epoch a running job has finished since the last look; returns how many are shown."""
+    metrics = results.read_metrics(Path(job.run_dir))
+    total = job.cfg["train"]["epochs"]
+    for m in metrics[shown:]:
+        print(f"  {job.name} seed{job.seed}: epoch {m['epoch']}/{total}  loss {m['train_loss']:.3f}  "
+              f"top-1 {m['top1']:.1f}%", flush=True)
+    return max(shown, len(metrics))
+
+
 def _record(job: Job, handle, kind: str) -> dict:
     return {"name": job.name, "seed": job.seed, "job_id": str(handle.job_id), "executor": kind,
             "run_dir": job.run_dir, "stdout": str(handle.paths.stdout), "stderr": str(handle.paths.stderr)}
 
 
 def _settle_one(job: Job, handle) -> None:
-    """A local job that ended without a summary (killed, out of memory) gets a failed one with its root cause."""
-    if (Path(job.run_dir) / "summary.json").exists():
+    """A local job that ended without a summary (killed, out of memory) gets a failed one with its root cause;
+    one that left its run to another holder needs none."""
+    if (Path(job.run_dir) / "summary.json").exists() or results.lock_holder(Path(job.run_dir)) is not None:
         return
     from . import last_error_line
 

@@ -1,12 +1,15 @@
-"""Jobs on a SLURM cluster through submitit: the cluster profile, job arrays, states from sacct/squeue, waiting,
+"""Jobs on a SLURM cluster through submitit: the cluster profile checked against what the partition can ever give,
+job arrays split at the cluster's MaxArraySize, states and pending reasons from sacct/squeue, waits that end,
 cancelling."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 from .. import results
 from ..config import ClusterProfile
@@ -19,10 +22,18 @@ from .local import _record
 
 PROFILE_FLAGS = {"partition": str, "gpus_per_node": int, "tasks_per_node": int, "nodes": int, "timeout_min": int,
                  "account": str, "qos": str, "constraint": str, "mem_gb": int, "cpus_per_task": int}
+# pending reasons that no amount of waiting clears: the request itself cannot be met (squeue's %r)
+NEVER = {"PartitionConfig": "the request exceeds what the partition allows",
+         "PartitionNodeLimit": "more nodes than the partition allows",
+         "PartitionTimeLimit": "a time limit above the partition's MaxTime",
+         "BadConstraints": "no node has the features asked for",
+         "InvalidAccount": "the account is not valid", "InvalidQOS": "the QOS is not valid",
+         "DependencyNeverSatisfied": "a dependency that can never be met"}
 
 
-def load_profile(name: str, flags: dict) -> ClusterProfile:
-    """A cluster profile (slurm/NAME.yaml or a file), with command-line flags on top."""
+def load_profile(name: str, flags: dict) -> tuple[ClusterProfile, Callable[[str], str]]:
+    """A cluster profile (slurm/NAME.yaml or a file), with command-line flags on top; and, for error lines, the
+    source (file or flag) of each field."""
     path = Path(name) if Path(name).suffix else SLURM / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in SLURM.glob("*.yaml")))
@@ -31,26 +42,54 @@ def load_profile(name: str, flags: dict) -> ClusterProfile:
     for key, value in flags.items():
         if value is not None:
             merged.merge({key: value}, f"--{key.replace('_', '-')}")
-    return validate(merged, ClusterProfile)
+    return validate(merged, ClusterProfile), merged.source_of
 
 
 class Slurm(Executor):
-    """One job per (run, seed), all of them one job array; `submit` returns as soon as SLURM has them."""
+    """One job per (run, seed), as job arrays of at most the cluster's MaxArraySize; `submit` returns as soon as
+    SLURM has them."""
 
     kind = "slurm"
     blocking = False
 
-    def __init__(self, experiment_dir: Path, profile: ClusterProfile | None = None, **_):
+    def __init__(self, experiment_dir: Path, profile: ClusterProfile | None = None,
+                 source_of: Callable[[str], str] | None = None, **_):
         if shutil.which("sbatch") is None:
             raise RoadmapError("--executor slurm: no sbatch on PATH (is this a SLURM login node? "
-                               "slurm/local-cluster/up.sh brings up a one-node cluster here)")
+                               "slurm/local-cluster/up.sh brings up a local cluster here)")
         self.experiment_dir = Path(experiment_dir)
         self.profile = profile or ClusterProfile()
+        self.source_of = source_of or (lambda key: "the profile")
+        self.processes = self.profile.nodes * self.profile.tasks()
 
     def describe(self) -> str:
         from ..loading import to_yaml
 
-        return "SLURM jobs, one per run and seed, as one array; sbatch parameters:\n" + to_yaml(self.profile)
+        return "SLURM jobs, one per run and seed, as job arrays; sbatch parameters:\n" + to_yaml(self.profile)
+
+    def check(self) -> None:
+        """Refuse, before anything is submitted, a request that the partition could never run."""
+        p, limits = self.profile, partition_limits(self.profile.partition)
+        where = f"partition {limits['name']}"
+
+        def refuse(key: str, text: str):
+            raise RoadmapError(f"{self.source_of(key)}: {key}: {text} (sinfo/scontrol; a profile that fits: "
+                               f"--cluster local for slurm/local-cluster)")
+
+        cpus = p.cpus_per_task * p.tasks()
+        if limits["cpus"] and cpus > limits["cpus"]:
+            refuse("cpus_per_task", f"{p.cpus_per_task} CPU(s) × {p.tasks()} task(s) per node = {cpus}, but the "
+                                    f"nodes of {where} have at most {limits['cpus']}")
+        if p.mem_gb and limits["mem_mb"] and p.mem_gb * 1024 > limits["mem_mb"]:
+            refuse("mem_gb", f"{p.mem_gb} GB per node, but the nodes of {where} have at most "
+                             f"{limits['mem_mb'] / 1024:.1f} GB")
+        if p.gpus_per_node > limits["gpus"]:
+            refuse("gpus_per_node", f"{p.gpus_per_node} GPU(s) per node, but the nodes of {where} have "
+                                    f"{limits['gpus'] or 'none'}")
+        if p.nodes > limits["nodes"]:
+            refuse("nodes", f"{p.nodes} nodes, but {where} has {limits['nodes']}")
+        if limits["max_min"] is not None and p.timeout_min > limits["max_min"]:
+            refuse("timeout_min", f"{p.timeout_min} min, but {where} allows at most {limits['max_min']} min")
 
     def submit(self, jobs: list[Job]) -> list[dict]:
         import submitit
@@ -61,32 +100,41 @@ class Slurm(Executor):
         executor.update_parameters(
             job_name=f"roadmap-{self.experiment_dir.name}", nodes=p.nodes, ntasks_per_node=p.tasks(),
             cpus_per_task=p.cpus_per_task, time=p.timeout_min, array_parallelism=p.array_parallelism,
+            signal_delay_s=p.signal_delay_s,
             **({"gpus_per_node": p.gpus_per_node} if p.gpus_per_node else {}),
             **({"mem": f"{p.mem_gb}GB"} if p.mem_gb else {}),
             **{k: getattr(p, k) for k in ("partition", "account", "qos", "constraint") if getattr(p, k)},
             **({"additional_parameters": extra} if extra else {}))
-        with executor.batch():
-            handles = [executor.submit(SubmittedRun(job)) for job in jobs]
-        records = [_record(job, handle, self.kind) for job, handle in zip(jobs, handles)]
-        results.record_jobs(self.experiment_dir, records)
+        size = max_array_size()
+        records = []
+        for start in range(0, len(jobs), size):  # submitit submits one array per batch: keep each within the cap
+            chunk = jobs[start:start + size]
+            with executor.batch():
+                handles = [executor.submit(SubmittedRun(job)) for job in chunk]
+            records += [_record(job, handle, self.kind) for job, handle in zip(chunk, handles)]
+            results.record_jobs(self.experiment_dir, records)
         return records
 
     @staticmethod
     def states(records: list[dict]) -> dict[str, JobState]:
-        """SLURM's view of the jobs, by job id: sacct for what accounting knows, squeue for the rest."""
+        """SLURM's view of the jobs, by job id, asked by array id (elements that never started are listed only
+        as ranges of their array: 12_[0-2]): sacct for what accounting knows, then squeue for what slurmctld still
+        holds (every state, with pending reasons; fresher than accounting, which lags). A job neither knows is
+        UNKNOWN, never pending."""
         ids = [r["job_id"] for r in records]
         out: dict[str, JobState] = {}
         if not ids:
             return out
-        for line in _query(["sacct", "-n", "-P", "-X", "-o", "JobID,State,Elapsed", "-j", ",".join(ids)]):
+        arrays = sorted({i.split("_")[0] for i in ids})
+        for line in _query(["sacct", "-n", "-P", "-X", "-o", "JobID,State,Elapsed", "-j", ",".join(arrays)]):
             job_id, state, elapsed = (line.split("|") + ["", ""])[:3]
-            out[job_id] = JobState(state.split()[0] if state else "UNKNOWN", "", elapsed)
-        missing = [i for i in ids if i not in out]
-        if missing:
-            for line in _query(["squeue", "-h", "-o", "%i|%T|%M|%r", "-j", ",".join(missing)]):
-                job_id, state, elapsed, reason = (line.split("|") + ["", "", ""])[:4]
-                out[job_id] = JobState(state, reason, elapsed)
-        return out
+            for one in expand(job_id):
+                out[one] = JobState(state.split()[0] if state else "UNKNOWN", "", elapsed)
+        for line in _query(["squeue", "-h", "-r", "--states=all", "-o", "%i|%T|%M|%r", "-j", ",".join(arrays)]):
+            job_id, state, elapsed, reason = (line.split("|") + ["", "", ""])[:4]
+            for one in expand(job_id):  # squeue is current: its state and reason win over accounting's
+                out[one] = JobState(state, reason if state == "PENDING" and reason != "None" else "", elapsed)
+        return {i: out.get(i, JobState("UNKNOWN")) for i in ids}
 
     @staticmethod
     def cancel(records: list[dict]) -> list[str]:
@@ -96,21 +144,84 @@ class Slurm(Executor):
         return ids
 
     def wait(self, records: list[dict], timeout_min: float | None = None, poll_s: float = 5.0) -> None:
-        """Block until every job has ended, printing the counts of job states as they change."""
-        last = None
+        """Block until every job has ended, printing the counts of job states (and why jobs wait) as they change.
+        A pending reason that can never clear, or `timeout_min`, ends the wait with a RoadmapError."""
+        last, deadline = None, time.time() + timeout_min * 60 if timeout_min else None
+        names = {r["job_id"]: f"{r['name']} seed{r['seed']}" for r in records}
         while True:
             now = self.states(records)
-            counts: dict[str, int] = {}
-            for r in records:
-                state = now.get(r["job_id"], JobState("PENDING")).state
-                counts[state] = counts.get(state, 0) + 1
-            line = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+            line = summarize(now.values())
             if line != last:
                 print(f"  [{time.strftime('%H:%M:%S')}] {line}", flush=True)
                 last = line
-            if all(now.get(r["job_id"], JobState("PENDING")).state in TERMINAL for r in records):
+            stuck = [(i, s.reason) for i, s in now.items() if s.state == "PENDING" and s.reason in NEVER]
+            if stuck:
+                job_id, reason = stuck[0]
+                raise RoadmapError(f"job {job_id} ({names[job_id]}) can never start: {reason}, {NEVER[reason]}; "
+                                   f"cancel it (roadmap cancel {self.experiment_dir.name}) and fix the profile")
+            if all(s.state in TERMINAL for s in now.values()):
                 return
+            if deadline is not None and time.time() > deadline:
+                raise RoadmapError(f"--timeout-wait {timeout_min:g}: stopped waiting with {line}; the jobs go on "
+                                   f"(roadmap status {self.experiment_dir.name})")
             time.sleep(poll_s)
+
+
+def summarize(states) -> str:
+    """`2 running, 1 pending (Resources)`: how many jobs are in each state, and why pending ones wait."""
+    counts: dict[str, int] = {}
+    for s in states:
+        key = f"{s.state.lower()} ({s.reason})" if s.state == "PENDING" and s.reason else s.state.lower()
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+
+
+def expand(job_id: str) -> list[str]:
+    """`12_[0-2,5%4]` → 12_0, 12_1, 12_2, 12_5; any other id as it is."""
+    m = re.fullmatch(r"(\d+)_\[([^\]]+)\]", job_id)
+    if not m:
+        return [job_id]
+    out = []
+    for part in m[2].split("%")[0].split(","):
+        lo, _, hi = part.partition("-")
+        out += [f"{m[1]}_{k}" for k in range(int(lo), int(hi or lo) + 1)]
+    return out
+
+
+def partition_limits(partition: str | None) -> dict:
+    """What the partition's largest node can give one job (CPUs, memory, GPUs), how many nodes it has, and its
+    MaxTime in minutes (None: no limit)."""
+    fmt = ["-h", "-o", "%P|%c|%m|%G|%l|%D"]
+    lines = _query(["sinfo", *fmt, *(["-p", partition] if partition else [])])
+    rows = [ln.split("|") for ln in lines if ln.count("|") == 5]
+    if not partition:
+        default = [r for r in rows if r[0].endswith("*")]
+        rows = default or rows
+    if not rows:
+        raise RoadmapError(f"partition: {partition or 'the default partition'}: sinfo knows no such partition")
+    gpus = [int(g) for r in rows for g in re.findall(r"gpu(?::[^:,(]+)?:(\d+)", r[3])]
+    return {"name": rows[0][0].rstrip("*"), "cpus": max(int(r[1].rstrip("+")) for r in rows),
+            "mem_mb": max(int(r[2].rstrip("+")) for r in rows), "gpus": max(gpus, default=0),
+            "nodes": sum(int(r[5]) for r in rows), "max_min": _minutes(rows[0][4])}
+
+
+def _minutes(limit: str) -> int | None:
+    """SLURM's time format (infinite, MM, MM:SS, HH:MM:SS, D-HH:MM:SS) in minutes."""
+    if limit in ("infinite", "UNLIMITED", "n/a", ""):
+        return None
+    days, _, clock = limit.rpartition("-")
+    parts = [int(v) for v in clock.split(":")]
+    h, m = (parts[0], parts[1]) if len(parts) == 3 else (0, parts[0])
+    return int(days or 0) * 1440 + h * 60 + m
+
+
+def max_array_size() -> int:
+    """How many elements one array may have (scontrol's MaxArraySize; indices run to MaxArraySize − 1)."""
+    for line in _query(["scontrol", "show", "config"]):
+        key, _, value = line.partition("=")
+        if key.strip() == "MaxArraySize" and value.strip().isdigit():
+            return max(1, int(value))
+    return 1001
 
 
 def _query(command: list[str]) -> list[str]:

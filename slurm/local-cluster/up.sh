@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Bring up a one-node SLURM on this machine, for the tests and for trying `--executor slurm` without a cluster:
+# Bring up a two-node SLURM on this machine, for the tests and for trying `--executor slurm` without a cluster:
 # munge, MariaDB + slurmdbd (accounting, so that sacct and submitit read job states as on a real cluster),
-# slurmctld and slurmd, started directly (no systemd). Needs root. Installs Debian's packages when missing.
+# slurmctld, and one slurmd per node. Each node is a network namespace of its own (node1 10.99.0.2, node2
+# 10.99.0.3, hostname set in its own UTS namespace) on a bridge with slurmctld at 10.99.0.1: jobs across the two
+# talk over a network, as on a cluster, and no traffic leaves this machine. Started directly (no systemd); needs
+# root; installs Debian's packages when missing. MaxArraySize is set low (4) so that the tests see arrays split.
 # What it starts is recorded in $ROADMAP_SLURM_STATE/pids; down.sh stops exactly that.
 set -euo pipefail
 STATE=${ROADMAP_SLURM_STATE:-/var/tmp/roadmap-slurm}
@@ -11,7 +14,7 @@ if [ -s "$STATE/pids" ] && sinfo -h >/dev/null 2>&1; then
   log "already up ($STATE/pids)"; exit 0
 fi
 
-packages=(slurmctld slurmd slurmdbd slurm-client munge mariadb-server)
+packages=(slurmctld slurmd slurmdbd slurm-client munge mariadb-server iproute2 util-linux)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
@@ -71,18 +74,40 @@ cpus=$(nproc)
 mem=$(( $(free -m | awk '/^Mem:/ {print $2}') * 9 / 10 ))
 mkdir -p /etc/slurm
 
+# the network: a bridge for slurmctld, a namespace and a veth pair per node, their names in /etc/hosts
+ip link del roadmap-br 2>/dev/null || true  # left over from a bring-up that was not taken down
+for i in 1 2; do ip netns del "roadmap-node$i" 2>/dev/null || true; done
+ip link add name roadmap-br type bridge
+ip addr add 10.99.0.1/24 dev roadmap-br
+ip link set roadmap-br up
+echo "bridge roadmap-br" >> "$STATE/pids"
+for i in 1 2; do
+  ip netns add "roadmap-node$i"
+  ip link add "roadmap-v$i" type veth peer name eth0 netns "roadmap-node$i"
+  ip link set "roadmap-v$i" master roadmap-br
+  ip link set "roadmap-v$i" up
+  ip netns exec "roadmap-node$i" ip addr add "10.99.0.$((i + 1))/24" dev eth0
+  ip netns exec "roadmap-node$i" ip link set eth0 up
+  ip netns exec "roadmap-node$i" ip link set lo up
+  echo "netns roadmap-node$i" >> "$STATE/pids"
+done
+sed -i '/# roadmap-local-cluster$/d' /etc/hosts
+printf '10.99.0.1 %s-ctl # roadmap-local-cluster\n10.99.0.2 node1 # roadmap-local-cluster\n10.99.0.3 node2 # roadmap-local-cluster\n' "$host" >> /etc/hosts
+echo "hosts /etc/hosts" >> "$STATE/pids"
+
 cat > /etc/slurm/slurm.conf <<CONF
-# written by convnext-roadmap's slurm/local-cluster/up.sh: one node, $cpus CPUs, no GPUs
+# written by convnext-roadmap's slurm/local-cluster/up.sh: two nodes of this machine, $cpus CPUs each, no GPUs
 ClusterName=roadmap
-SlurmctldHost=$host
+SlurmctldHost=$host(10.99.0.1)
 AuthType=auth/munge
 SlurmUser=root
 StateSaveLocation=$STATE/state
-SlurmdSpoolDir=$STATE/spool
+SlurmdSpoolDir=$STATE/spool/%n
 SlurmctldPidFile=$STATE/run/slurmctld.pid
-SlurmdPidFile=$STATE/run/slurmd.pid
+SlurmdPidFile=$STATE/run/slurmd.%n.pid
 SlurmctldLogFile=$STATE/log/slurmctld.log
-SlurmdLogFile=$STATE/log/slurmd.log
+SlurmdLogFile=$STATE/log/slurmd.%n.log
+MaxArraySize=4
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -94,7 +119,8 @@ KillWait=10
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 JobAcctGatherType=jobacct_gather/none
-NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
+NodeName=node1 NodeAddr=10.99.0.2 CPUs=$cpus RealMemory=$mem State=UNKNOWN
+NodeName=node2 NodeAddr=10.99.0.3 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
 cat > /etc/slurm/slurmdbd.conf <<CONF
@@ -122,13 +148,19 @@ sacctmgr -i add cluster roadmap >/dev/null 2>&1 || true
 slurmctld -c
 wait_for 30 slurmctld test -s "$STATE/run/slurmctld.pid"
 remember slurmctld "$(cat "$STATE/run/slurmctld.pid")"
-slurmd
-wait_for 30 slurmd test -s "$STATE/run/slurmd.pid"
-remember slurmd "$(cat "$STATE/run/slurmd.pid")"
+for node in node1 node2; do
+  mkdir -p "$STATE/spool/$node"
+  i=${node#node}
+  # its own network and its own hostname (slurmd finds its NodeName from it); nsenter, not `ip netns exec`, which
+  # would mount a /sys without the cgroup filesystem that slurmd needs
+  nsenter --net="/run/netns/roadmap-node$i" unshare --uts sh -c "hostname $node && exec slurmd"
+  wait_for 30 "slurmd on $node" test -s "$STATE/run/slurmd.$node.pid"
+  remember "slurmd-$node" "$(cat "$STATE/run/slurmd.$node.pid")"
+done
 
-node_idle() { [ "$(sinfo -h -n "$host" -o %t)" = idle ]; }
-if ! wait_for 60 "the node to be idle" node_idle; then
-  scontrol update nodename="$host" state=resume || true
-  wait_for 30 "the node to be idle" node_idle
+nodes_idle() { [ "$(sinfo -h -o %t | sort -u)" = idle ] && [ "$(sinfo -h -o %D)" = 2 ]; }
+if ! wait_for 60 "the nodes to be idle" nodes_idle; then
+  scontrol update nodename=node1,node2 state=resume || true
+  wait_for 30 "the nodes to be idle" nodes_idle
 fi
-log "up: $(sinfo -h -o '%P %D %t %c CPUs')"
+log "up: $(sinfo -h -o '%P %D nodes %t, %c CPUs each')"

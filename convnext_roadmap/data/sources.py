@@ -1,11 +1,10 @@
-"""Data sources (`--data`): the embedded synthetic set, an ImageFolder tree, or a Kaggle-style CSV; timm's
-transforms and plain PyTorch loaders on top."""
+"""Where images come from (`--data`): the embedded synthetic set, an ImageFolder tree, or a Kaggle-style CSV, as
+lists of (path, class)."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import logging
 import random
 import shutil
 import tempfile
@@ -15,12 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from timm.data import create_transform
 
-from .errors import RoadmapError
-from .resources import cache_dir
+from ..errors import RoadmapError
+from ..resources import cache_dir
 
-log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -34,7 +31,7 @@ class Split:
 
 SHAPES = ["disc", "square", "triangle", "ring", "cross"]
 TEXTURES = ["stripes", "dots"]
-SYNTHETIC_VERSION = "v1"
+SYNTHETIC_VERSION = "v2"  # v2: drawn at 32², where the proxy trains: its textures stay resolved
 
 
 def _draw(shape: str, texture: str, rng: random.Random, size: int) -> Image.Image:
@@ -85,7 +82,7 @@ def _draw(shape: str, texture: str, rng: random.Random, size: int) -> Image.Imag
     return Image.fromarray(np.clip(np.asarray(img, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
 
 
-def make_synthetic(root: Path, train_per_class: int = 300, val_per_class: int = 60, size: int = 64,
+def make_synthetic(root: Path, train_per_class: int = 300, val_per_class: int = 60, size: int = 32,
                    seed: int = 0) -> Path:
     """Write the synthetic set once, as PNG files in ImageFolder layout; a finished set is reused as is."""
     if (root / "DONE").exists():
@@ -195,62 +192,7 @@ def load_splits(spec: str) -> tuple[Split, Split]:
     raise RoadmapError(f"--data {spec}: expected synthetic, imagefolder:PATH or csv:PATH")
 
 
-# --------------------------------------------------------------------------------------------------- datasets
-
-class ImageDataset(torch.utils.data.Dataset):
-    """Images from a list of (path, class). An unreadable image is skipped with a warning and counted: a long run
-    must not die on one bad file."""
-
-    def __init__(self, split: Split, transform):
-        self.samples, self.classes, self.transform = split.samples, split.classes, transform
-        self.skipped: set[Path] = set()
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int):
-        for offset in range(len(self.samples)):
-            path, target = self.samples[(index + offset) % len(self.samples)]
-            try:
-                with Image.open(path) as img:
-                    image = img.convert("RGB")
-            except (OSError, ValueError) as e:
-                if path not in self.skipped:
-                    self.skipped.add(path)
-                    log.warning("skipping unreadable image %s (%s); %d skipped so far", path, e, len(self.skipped))
-                continue
-            return self.transform(image), target
-        raise RoadmapError("no readable image in the data set")
-
-
-def _seed_worker(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-def make_loaders(data_cfg, train_batch: int, eval_batch: int, seed: int, distributed: tuple[int, int] = (0, 1)):
-    """Train and val loaders with timm's transforms. The training order is drawn from (seed, epoch) through
-    `set_epoch`, so that a resumed run sees the same batches as an uninterrupted one."""
-    train_split, val_split = load_splits(data_cfg.source)
-    size = data_cfg.img_size
-    train_tf = create_transform(
-        size, is_training=True, scale=tuple(data_cfg.crop_scale), hflip=0.5,
-        auto_augment=data_cfg.auto_augment, re_prob=data_cfg.random_erasing, re_mode="pixel", interpolation="bicubic",
-        mean=data_cfg.mean, std=data_cfg.std)
-    val_tf = create_transform(size, is_training=False, crop_pct=data_cfg.crop_pct, interpolation="bicubic",
-                              mean=data_cfg.mean, std=data_cfg.std)
-    train_set, val_set = ImageDataset(train_split, train_tf), ImageDataset(val_split, val_tf)
-    rank, world = distributed
-    train_sampler = EpochSampler(len(train_set), seed, rank, world)
-    val_sampler = torch.utils.data.distributed.DistributedSampler(val_set, world, rank, shuffle=False) \
-        if world > 1 else None
-    common = dict(num_workers=data_cfg.workers, worker_init_fn=_seed_worker,
-                  persistent_workers=data_cfg.workers > 0, pin_memory=torch.cuda.is_available())
-    train = torch.utils.data.DataLoader(train_set, train_batch, sampler=train_sampler, drop_last=True, **common)
-    val = torch.utils.data.DataLoader(val_set, eval_batch, sampler=val_sampler, **common)
-    return train, val, train_split.classes
-
+# ------------------------------------------------------------------------------------------ the order of an epoch
 
 class EpochSampler(torch.utils.data.Sampler):
     """A shuffled order drawn from (seed, epoch), split across ranks; the same on every machine."""
@@ -269,3 +211,31 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return self.n // self.world
+
+
+# ------------------------------------------------------------------------------------------------- subsets
+
+def make_subset(source: Path, target: Path, classes: int) -> list[str]:
+    """A class subset of an ImageFolder tree (e.g. ImageNet-100 from ImageNet-1K): every k-th class in sorted
+    order, so that the choice is the same everywhere, linked (not copied) into target/train and target/val."""
+    source, target = Path(source).expanduser(), Path(target).expanduser()
+    if not (source / "train").is_dir() or not (source / "val").is_dir():
+        raise RoadmapError(f"{source}: expected train/<class>/ and val/<class>/ folders")
+    names = sorted(p.name for p in (source / "train").iterdir() if p.is_dir())
+    if not 1 <= classes <= len(names):
+        raise RoadmapError(f"--classes {classes}: expected 1 to {len(names)} (the classes of {source / 'train'})")
+    if target.exists() and any(target.iterdir()):
+        raise RoadmapError(f"{target}: exists and is not empty")
+    chosen = names[:: len(names) // classes][:classes]
+    missing = [c for c in chosen if not (source / "val" / c).is_dir()]
+    if missing:
+        raise RoadmapError(f"{source / 'val'}: no folder for {', '.join(missing[:3])}")
+    tmp = Path(tempfile.mkdtemp(dir=target.parent if target.parent.exists() else None, prefix=".subset-"))
+    for split in ("train", "val"):
+        (tmp / split).mkdir()
+        for name in chosen:
+            (tmp / split / name).symlink_to((source / split / name).resolve(), target_is_directory=True)
+    if target.exists():
+        target.rmdir()
+    tmp.rename(target)
+    return chosen

@@ -1,0 +1,131 @@
+"""Is a step's difference real? Paired Δ across seeds with its interval and p-values, Holm's correction across the
+table, a verdict; and how closely an experiment follows the paper's numbers.
+
+Seeds are paired: seed k of every network trains on the same data order and augmentations, so the Δ of seed k is
+a fair comparison and the spread of the Δs (not of the accuracies) measures the noise. Nothing here reads files.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+
+import numpy as np
+from scipy import stats as st
+
+ALPHA = 0.05
+BOOTSTRAP_FROM = 10  # seeds from which the CI is a BCa bootstrap instead of the paired t interval
+
+
+def mean_half_width(std: float, n: int, alpha: float = ALPHA) -> float:
+    """Half the t interval of a mean of n values with sample std `std` (n − 1 degrees of freedom)."""
+    return float(st.t.ppf(1 - alpha / 2, n - 1) * std / math.sqrt(n)) if n > 1 else math.nan
+
+
+def sign_flip_p(d) -> float:
+    """The exact two-sided sign-flip permutation p-value of a mean paired difference: the share of the 2ⁿ sign
+    patterns whose |mean| is at least the observed one. (3 pairs can never go below 2/8 = 0.25.)"""
+    d = np.asarray(d, dtype=float)
+    if len(d) > 20:
+        raise ValueError("the exact sign-flip test enumerates 2^n patterns; use at most 20 pairs")
+    observed = abs(d.mean())
+    signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(d))))
+    return float(np.mean(np.abs(signs @ d / len(d)) >= observed - 1e-12))
+
+
+def paired(a, b, alpha: float = ALPHA) -> dict:
+    """Row a against row b, seed by seed: the mean Δ, its CI, the paired t-test and exact sign-flip p-values, and
+    the smallest |Δ| these seeds could resolve (the CI's half-width: a smaller mean Δ cannot reach p < alpha).
+    With one pair there is a Δ but no interval and no test."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    n = len(d)
+    out = {"n": n, "delta": float(d.mean()) if n else math.nan, "ci_low": math.nan, "ci_high": math.nan,
+           "p_t": math.nan, "p_sign_flip": math.nan, "resolvable": math.nan, "ci_method": ""}
+    if n < 2:
+        out["ci_method"] = "one seed: no interval" if n == 1 else "no paired seeds"
+        return out
+    sd = d.std(ddof=1)
+    half = mean_half_width(sd, n, alpha)
+    out.update(resolvable=float(half), p_sign_flip=sign_flip_p(d) if n <= 20 else math.nan)
+    if sd == 0:  # every seed moved by exactly the same amount: no spread to test against
+        out.update(ci_low=float(d.mean()), ci_high=float(d.mean()), p_t=0.0 if d.mean() != 0 else 1.0,
+                   ci_method="no spread")
+        return out
+    out["p_t"] = float(st.ttest_1samp(d, 0.0).pvalue)
+    if n >= BOOTSTRAP_FROM:
+        ci = st.bootstrap((d,), np.mean, confidence_level=1 - alpha, method="BCa", n_resamples=9999,
+                          random_state=0).confidence_interval
+        out.update(ci_low=float(ci.low), ci_high=float(ci.high), ci_method="BCa bootstrap")
+    else:
+        out.update(ci_low=float(d.mean() - half), ci_high=float(d.mean() + half), ci_method="paired t")
+    return out
+
+
+def holm(pvalues) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (NaNs are left out of the family and stay NaN)."""
+    p = np.asarray(pvalues, dtype=float)
+    idx = [i for i in np.argsort(p, kind="stable") if not math.isnan(p[i])]
+    m, out, running = len(idx), np.full(len(p), math.nan), 0.0
+    for rank, i in enumerate(idx):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out.tolist()
+
+
+def verdict(delta: float, p_holm: float, alpha: float = ALPHA) -> str:
+    if math.isnan(p_holm):
+        return ""
+    if p_holm < alpha:
+        return "better" if delta > 0 else "worse"
+    return "within noise"
+
+
+def compare(top1: dict[str, dict[int, float]], baselines: dict[str, str | None], alpha: float = ALPHA) -> dict:
+    """Every row against its baseline (the row before it on the path; the full path for leave-one-out), over the
+    seeds both finished: name → `paired` statistics with `p_holm` (Holm across the rows) and `verdict`."""
+    out = {}
+    for name, base in baselines.items():
+        if base is None or base not in top1 or name not in top1:
+            continue
+        seeds = sorted(set(top1[name]) & set(top1[base]))
+        out[name] = paired([top1[name][s] for s in seeds], [top1[base][s] for s in seeds], alpha)
+    adjusted = holm([r["p_t"] for r in out.values()])
+    for r, p in zip(out.values(), adjusted):
+        r["p_holm"] = p
+        r["verdict"] = verdict(r["delta"], p, alpha)
+    return out
+
+
+def fidelity(ours: dict[str, float], paper: dict[str, float], paper_std: dict[str, float | None],
+             baselines: dict[str, str | None]) -> dict:
+    """How closely our per-row top-1 follows the paper's, over the rows both have: Kendall's τ and Spearman's ρ of
+    the accuracies, and the share of Δs (row against its baseline) whose sign agrees with the paper's, counting
+    only the paper's Δs larger than their own std (√(s_row² + s_base²); every Δ where the paper gives no std)."""
+    rows = [r for r in ours if r in paper and not _nan(ours[r]) and not _nan(paper[r])]
+    out = {"rows": rows, "kendall_tau": math.nan, "spearman_rho": math.nan, "sign_agreement": math.nan,
+           "signs_counted": [], "signs_agree": []}
+    if len(rows) >= 2:
+        x, y = [ours[r] for r in rows], [paper[r] for r in rows]
+        with warnings.catch_warnings():  # a constant column has no rank correlation: NaN, as scipy says
+            warnings.simplefilter("ignore", st.ConstantInputWarning)
+            out["kendall_tau"] = float(st.kendalltau(x, y).statistic)
+            out["spearman_rho"] = float(st.spearmanr(x, y).statistic)
+    for r in rows:
+        b = baselines.get(r)
+        if b not in rows:
+            continue
+        paper_delta = paper[r] - paper[b]
+        s = [paper_std.get(r), paper_std.get(b)]
+        noise = math.sqrt(sum(v * v for v in s)) if all(v is not None and not _nan(v) for v in s) else 0.0
+        if abs(paper_delta) > noise:
+            out["signs_counted"].append(r)
+            if np.sign(ours[r] - ours[b]) == np.sign(paper_delta):
+                out["signs_agree"].append(r)
+    if out["signs_counted"]:
+        out["sign_agreement"] = len(out["signs_agree"]) / len(out["signs_counted"])
+    return out
+
+
+def _nan(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))

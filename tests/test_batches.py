@@ -1,0 +1,100 @@
+"""The tensor pipeline: the decoded cache gives the same batches as reading the files, evaluation crops are timm's,
+and every RandAugment op on tensors computes what timm's PIL op computes."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from timm.data.auto_augment import AugmentOp
+
+from convnext_roadmap import resolve_config
+from convnext_roadmap.data import eval_transform, load_splits
+from convnext_roadmap.data.batches import (GEOMETRIC, RAND_OPS, BatchAugment, TensorLoader, cached, decode,
+                                           stored_size)
+from convnext_roadmap.data.sources import EpochSampler, _draw, make_synthetic
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    return make_synthetic(tmp_path_factory.mktemp("syn") / "set", train_per_class=6, val_per_class=3, size=48)
+
+
+def _cfg(root, *overrides):
+    return resolve_config(recipe="cpu_proxy", data=f"imagefolder:{root}", overrides=list(overrides)).data
+
+
+def _batches(images, targets, data, seed, epochs=2):
+    loader = TensorLoader(images, targets, 8, EpochSampler(len(images), seed), seed, augment=BatchAugment(data))
+    out = []
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        out += list(loader)
+    return out
+
+
+def test_the_cache_gives_the_same_batches_as_the_files(synthetic, monkeypatch, tmp_path):
+    monkeypatch.setenv("ROADMAP_CACHE", str(tmp_path))
+    data = _cfg(synthetic)
+    train, _ = load_splits(data.source)
+    from_files = decode(train, stored_size(data))
+    cached(train, stored_size(data))  # writes the cache
+    from_cache = cached(train, stored_size(data))  # reads it
+    assert list((tmp_path / "decoded").glob("*.pt"))
+    a, b = _batches(*from_files, data, seed=1), _batches(*from_cache, data, seed=1)
+    assert len(a) == 2 * (60 // 8)
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    other = _batches(*from_cache, data, seed=2)
+    assert not torch.equal(a[0][0], other[0][0])  # another seed, other crops
+
+
+def test_evaluation_batches_are_timms_centre_crop(synthetic, tmp_path, monkeypatch):
+    monkeypatch.setenv("ROADMAP_CACHE", str(tmp_path))
+    data = _cfg(synthetic, "data.img_size=32", "data.crop_pct=0.875")
+    _, val = load_splits(data.source)
+    images, targets = cached(val, stored_size(data))
+    loader = TensorLoader(images, targets, 100, range(len(images)), 0, crop=32, mean=data.mean, std=data.std,
+                          drop_last=False)
+    (x, y), = list(loader)
+    timm_tf = eval_transform(data)
+    expected = torch.stack([timm_tf(Image.open(p).convert("RGB")) for p, _ in val.samples])
+    assert y.tolist() == [t for _, t in val.samples]
+    assert (x - expected).abs().mean() < 0.02  # a rounding step apart (1/255 ÷ std)
+
+
+@pytest.mark.parametrize("name", RAND_OPS)
+@pytest.mark.parametrize("increasing", [1, 0])
+def test_each_rand_augment_op_matches_timms(name, increasing):
+    data = resolve_config(recipe="cpu_proxy", overrides=["data.auto_augment=rand-m9-inc1"]).data
+    aug = BatchAugment(data)
+    aug.rand["inc"] = increasing
+    img = _draw("ring", "dots", random.Random(4), 64)  # a textured shape on a noisy textured background
+    x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float()
+    timm_name = name + ("Increasing" if increasing and name in ("Posterize", "Solarize", "Color", "Contrast",
+                                                               "Brightness", "Sharpness") else "")
+    for magnitude, seed in ((3.0, 1), (9.0, 2)):
+        op = AugmentOp(timm_name, prob=1.0, magnitude=magnitude,
+                       hparams={"img_mean": (124, 116, 104), "interpolation": Image.BICUBIC})
+        random.seed(seed)
+        sign = -1.0 if random.random() > 0.5 else 1.0  # timm negates a level when random() > 0.5
+        random.seed(seed)
+        expected = torch.from_numpy(np.array(op(img))).permute(2, 0, 1)[None].float()
+        m, s = torch.tensor([magnitude / 10]), torch.tensor([sign])
+        if name in GEOMETRIC:  # interpolation differs (PIL's bicubic against grid_sample's) at the edges
+            ours = aug._affine(x.clone(), GEOMETRIC[name](m, s)).clamp(0, 255)
+            assert (ours - expected).abs().mean() < 2.5
+        else:  # PIL rounds to integers after each op
+            ours = getattr(aug, f"_{name.lower()}")(x.clone(), m, s).clamp(0, 255)
+            assert (ours - expected).abs().mean() < 0.6 and (ours - expected).abs().max() < 1.5
+
+
+def test_a_training_batch_is_cropped_flipped_augmented_and_normalized(synthetic):
+    data = _cfg(synthetic, "data.random_erasing=1.0")
+    train, _ = load_splits(data.source)
+    images, targets = decode(train, stored_size(data))
+    x = BatchAugment(data)(images[:16], torch.Generator().manual_seed(0))
+    assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32
+    plain = BatchAugment(_cfg(synthetic, "data.random_erasing=0.0"))(images[:16], torch.Generator().manual_seed(0))
+    assert (x != plain).any((1, 2, 3)).sum() >= 12  # erasing on (nearly) every image: a box of noise
