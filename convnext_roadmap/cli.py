@@ -35,6 +35,17 @@ def _selection(p: argparse.ArgumentParser, upto_help: str = "apply the path's st
                    help="override one field, e.g. block.kernel_size=9 (repeatable)")
 
 
+def positive(text: str) -> int:
+    """An argparse type: a whole number ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"got {text!r}, expected a whole number ≥ 1")
+    return value
+
+
 def _format(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["table", "csv", "md"], default="table")
 
@@ -248,9 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="throughput and peak memory of every step; timm's models beside the ends")
     _selection(p, "measure the path only up to this step", modes=True)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--rounds", type=int, default=5, help="timed rounds per model (after one warm-up round)")
+    p.add_argument("--batch-size", type=positive, default=16)
+    p.add_argument("--img-size", type=positive, default=224)
+    p.add_argument("--rounds", type=positive, default=5, help="timed rounds per model (after one warm-up round)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast, as the paper's recipe trains (any device)")
     _format(p)
     p.set_defaults(func=cmd_bench)
@@ -260,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="cpu_proxy", metavar="NAME|FILE",
                    help="how to train: cpu_proxy (default), paper_in1k, smoke, or a YAML file")
     p.add_argument("--data", metavar="SPEC", help="synthetic (the recipe's default), imagefolder:PATH or csv:PATH")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per run (default 3, as the paper reports)")
+    p.add_argument("--seeds", type=positive, default=3, help="seeds per run (default 3, as the paper reports)")
     p.add_argument("--experiment", metavar="NAME", help="results/NAME (default: BASE-RECIPE)")
     p.add_argument("--results", metavar="DIR", help="where experiments go (default: ./results)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
@@ -275,14 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from pretrained weights: timm's hub, or a local .safetensors/.pth file")
     p.add_argument("--executor", choices=["local", "inprocess", "slurm"], default="local",
                    help="where runs execute: this machine, N at once (default), this process, or SLURM jobs")
-    p.add_argument("--parallel", type=int, metavar="N",
+    p.add_argument("--parallel", type=positive, metavar="N",
                    help="--executor local: jobs at once (default: one per GPU, or one per CPU core)")
-    p.add_argument("--gpus-per-job", type=int, default=1, metavar="K",
+    p.add_argument("--gpus-per-job", type=positive, default=1, metavar="K",
                    help="--executor local: GPUs per job, one DDP process each (default 1)")
-    p.add_argument("--tasks-per-job", type=int, metavar="N",
+    p.add_argument("--tasks-per-job", type=positive, metavar="N",
                    help="--executor local: DDP processes per job (default: one per GPU of the job, or 1)")
     p.add_argument("--log", choices=["tensorboard"], help="also write TensorBoard scalars into each run's folder")
-    p.add_argument("--log-every", type=int, default=50, metavar="STEPS",
+    p.add_argument("--log-every", type=positive, default=50, metavar="STEPS",
                    help="with --log: a training-loss point every this many optimizer steps (default 50)")
     p.add_argument("--cluster", default="default", metavar="PROFILE",
                    help="a cluster profile: slurm/PROFILE.yaml or a YAML file (default: slurm/default.yaml)")
@@ -295,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("subset", help="link a class subset of an ImageFolder tree (ImageNet-100 for imagenet_proxy)")
     p.add_argument("source", help="an ImageFolder tree: SOURCE/train/<class>/, SOURCE/val/<class>/")
     p.add_argument("target", help="where the subset's train/ and val/ are linked")
-    p.add_argument("--classes", type=int, default=100, help="how many classes: every k-th in sorted order")
+    p.add_argument("--classes", type=positive, default=100, help="how many classes: every k-th in sorted order")
     p.set_defaults(func=cmd_subset)
 
     for name, func, text in (("eval", cmd_eval, "evaluate a finished run's best weights"),
@@ -331,7 +342,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except RoadmapError as e:
-        print(f"roadmap: error: {e}", file=sys.stderr)
+        # raised in a data-loader worker, it arrives wrapped: its own line is the last
+        line = str(e).strip().splitlines()[-1].split("RoadmapError: ", 1)[-1]
+        print(f"roadmap: error: {line}", file=sys.stderr)
         return 2
 
 

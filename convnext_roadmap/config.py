@@ -154,7 +154,9 @@ class Data(Section):
     img_size: int = Field(ge=16)
     crop_scale: list[Annotated[float, Field(gt=0, le=1)]] = Field(min_length=2, max_length=2)  # RandomResizedCrop
     crop_pct: float = Field(gt=0, le=1)  # evaluation: resize to img_size / crop_pct, centre crop img_size
+    interpolation: Literal["bicubic", "bilinear"] = "bicubic"  # of the crops' resizing (timm's; torchvision's)
     auto_augment: Union[str, None]  # timm's RandAugment spec, e.g. rand-m9-mstd0.5-inc1
+    color_jitter: Union[Annotated[float, Field(ge=0)], None] = None  # pil pipeline; timm drops it beside RandAugment
     random_erasing: float = Field(ge=0, le=1)
     mean: list[float] = Field(min_length=3, max_length=3)
     std: list[float] = Field(min_length=3, max_length=3)
@@ -167,6 +169,9 @@ class Data(Section):
     def _crop_range(self):
         if self.crop_scale[0] > self.crop_scale[1]:
             raise Problem("crop_scale", f"got {self.crop_scale}, expected [min, max] with min ≤ max")
+        if self.pipeline == "tensor" and self.color_jitter:
+            raise Problem("color_jitter", f"got {self.color_jitter}, expected null with pipeline: tensor "
+                                          f"(it has no color jitter; pipeline: pil has timm's)")
         return self
 
 

@@ -11,7 +11,7 @@ from .config import Config, Problem, diff
 from .errors import RoadmapError
 from .loading import from_yaml
 from .roadmap import Variant
-from .train import Job
+from .job import Job
 
 
 def measure(variants: list[Variant], num_classes: int) -> dict[str, dict]:
@@ -100,11 +100,12 @@ def save(experiment_dir: Path, base: str, recipe: str, seeds: list[int], rows: l
     paper's numbers to compare with are those of the recipe ours derives from (the root of its `inherit` chain)."""
     from .roadmap import recipe_files
 
-    old = results.read_json(Path(experiment_dir) / "plan.json") or {"runs": [], "seeds": []}
-    names = {r["name"] for r in rows}
-    runs = [r for r in old["runs"] if r["name"] not in names]
-    plan = {"base": base, "recipe": recipe, "paper_recipe": recipe_files(recipe)[0].stem,
-            "seeds": sorted(set(old["seeds"]) | set(seeds)), "runs": runs + rows}
+    old = results.read_json(Path(experiment_dir) / "plan.json") or {"runs": []}
+    before = {r["name"]: r for r in old["runs"]}
+    for row in rows:  # a run asked for again keeps the seeds it had and gains these
+        row["seeds"] = sorted(set(before.get(row["name"], {}).get("seeds", [])) | set(seeds))
+    runs = [r for r in old["runs"] if r["name"] not in {row["name"] for row in rows}]
+    plan = {"base": base, "recipe": recipe, "paper_recipe": recipe_files(recipe)[0].stem, "runs": runs + rows}
     results.save_plan(experiment_dir, plan)
 
 

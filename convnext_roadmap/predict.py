@@ -37,8 +37,8 @@ def load_run(path: Path, device: torch.device):
 
 
 def _loader(cfg: Config, split: Split, batch_size: int):
-    return torch.utils.data.DataLoader(ImageDataset(split, eval_transform(cfg.data)), batch_size, shuffle=False,
-                                       num_workers=cfg.data.workers)
+    return torch.utils.data.DataLoader(ImageDataset(split, eval_transform(cfg.data), skip=False), batch_size,
+                                       shuffle=False, num_workers=cfg.data.workers)
 
 
 @torch.no_grad()

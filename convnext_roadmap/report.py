@@ -1,5 +1,6 @@
 """An experiment's report: its table from the result store with the paired statistics of every step, its fidelity
-to the paper, written as table.csv, table.md and fidelity.json, and its figures drawn from that same table."""
+to the paper, written as table.csv, table.md, stats.json and fidelity.json, and its figures drawn from that same
+table."""
 
 from __future__ import annotations
 
@@ -9,10 +10,6 @@ from pathlib import Path
 import pandas as pd
 
 from . import paper, plots, results, stats
-
-STAT_COLUMNS = ["delta_top1", "delta_ci_low", "delta_ci_high", "delta_p", "delta_p_holm", "delta_resolvable",
-                "verdict"]
-
 
 def annotate(table: pd.DataFrame, top1: dict[str, dict[int, float]],
              baselines: dict[str, str | None]) -> tuple[pd.DataFrame, dict]:
@@ -68,6 +65,10 @@ def _delta(r: dict | None) -> str:
     return f"{r['delta']:+.1f} [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]".replace("-", "−")
 
 
+def _no_nan(d: dict) -> dict:
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in d.items()}
+
+
 def write(experiment_dir: Path, quiet: bool = False):
     """Build the table once, with its statistics, and draw the figures from that same table, so that both say
     the same of every run; print the table, the fidelity line and what was written unless `quiet`. Returns the
@@ -80,11 +81,14 @@ def write(experiment_dir: Path, quiet: bool = False):
     pretty = format_table(table, compared)
     results.write_table(experiment_dir, table, pretty)
     fid = fidelity(table, plan, groups, baselines)
-    results.write_json(Path(experiment_dir) / "fidelity.json",
-                       {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in fid.items()})
+    results.write_json(Path(experiment_dir) / "fidelity.json", _no_nan(fid))
+    # every row's statistics in full: n, both p-values (t and exact sign-flip), the CI's method
+    results.write_json(Path(experiment_dir) / "stats.json",
+                       {name: {**_no_nan(r), "baseline": baselines[name]} for name, r in compared.items()})
     paths = plots.plot_experiment(experiment_dir, table, fid)
     if not quiet:
         print(pretty.to_string(index=False))
         print(f"fidelity to the paper: {plots.fidelity_text(fid)} (fidelity.json)")
-        print(f"wrote {experiment_dir / 'table.csv'}, table.md, fidelity.json, " + ", ".join(p.name for p in paths))
+        print(f"wrote {experiment_dir / 'table.csv'}, table.md, stats.json, fidelity.json, "
+              + ", ".join(p.name for p in paths))
     return pretty, paths

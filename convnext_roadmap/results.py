@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +135,7 @@ def collect(experiment_dir: Path) -> list[dict]:
     plan = load_plan(experiment_dir)
     records = []
     for run in plan["runs"]:
-        for seed in plan["seeds"]:
+        for seed in run.get("seeds", plan.get("seeds", [])):
             path = run_dir(experiment_dir, run["name"], seed)
             summary = read_json(path / "summary.json") or {}
             metrics = read_metrics(path)
@@ -204,17 +206,11 @@ STALE_S = 180  # a holder refreshes its lock every 30 s; one not refreshed for t
 
 
 def _holder() -> dict:
-    import os
-    import socket
-    import time
-
     return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": _slurm_job_id(), "since": time.time()}
 
 
 def _slurm_job_id() -> str | None:
     """This process's SLURM job as squeue names it (an array element as ARRAY_INDEX), or None."""
-    import os
-
     if os.environ.get("SLURM_ARRAY_JOB_ID"):
         return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
     return os.environ.get("SLURM_JOB_ID")
@@ -223,17 +219,17 @@ def _slurm_job_id() -> str | None:
 def lock_holder(path: Path) -> dict | None:
     """Who holds a run folder now, or None: a lock whose holder has died (its pid gone on this host, or no refresh
     for STALE_S seconds) is no lock."""
-    import os
-    import socket
-    import time
-
     lock = Path(path) / LOCK
     try:
-        holder, age = json.loads(lock.read_text()), time.time() - lock.stat().st_mtime
-    except (OSError, ValueError):
+        age, text = time.time() - lock.stat().st_mtime, lock.read_text()
+    except OSError:
         return None
     if age > STALE_S:
         return None
+    try:
+        holder = json.loads(text)
+    except ValueError:
+        return {"host": "?", "pid": "?"}  # being written: held
     if holder.get("host") == socket.gethostname():
         try:
             os.kill(int(holder["pid"]), 0)
@@ -250,39 +246,53 @@ def describe_holder(holder: dict) -> str:
 
 
 class RunLock:
-    """One owner per run folder: `acquire` creates run.lock (host, pid, SLURM job, start time) or takes over a dead
-    holder's (or our own job's, after a requeue); a thread refreshes it while the run trains; `release` removes it."""
+    """One owner per run folder: `acquire` puts run.lock (host, pid, SLURM job, start time) in place whole (a
+    hard link of a finished file), or takes over a dead holder's, or our own job's after a requeue; a thread
+    refreshes it while the run trains; `release` removes it if it is still ours."""
 
     def __init__(self, path: Path):
         self.path = Path(path) / LOCK
+        self.me: dict | None = None
         self._stop = None
 
     def acquire(self) -> dict | None:
         """None when this process now owns the run; else the live holder."""
-        import os
+        import fcntl
         import threading
+        import uuid
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = _holder()
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = lock_holder(self.path.parent)
-                if holder is not None and not (me["slurm_job"] and holder.get("slurm_job") == me["slurm_job"]):
-                    return holder
-                self.path.unlink(missing_ok=True)  # a dead holder's, or ours from before a requeue
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self._stop = threading.Event()
-            threading.Thread(target=self._refresh, daemon=True).start()
-            return None
-        return lock_holder(self.path.parent) or {"host": "?", "pid": "?"}
+        mine = self.path.with_name(f".{LOCK}.{uuid.uuid4().hex}")
+        mine.write_text(json.dumps(me))
+        try:
+            for _ in range(3):
+                try:
+                    os.link(mine, self.path)
+                except FileExistsError:
+                    # one taker at a time on this host; a stale lock is moved aside, never written over
+                    with open(self.path.with_name(f".{LOCK}.guard"), "a") as guard:
+                        fcntl.flock(guard, fcntl.LOCK_EX)
+                        holder = lock_holder(self.path.parent)
+                        requeued = me["slurm_job"] and holder and holder.get("slurm_job") == me["slurm_job"]
+                        if holder is not None and not requeued:
+                            return holder
+                        aside = self.path.with_name(f".{LOCK}.stale.{uuid.uuid4().hex}")
+                        try:
+                            os.rename(self.path, aside)
+                            aside.unlink()
+                        except FileNotFoundError:
+                            pass
+                    continue
+                self.me = me
+                self._stop = threading.Event()
+                threading.Thread(target=self._refresh, daemon=True).start()
+                return None
+            return lock_holder(self.path.parent) or {"host": "?", "pid": "?"}
+        finally:
+            mine.unlink(missing_ok=True)
 
     def _refresh(self) -> None:
-        import os
-
         while not self._stop.wait(30):
             try:
                 os.utime(self.path)
@@ -290,6 +300,11 @@ class RunLock:
                 return
 
     def release(self) -> None:
-        if self._stop is not None:
-            self._stop.set()
-            self.path.unlink(missing_ok=True)
+        if self._stop is None:
+            return
+        self._stop.set()
+        try:
+            if json.loads(self.path.read_text()) == self.me:
+                self.path.unlink()
+        except (OSError, ValueError):
+            pass

@@ -36,8 +36,8 @@ def sign_flip_p(d) -> float:
 
 def paired(a, b, alpha: float = ALPHA) -> dict:
     """Row a against row b, seed by seed: the mean Δ, its CI, the paired t-test and exact sign-flip p-values, and
-    the smallest |Δ| these seeds could resolve (the CI's half-width: a smaller mean Δ cannot reach p < alpha).
-    With one pair there is a Δ but no interval and no test."""
+    the smallest |Δ| these seeds could resolve (the CI's half-width: a smaller mean Δ cannot reach p < alpha
+    before any correction for the number of rows). With one pair there is a Δ but no interval and no test."""
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     n = len(d)
     out = {"n": n, "delta": float(d.mean()) if n else math.nan, "ci_low": math.nan, "ci_high": math.nan,
@@ -48,17 +48,20 @@ def paired(a, b, alpha: float = ALPHA) -> dict:
     sd = d.std(ddof=1)
     half = mean_half_width(sd, n, alpha)
     out.update(resolvable=float(half), p_sign_flip=sign_flip_p(d) if n <= 20 else math.nan)
-    if sd == 0:  # every seed moved by exactly the same amount: no spread to test against
-        out.update(ci_low=float(d.mean()), ci_high=float(d.mean()), p_t=0.0 if d.mean() != 0 else 1.0,
-                   ci_method="no spread")
+    if sd <= 1e-9 * max(1.0, abs(d.mean())):
+        # every seed moved by the same amount (top-1 on a small set moves in steps): the t-test has no spread to
+        # test against and would call anything certain, so the exact sign-flip test speaks for these seeds
+        out.update(ci_low=float(d.mean()), ci_high=float(d.mean()), p_t=out["p_sign_flip"],
+                   ci_method="no spread: sign-flip p")
         return out
     out["p_t"] = float(st.ttest_1samp(d, 0.0).pvalue)
     if n >= BOOTSTRAP_FROM:
         ci = st.bootstrap((d,), np.mean, confidence_level=1 - alpha, method="BCa", n_resamples=9999,
                           random_state=0).confidence_interval
-        out.update(ci_low=float(ci.low), ci_high=float(ci.high), ci_method="BCa bootstrap")
-    else:
-        out.update(ci_low=float(d.mean() - half), ci_high=float(d.mean() + half), ci_method="paired t")
+        if not (math.isnan(ci.low) or math.isnan(ci.high)):
+            out.update(ci_low=float(ci.low), ci_high=float(ci.high), ci_method="BCa bootstrap")
+            return out
+    out.update(ci_low=float(d.mean() - half), ci_high=float(d.mean() + half), ci_method="paired t")
     return out
 
 

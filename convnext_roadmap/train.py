@@ -16,7 +16,6 @@ import sys
 import time
 import traceback
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,23 +25,8 @@ import torch.nn as nn
 from . import results
 from .config import Config, Problem
 from .errors import RoadmapError
+from .job import Job
 from .loading import to_yaml
-
-
-@dataclass
-class Job:
-    """Everything a run needs, picklable: where it writes, what it trains, with which seed, on what."""
-
-    run_dir: str
-    name: str
-    cfg: dict  # a resolved Config, as plain data
-    seed: int = 0
-    device: str = "auto"
-    stop_after: int | None = None  # end this call after that many epochs, leaving a checkpoint (time budgets)
-    meta: dict = field(default_factory=dict)  # recorded in the summary: step label, base, experiment
-    measures: dict = field(default_factory=dict)  # FLOPs and params as the plan counted them, for the summary
-    tensorboard: bool = False  # write TensorBoard scalars into the run folder: per epoch, and every log_every steps
-    log_every: int = 50
 
 
 def pick_device(device: str) -> torch.device:
@@ -135,6 +119,7 @@ class Trainer:
         else:
             self.criterion = nn.CrossEntropyLoss()
         self.ema = ModelEmaV3(self.model, decay=t.ema_decay) if t.ema else None
+        self.autocast_dtype = torch.bfloat16 if t.amp else None  # what the forward pass ran in, as seen
         self.forward = torch.compile(self.model) if t.compile else self.model
         if world > 1:
             self.forward = nn.parallel.DistributedDataParallel(
@@ -159,7 +144,9 @@ class Trainer:
         micro = len(self.train_loader)
         total, count, start = torch.zeros((), device=self.device), 0, time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
+        waited, tick = 0.0, start
         for i, (x, y) in enumerate(self.train_loader):
+            waited += time.perf_counter() - tick  # loading and augmenting, not overlapped with training
             x, y = self._to_device(x, y)
             if self.mixup is not None:
                 x, y = self.mixup(x, y)
@@ -169,10 +156,11 @@ class Trainer:
                 with self.autocast():
                     logits = self.forward(x)
                     loss = self.criterion(logits, y)
-                if not torch.isfinite(loss):
+                if self.world == 1 and (not self.cuda or (i + 1) % 50 == 0) and not torch.isfinite(loss):
                     raise RuntimeError(f"the loss is {loss.item()} at epoch {epoch + 1}, step {i + 1}")
                 (loss / group).backward()
-            self.autocast_dtype = logits.dtype
+            if self.cfg.train.amp:
+                self.autocast_dtype = logits.dtype
             if last:
                 if self.cfg.train.clip_grad is not None:
                     nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_grad)
@@ -186,10 +174,16 @@ class Trainer:
                     on_step(step, loss, self.optimizer.param_groups[0]["lr"])
             total += loss.detach() * len(x)
             count += len(x)
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+            if not progress.disable:  # a loss.item() every step would wait for the GPU every step
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+            tick = time.perf_counter()
         seconds = time.perf_counter() - start
-        return {"train_loss": self._reduce(total, count), "train_img_s": count * self.world / seconds}
+        mean = self._reduce(total, count)  # the same on every rank: they stop together
+        if not math.isfinite(mean):
+            raise RuntimeError(f"the loss is {mean} in epoch {epoch + 1}")
+        return {"train_loss": mean, "train_img_s": count * self.world / seconds, "train_s": seconds,
+                "data_s": waited}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
@@ -241,28 +235,40 @@ def run_job(job: Job) -> dict:
     """Train one (config, seed) to completion, resuming from its checkpoint; return its summary. A finished run
     is not trained again, and a run that another live process holds (run.lock) is left to it: "skipped". A run
     that fails leaves a summary with status "failed" and the root cause, error.txt with the traceback, and
-    raises."""
+    raises. Rank 0 decides for every rank whether to train."""
     out = Path(job.run_dir)
-    if results.is_done(out):
-        return results.read_json(out / "summary.json")
     rank, world = _distributed()
     lock = results.RunLock(out)
-    holder = [lock.acquire() if rank == 0 else None]
+    decision = [_claim(out, lock) if rank == 0 else None]
     if world > 1:
-        torch.distributed.broadcast_object_list(holder, src=0)
-    if holder[0] is not None:
-        _say(rank, f"= {job.name} seed{job.seed}: {results.describe_holder(holder[0])}")
-        return {"status": "skipped", "holder": holder[0]}
+        torch.distributed.broadcast_object_list(decision, src=0)
+    if decision[0] == "done":
+        return results.read_json(out / "summary.json")
+    if decision[0] is not None:
+        _say(rank, f"= {job.name} seed{job.seed}: {results.describe_holder(decision[0])}")
+        return {"status": "skipped", "holder": decision[0]}
     try:
         return _train(job, out, rank, world)
     except Exception as e:
+        results.write_text(out / ("error.txt" if rank == 0 else f"error.rank{rank}.txt"), traceback.format_exc())
         if rank == 0:
-            results.write_text(out / "error.txt", traceback.format_exc())
             results.write_failure(out, job.name, job.seed, root_cause(e), job.meta)
         raise
     finally:
         if rank == 0:
             lock.release()
+
+
+def _claim(out: Path, lock: results.RunLock):
+    """None when this process now owns the run; "done" when it is finished (looked at again once the lock is
+    ours: another process may have finished it meanwhile); else the live holder."""
+    if results.is_done(out):
+        return "done"
+    holder = lock.acquire()
+    if holder is None and results.is_done(out):
+        lock.release()
+        return "done"
+    return holder
 
 
 def root_cause(e: BaseException) -> str:
@@ -379,15 +385,19 @@ def _say(rank: int, text: str) -> None:
 def _summary(job: Job, cfg: Config, trainer: Trainer, history: list[dict], best: float, wall: float,
              world: int) -> dict:
     last = history[-1]
-    speeds = [m["train_img_s"] for m in history[1:] or history]  # the first epoch warms up
+    later = history[1:] or history  # the first epoch warms up
+    speeds = sorted(m["train_img_s"] for m in later)
+    # how much longer an epoch takes than its training steps alone: the data path's cost (1.0: none)
+    over = sorted(m["train_s"] / max(m["train_s"] - m["data_s"], 1e-9) for m in later if "data_s" in m)
     return {
         "status": "completed", "name": job.name, "seed": job.seed, **job.meta, **job.measures,
         "final_top1": last["top1"], "final_top5": last["top5"], "best_top1": best,
         "final_ema_top1": last.get("ema_top1"), "epochs": len(history),
-        "train_img_s": sorted(speeds)[len(speeds) // 2], "img_size": cfg.data.img_size,
+        "train_img_s": speeds[len(speeds) // 2], "epoch_over_step": over[len(over) // 2] if over else None,
+        "img_size": cfg.data.img_size,
         "effective_batch": trainer.effective_batch, "accum_steps": trainer.accum, "lr": trainer.lr,
         "lr_rule": f"{cfg.train.lr:g} × {trainer.effective_batch} / {cfg.train.base_batch_size} (linear)",
-        "autocast": str(trainer.autocast_dtype).removeprefix("torch.") if cfg.train.amp else None,
+        "autocast": str(trainer.autocast_dtype).removeprefix("torch.") if trainer.autocast_dtype else None,
         "channels_last": _is_channels_last(trainer.model),
         "processes": world, "hosts": _hosts(world), "pretrained": cfg.train.pretrained, "notes": trainer.notes,
         "wall_s": wall,

@@ -3,7 +3,7 @@ import torch
 
 
 @pytest.fixture(autouse=True)
-def _small_threads():
+def _seeded():
     torch.manual_seed(0)
     yield
 

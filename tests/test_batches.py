@@ -98,3 +98,16 @@ def test_a_training_batch_is_cropped_flipped_augmented_and_normalized(synthetic)
     assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32
     plain = BatchAugment(_cfg(synthetic, "data.random_erasing=0.0"))(images[:16], torch.Generator().manual_seed(0))
     assert (x != plain).any((1, 2, 3)).sum() >= 12  # erasing on (nearly) every image: a box of noise
+
+
+def test_a_crop_of_the_whole_image_is_the_image_or_its_mirror(synthetic):
+    # scale [1, 1] and a square image: timm's RandomResizedCrop can only take the whole image (ratio 1 is the
+    # only one that fits), so every output is the stored image, flipped or not, resampled at the same size
+    data = _cfg(synthetic, "data.crop_scale=[1.0, 1.0]", "data.auto_augment=null", "data.random_erasing=0.0")
+    train, _ = load_splits(data.source)
+    images, _ = decode(train, stored_size(data))
+    x = BatchAugment(data)(images[:32], torch.Generator().manual_seed(3))
+    plain = (images[:32].float() / 255 - torch.tensor(data.mean).view(1, 3, 1, 1)) / torch.tensor(data.std).view(1, 3, 1, 1)
+    same = (x - plain).abs().amax((1, 2, 3)) < 1e-3
+    mirrored = (x - plain.flip(3)).abs().amax((1, 2, 3)) < 1e-3
+    assert (same | mirrored).all() and 4 < mirrored.sum() < 28  # about half of them flipped

@@ -29,7 +29,9 @@ def test_the_installed_wheel_runs_from_another_folder(tmp_path):
     elsewhere.mkdir()
 
     def roadmap(*args):
-        code = "import sys, convnext_roadmap.cli as c; print(c.__file__, file=sys.stderr); sys.exit(c.main())"
+        # this venv's editable install of the checkout answers for any module the wheel lacks: take it away
+        code = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f)]; "
+                "import convnext_roadmap.cli as c; print(c.__file__, file=sys.stderr); sys.exit(c.main())")
         return subprocess.run([sys.executable, "-c", code, *args], cwd=elsewhere, capture_output=True, text=True,
                               env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin",
                                    "HOME": str(tmp_path)})
@@ -45,3 +47,12 @@ def test_the_installed_wheel_runs_from_another_folder(tmp_path):
     recipe = roadmap("show", "--recipe", "cpu_proxy")
     assert recipe.returncode == 0 and "width_mult: 0.25" in recipe.stdout, recipe.stderr
     assert (tmp_path / "site" / "convnext_roadmap" / "_data" / "slurm" / "default.yaml").is_file()
+
+
+def test_every_subpackage_is_in_the_wheel():
+    # pyproject lists the packages by hand (to map the data folders in): a new subpackage must be listed too
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "convnext_roadmap").rglob("__init__.py")}
+    assert found <= listed, f"add to pyproject.toml's packages: {sorted(found - listed)}"

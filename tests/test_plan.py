@@ -11,7 +11,7 @@ from convnext_roadmap import plots
 from convnext_roadmap.cli import main
 from convnext_roadmap.plan import pending
 from convnext_roadmap.results import read_metrics
-from convnext_roadmap.train import Job
+from convnext_roadmap.job import Job
 
 from conftest import SMOKE, make_imagefolder
 
@@ -108,19 +108,19 @@ def test_two_launches_of_one_experiment_train_each_run_once(tmp_path, data):
     import time
 
     args = [sys.executable, "-m", "convnext_roadmap.cli", "run", "--steps", "resnet50,patchify_stem", *SMOKE,
-            "--set", "train.epochs=25", "--set", "train.batch_size=4", "--data", f"imagefolder:{data}",
+            "--set", "train.epochs=40", "--set", "train.batch_size=4", "--data", f"imagefolder:{data}",
             "--results", str(tmp_path), "--experiment", "twice"]  # long enough to be running when the second starts
     first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run = tmp_path / "twice" / "resnet50" / "seed0"
     deadline = time.time() + 60
-    while not (run / "run.lock").exists() and time.time() < deadline:
+    while not (run / "metrics.jsonl").exists() and time.time() < deadline:  # the first has begun training
         time.sleep(0.1)
     second = subprocess.run(args, capture_output=True, text=True, timeout=300)
     out_first = first.communicate(timeout=300)[0]
     assert first.returncode == 0 and second.returncode == 0, out_first + second.stdout + second.stderr
     assert re.search(r"= resnet50 seed0: running in pid \d+ on host \S+", second.stdout)
     for name in ("resnet50", "patchify_stem"):
-        assert [m["epoch"] for m in read_metrics(tmp_path / "twice" / name / "seed0")] == list(range(1, 26))
+        assert [m["epoch"] for m in read_metrics(tmp_path / "twice" / name / "seed0")] == list(range(1, 41))
         assert not (tmp_path / "twice" / name / "seed0" / "run.lock").exists()
-    trained = [out.count("epoch 1/25") for out in (out_first, second.stdout)]
+    trained = [out.count("epoch 1/40") for out in (out_first, second.stdout)]
     assert sum(trained) == 2  # each run's first epoch, once, in one of the two

@@ -177,6 +177,8 @@ def test_the_torchvision_recipe_is_the_first_bar(tmp_path, photos):
     assert (t.opt, t.momentum, t.lr, t.base_batch_size, t.weight_decay, t.epochs) == ("momentum", 0.9, 0.1, 256, 1e-4, 90)
     assert (t.sched, t.decay_epochs, t.decay_rate, t.filter_bias_and_bn) == ("step", 30, 0.1, False)
     assert cfg.data.auto_augment is None and cfg.data.random_erasing == 0 and t.mixup == t.cutmix == 0
+    steps = [type(s).__name__ for s in transforms(cfg.data)[0].transforms]  # crop and flip only: no color jitter
+    assert steps == ["RandomResizedCropAndInterpolation", "RandomHorizontalFlip", "MaybeToTensor", "Normalize"]
     assert main(["run", "--upto", "resnet50", "--recipe", "torchvision_r50", "--data", f"imagefolder:{photos}",
                  "--set", "data.img_size=32", "--set", "stages.width_mult=0.125", "--set", "train.epochs=2",
                  "--set", "train.batch_size=8", "--set", "train.decay_epochs=1", "--set", "data.workers=0",

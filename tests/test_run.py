@@ -6,7 +6,8 @@ import pytest
 from convnext_roadmap import resolve_config
 from convnext_roadmap.cli import main
 from convnext_roadmap.results import read_metrics
-from convnext_roadmap.train import Job, run_job
+from convnext_roadmap.job import Job
+from convnext_roadmap.train import run_job
 
 from conftest import SMOKE, make_imagefolder
 

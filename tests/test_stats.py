@@ -77,3 +77,11 @@ def test_fidelity_on_a_constructed_table():
     assert f["sign_agreement"] == pytest.approx(2 / 3)
     std["c"] = 1.0  # now the paper's Δs of c and d are within √(1 + 0.01) of nothing
     assert fidelity(ours, paper, std, {"a": None, "b": "a", "c": "b", "d": "c"})["signs_counted"] == ["b"]
+
+
+def test_equal_differences_on_every_seed_are_not_certainty():
+    # 1 − 0.8 = 0.19999999999999996 and so on: no spread but float noise; a t-test would give p ≈ 1e-31
+    r = paired([1.0, 2.0, 3.0], [0.8, 1.8, 2.8])
+    assert r["ci_method"] == "no spread: sign-flip p" and r["p_t"] == r["p_sign_flip"] == 0.25
+    out = compare({"a": {0: 0.8, 1: 1.8, 2: 2.8}, "b": {0: 1.0, 1: 2.0, 2: 3.0}}, {"a": None, "b": "a"})
+    assert out["b"]["verdict"] == "within noise"

@@ -2,6 +2,10 @@
 the cache folder), and training batches augmented as tensors, a batch at a time, with timm's policy drawn per sample:
 random-resized crop, flip, RandAugment, random erasing.
 
+Each image is kept as the centre square that evaluation crops from (img_size / crop_pct); training crops are drawn
+from that square, so for non-square images, or crop_pct < 1, they never reach the borders that timm's crops of the
+whole image would. For the synthetic set (square, crop_pct 1) the two are the same.
+
 The per-image path (images.py) spends more time in PIL than a small proxy network spends training; here a batch of
 64 costs a few milliseconds. The random draws come from a generator seeded by (seed, epoch) and never depend on the
 network, so seed k of every step sees the same crops, flips, ops and erasures.
@@ -38,24 +42,25 @@ def stored_size(data_cfg) -> int:
     return math.floor(data_cfg.img_size / data_cfg.crop_pct)
 
 
-def _decode_one(path: Path, size: int) -> torch.Tensor:
+def _decode_one(path: Path, size: int, resample: str) -> torch.Tensor:
     with Image.open(path) as img:
         img = img.convert("RGB")
         w, h = img.size
         scale = size / min(w, h)
-        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))),
+                         {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[resample])
         left, top = (img.width - size) // 2, (img.height - size) // 2
         img = img.crop((left, top, left + size, top + size))
     return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1)
 
 
-def decode(split: Split, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def decode(split: Split, size: int, resample: str = "bicubic") -> tuple[torch.Tensor, torch.Tensor]:
     """Every image of a split, resized (shorter side, antialiased) and centre-cropped to size × size, as
     (uint8 N×3×size×size, int64 targets). An unreadable image is left out, with a warning, and counted."""
     images, targets, skipped = [], [], []
     for path, target in split.samples:
         try:
-            images.append(_decode_one(path, size))
+            images.append(_decode_one(path, size, resample))
         except (OSError, ValueError) as e:
             skipped.append(path)
             log.warning("skipping unreadable image %s (%s); %d skipped so far", path, e, len(skipped))
@@ -66,10 +71,10 @@ def decode(split: Split, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(images), torch.tensor(targets)
 
 
-def cached(split: Split, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def cached(split: Split, size: int, resample: str = "bicubic") -> tuple[torch.Tensor, torch.Tensor]:
     """`decode`, kept in the cache folder under a key made of the files (path, size, mtime) and the size: a set
     is decoded once, and again only when a file changes."""
-    digest = hashlib.sha1(f"v{STORE_VERSION}|{size}".encode())
+    digest = hashlib.sha1(f"v{STORE_VERSION}|{size}|{resample}".encode())
     for path, target in split.samples:
         st = os.stat(path) if os.path.exists(path) else None
         digest.update(f"{path}|{target}|{st and st.st_size}|{st and st.st_mtime_ns}\n".encode())
@@ -80,7 +85,7 @@ def cached(split: Split, size: int) -> tuple[torch.Tensor, torch.Tensor]:
             return images, targets
         except (OSError, RuntimeError, ValueError, EOFError):
             pass
-        images, targets = decode(split, size)
+        images, targets = decode(split, size, resample)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         torch.save((images, targets), tmp)
@@ -142,7 +147,7 @@ class BatchAugment:
 
     def __init__(self, data_cfg):
         d = data_cfg
-        self.size, self.scale, self.erasing = d.img_size, tuple(d.crop_scale), d.random_erasing
+        self.size, self.scale, self.erasing, self.mode = d.img_size, tuple(d.crop_scale), d.random_erasing, d.interpolation
         self.rand = parse_rand_augment(d.auto_augment) if d.auto_augment else None
         self.mean = torch.tensor(d.mean).view(1, 3, 1, 1)
         self.std = torch.tensor(d.std).view(1, 3, 1, 1)
@@ -152,7 +157,7 @@ class BatchAugment:
         x = x.float()
         grid = F.affine_grid(self._crop_and_flip(len(x), x.shape[-1], g), [len(x), 3, self.size, self.size],
                              align_corners=False)
-        x = F.grid_sample(x, grid, mode="bicubic", padding_mode="border", align_corners=False).clamp(0, 255)
+        x = F.grid_sample(x, grid, mode=self.mode, padding_mode="border", align_corners=False).clamp(0, 255)
         if self.rand is not None:
             x = self._rand_augment(x, g)
         x = (x / 255 - self.mean) / self.std
@@ -184,7 +189,10 @@ class BatchAugment:
         for _ in range(r["n"]):
             op = torch.randint(len(RAND_OPS), (n,), generator=g)
             apply = torch.rand(n, generator=g) < r["p"]
-            mag = (r["m"] + r["mstd"] * torch.randn(n, generator=g)).clamp(0, r["mmax"]) / 10
+            if r["mstd"] > 100:  # timm: a magnitude drawn uniformly in [0, m]
+                mag = (r["m"] * torch.rand(n, generator=g)).clamp(0, r["mmax"]) / 10
+            else:
+                mag = (r["m"] + r["mstd"] * torch.randn(n, generator=g)).clamp(0, r["mmax"]) / 10
             sign = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
             # samples sorted by op (those that skip this layer last), so that each op works on one slice
             key = torch.where(apply, op, len(RAND_OPS))
@@ -267,7 +275,7 @@ class BatchAugment:
     def _affine(self, x, theta):
         """Resample each image at its affine map of the output (normalized coordinates); outside is the fill."""
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        return F.grid_sample(x - self.fill, grid, mode="bicubic", padding_mode="zeros",
+        return F.grid_sample(x - self.fill, grid, mode=self.mode, padding_mode="zeros",
                              align_corners=False) + self.fill
 
     def _erase(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -301,9 +309,10 @@ class TensorLoader:
 
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int, sampler, seed: int,
                  augment: BatchAugment | None = None, crop: int | None = None, mean=None, std=None,
-                 drop_last: bool = True, prefetch: bool = False):
+                 drop_last: bool = True, prefetch: bool = False, rank: int = 0):
         self.images, self.targets, self.batch_size, self.sampler = images, targets, batch_size, sampler
         self.seed, self.augment, self.crop, self.drop_last, self.prefetch = seed, augment, crop, drop_last, prefetch
+        self.rank = rank  # each DDP rank draws its own augmentations
         self.mean = torch.tensor(mean).view(1, 3, 1, 1) if mean is not None else None
         self.std = torch.tensor(std).view(1, 3, 1, 1) if std is not None else None
         self.epoch = 0
@@ -328,7 +337,7 @@ class TensorLoader:
 
     def __iter__(self):
         order = torch.tensor(list(self.sampler), dtype=torch.long)
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + 11)
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + 11 + self.rank * 7_919_000)
         batches = [order[i:i + self.batch_size] for i in range(0, len(self) * self.batch_size, self.batch_size)]
         if not self.prefetch:
             for idx in batches:
@@ -357,11 +366,11 @@ class _Ranks:
 
 def tensor_loaders(data_cfg, train_split: Split, val_split: Split, train_batch: int, eval_batch: int, seed: int,
                    rank: int, world: int, prefetch: bool = False):
-    size = stored_size(data_cfg)
-    images, targets = cached(train_split, size)
-    val_images, val_targets = cached(val_split, size)
+    size, resample = stored_size(data_cfg), data_cfg.interpolation
+    images, targets = cached(train_split, size, resample)
+    val_images, val_targets = cached(val_split, size, resample)
     train = TensorLoader(images, targets, train_batch, EpochSampler(len(images), seed, rank, world), seed,
-                         augment=BatchAugment(data_cfg), prefetch=prefetch)
+                         augment=BatchAugment(data_cfg), prefetch=prefetch, rank=rank)
     val = TensorLoader(val_images, val_targets, eval_batch, _Ranks(len(val_images), rank, world), seed,
                        crop=data_cfg.img_size, mean=data_cfg.mean, std=data_cfg.std, drop_last=False)
     return train, val

@@ -18,18 +18,22 @@ log = logging.getLogger(__name__)
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Images from a list of (path, class). An image that cannot be read, or cannot be augmented, is skipped with a
-    warning and counted: a long run must not die on one bad file."""
+    """Images from a list of (path, class). In training (`skip`), an image that cannot be read or augmented is
+    skipped with a warning and counted, the next one taking its place: a long run must not die on one bad file;
+    but a set where nothing can be read is an error. Evaluation and prediction (`skip=False`) keep every image in
+    its place, so that a bad one is an error naming it rather than a shifted row."""
 
-    def __init__(self, split: Split, transform):
-        self.samples, self.classes, self.transform = split.samples, split.classes, transform
+    MAX_IN_A_ROW = 50
+
+    def __init__(self, split: Split, transform, skip: bool = True):
+        self.samples, self.classes, self.transform, self.skip = split.samples, split.classes, transform, skip
         self.skipped: set[Path] = set()
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        for offset in range(len(self.samples)):
+        for offset in range(min(len(self.samples), self.MAX_IN_A_ROW)):
             path, target = self.samples[(index + offset) % len(self.samples)]
             try:
                 with Image.open(path) as img:
@@ -41,9 +45,12 @@ class ImageDataset(torch.utils.data.Dataset):
                 return self.transform(image), target
             except Exception as e:  # noqa: BLE001 - one augmentation's failure must not end a run
                 self._skip(path, "could not augment", e)
-        raise RoadmapError("no readable image in the data set")
+        raise RoadmapError(f"{min(len(self.samples), self.MAX_IN_A_ROW)} images in a row could not be read or "
+                           f"augmented (the last: {path})")
 
     def _skip(self, path: Path, why: str, error: Exception) -> None:
+        if not self.skip:
+            raise RoadmapError(f"{path}: {why} ({type(error).__name__}: {error})")
         self.skipped.add(path)
         log.warning("skipping image %s, %s (%s: %s); %d skipped so far", path, why, type(error).__name__, error,
                     len(self.skipped))
@@ -53,8 +60,8 @@ def transforms(data_cfg):
     """timm's training and evaluation transforms for a `data` config."""
     d = data_cfg
     train = create_transform(d.img_size, is_training=True, scale=tuple(d.crop_scale), hflip=0.5,
-                             auto_augment=d.auto_augment, re_prob=d.random_erasing, re_mode="pixel",
-                             interpolation="bicubic", mean=d.mean, std=d.std)
+                             color_jitter=d.color_jitter, auto_augment=d.auto_augment, re_prob=d.random_erasing,
+                             re_mode="pixel", interpolation=d.interpolation, mean=d.mean, std=d.std)
     for op in _augment_ops(train):
         if op.name.startswith("Posterize"):
             op.aug_fn = posterize
@@ -82,7 +89,7 @@ def posterize(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
 
 def eval_transform(data_cfg):
     d = data_cfg
-    return create_transform(d.img_size, is_training=False, crop_pct=d.crop_pct, interpolation="bicubic",
+    return create_transform(d.img_size, is_training=False, crop_pct=d.crop_pct, interpolation=d.interpolation,
                             mean=d.mean, std=d.std)
 
 
@@ -99,11 +106,10 @@ class EpochLoader(torch.utils.data.DataLoader):
     def __init__(self, dataset, batch_size: int, sampler: EpochSampler, seed: int, **kwargs):
         super().__init__(dataset, batch_size, sampler=sampler, generator=torch.Generator(), **kwargs)
         self.seed = seed
-        self.images = len(sampler)
 
     def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-        self.generator.manual_seed(self.seed * 100_003 + epoch + 7)
+        self.sampler.set_epoch(epoch)  # each DDP rank (sampler.rank) draws its own augmentations
+        self.generator.manual_seed(self.seed * 100_003 + epoch + 7 + self.sampler.rank * 7_919_000)
 
 
 def image_loaders(data_cfg, train_split: Split, val_split: Split, train_batch: int, eval_batch: int, seed: int,

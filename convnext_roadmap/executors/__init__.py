@@ -4,16 +4,18 @@ one place that knows the kinds; what a job does inside is `train.run_job`, the s
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import results
 from ..errors import RoadmapError
-from ..train import Job
+from ..job import Job
 
 # job states that will not change any more (SLURM's words; the local executors use the same)
+# (PREEMPTED is not: SLURM requeues a preempted job of ours)
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
-            "PREEMPTED", "UNKNOWN"}
+            "UNKNOWN"}
 
 
 @dataclass
@@ -53,19 +55,17 @@ class Executor:
         """Refuse, before anything runs, what could never run here (one RoadmapError line)."""
 
 
-def make(kind: str, experiment_dir: Path, **options) -> Executor:
-    """The executor of `--executor KIND`: inprocess, local or slurm."""
+def _kinds() -> dict[str, type[Executor]]:
+    """Every executor, by its `--executor` name: the one place that knows them."""
     from .local import InProcess, Local
     from .slurm import Slurm
 
-    return {"inprocess": InProcess, "local": Local, "slurm": Slurm}[kind](experiment_dir, **options)
+    return {cls.kind: cls for cls in (InProcess, Local, Slurm)}
 
 
-def _kinds() -> dict[str, type[Executor]]:
-    from .local import Local
-    from .slurm import Slurm
-
-    return {"local": Local, "slurm": Slurm}
+def make(kind: str, experiment_dir: Path, **options) -> Executor:
+    """The executor of `--executor KIND`: inprocess, local or slurm."""
+    return _kinds()[kind](experiment_dir, **options)
 
 
 def states(records: list[dict]) -> dict[str, JobState]:
@@ -132,13 +132,21 @@ def settle(experiment_dir: Path) -> list[str]:
     lines = []
     for r in records:
         s = now.get(r["job_id"])
-        run = Path(r["run_dir"])
-        if s is None or s.state not in TERMINAL or s.state == "COMPLETED" or (run / "summary.json").exists():
-            continue
-        error = f"{s.state}: {last_error_line(r.get('stderr')) or 'no error output'}"
-        results.write_failure(run, r["name"], r["seed"], error)
-        lines.append(f"✗ {r['name']} seed{r['seed']}: job {r['job_id']} {error}")
+        if s is not None and s.state in TERMINAL and s.state != "COMPLETED":
+            line = settle_one(r, s.state)
+            lines += [line] if line else []
     return lines
+
+
+def settle_one(record: dict, state: str) -> str | None:
+    """A failed summary for one job that ended in `state` without leaving one, unless another live process now
+    holds its run; returns its line."""
+    run = Path(record["run_dir"])
+    if (run / "summary.json").exists() or results.lock_holder(run) is not None:
+        return None
+    error = f"{state}: {last_error_line(record.get('stderr')) or 'no error output'}"
+    results.write_failure(run, record["name"], record["seed"], error)
+    return f"✗ {record['name']} seed{record['seed']}: job {record['job_id']} {error}"
 
 
 def last_error_line(stderr: str | None) -> str | None:
@@ -149,6 +157,12 @@ def last_error_line(stderr: str | None) -> str | None:
     lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
     errors = [ln for ln in lines if "Error" in ln or "error" in ln]
     return (errors or lines or [None])[-1]
+
+
+def record(job: Job, handle, kind: str) -> dict:
+    """What jobs.json keeps of a submitted job: its run, its id, its executor and its logs."""
+    return {"name": job.name, "seed": job.seed, "job_id": str(handle.job_id), "executor": kind,
+            "run_dir": job.run_dir, "stdout": str(handle.paths.stdout), "stderr": str(handle.paths.stderr)}
 
 
 def outcome_line(job: Job, seconds: float) -> str:
@@ -181,7 +195,9 @@ class SubmittedRun:
         distributed = env.num_tasks > 1
         if distributed:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-            torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            # a finite timeout: a rank that dies must not leave the others waiting for the backend's default 30 min
+            torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                                 timeout=datetime.timedelta(minutes=10))
         try:
             return run_job(self.job)
         finally:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from .. import results
 from ..errors import RoadmapError
-from ..train import Job
-from . import Executor, JobState, SubmittedRun, outcome_line
+from ..job import Job
+from . import Executor, JobState, SubmittedRun, outcome_line, record, settle_one
 
 A_WEEK_MIN = 7 * 24 * 60
 
@@ -69,7 +69,9 @@ class Local(Executor):
     def submit(self, jobs: list[Job]) -> list[dict]:
         import submitit
 
-        queue, running, records, seen = list(jobs), {}, [], {}
+        # the longest first (by the FLOPs they train at), so that no core idles at the end waiting for one run
+        queue = sorted(jobs, key=lambda j: -j.measures.get("trained_gflops", 0) * j.cfg["train"]["epochs"])
+        running, records, seen = {}, [], {}
         free = list(range(self.parallel))
         while queue or running:
             while queue and free:
@@ -80,18 +82,17 @@ class Local(Executor):
                                            gpus_per_node=len(gpus), visible_gpus=gpus,
                                            setup=[f"export OMP_NUM_THREADS={self.threads}"])
                 handle = executor.submit(SubmittedRun(job))
-                record = _record(job, handle, self.kind)
-                results.record_jobs(self.experiment_dir, [record])
-                records.append(record)
-                running[slot] = (job, handle, time.time())
+                records.append(record(job, handle, self.kind))
+                results.record_jobs(self.experiment_dir, [records[-1]])
+                running[slot] = (job, handle, time.time(), records[-1])
                 seen[job.run_dir] = 0
             time.sleep(self.poll_s)
-            for slot, (job, handle, start) in list(running.items()):
+            for slot, (job, handle, start, rec) in list(running.items()):
                 seen[job.run_dir] = _print_new_epochs(job, seen[job.run_dir])
                 if handle.done():
                     del running[slot]
                     free.append(slot)
-                    _settle_one(job, handle)
+                    settle_one(rec, handle.state)  # died without a summary: killed, out of memory
                     print(outcome_line(job, time.time() - start), flush=True)
         return records
 
@@ -128,23 +129,6 @@ def _print_new_epochs(job: Job, shown: int) -> int:
         print(f"  {job.name} seed{job.seed}: epoch {m['epoch']}/{total}  loss {m['train_loss']:.3f}  "
               f"top-1 {m['top1']:.1f}%", flush=True)
     return max(shown, len(metrics))
-
-
-def _record(job: Job, handle, kind: str) -> dict:
-    return {"name": job.name, "seed": job.seed, "job_id": str(handle.job_id), "executor": kind,
-            "run_dir": job.run_dir, "stdout": str(handle.paths.stdout), "stderr": str(handle.paths.stderr)}
-
-
-def _settle_one(job: Job, handle) -> None:
-    """A local job that ended without a summary (killed, out of memory) gets a failed one with its root cause;
-    one that left its run to another holder needs none."""
-    if (Path(job.run_dir) / "summary.json").exists() or results.lock_holder(Path(job.run_dir)) is not None:
-        return
-    from . import last_error_line
-
-    results.write_failure(Path(job.run_dir), job.name, job.seed,
-                          f"{handle.state}: {last_error_line(str(handle.paths.stderr)) or 'no error output'}",
-                          job.meta)
 
 
 def _alive(pid: str) -> bool:
