@@ -108,7 +108,8 @@ def fidelity_text(f: dict) -> str:
     def num(v):
         return "n/a" if v is None or v != v else f"{v:+.2f}"
 
-    return (f"vs the paper over {len(f['rows'])} rows: Kendall τ {num(f['kendall_tau'])}, "
+    rows = f"{len(f['rows'])} row" + ("s" if len(f["rows"]) != 1 else "")
+    return (f"vs the paper over {rows}: Kendall τ {num(f['kendall_tau'])}, "
             f"Spearman ρ {num(f['spearman_rho'])}, {agree}")
 
 
