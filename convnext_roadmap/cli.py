@@ -160,7 +160,8 @@ def cmd_run(args) -> int:
     if args.executor == "slurm":
         profile, source_of = load_profile(args.cluster, {k: getattr(args, k) for k in PROFILE_FLAGS})
     executor = executors.make(args.executor, exp_dir, profile=profile, source_of=source_of, parallel=args.parallel,
-                              gpus_per_job=args.gpus_per_job, tasks_per_job=args.tasks_per_job)
+                              gpus_per_job=args.gpus_per_job, tasks_per_job=args.tasks_per_job,
+                              threads_per_job=args.threads_per_job)
     return launch.run(variants, list(range(first, first + args.seeds)), exp_dir, executor, base=args.base,
                       recipe=str(args.recipe), device=args.device, force=args.force, dry_run=args.dry_run,
                       wait=args.wait, timeout_wait=args.timeout_wait, tensorboard=args.log == "tensorboard",
@@ -292,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--executor local: GPUs per job, one DDP process each (default 1)")
     p.add_argument("--tasks-per-job", type=positive, metavar="N",
                    help="--executor local: DDP processes per job (default: one per GPU of the job, or 1)")
+    p.add_argument("--threads-per-job", type=positive, metavar="N",
+                   help="--executor local: CPU threads per process (default: the cores divided between the jobs)")
     p.add_argument("--log", choices=["tensorboard"], help="also write TensorBoard scalars into each run's folder")
     p.add_argument("--log-every", type=positive, default=50, metavar="STEPS",
                    help="with --log: a training-loss point every this many optimizer steps (default 50)")

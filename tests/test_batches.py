@@ -54,7 +54,7 @@ def test_evaluation_batches_are_timms_centre_crop(synthetic, tmp_path, monkeypat
     monkeypatch.setenv("ROADMAP_CACHE", str(tmp_path))
     data = _cfg(synthetic, "data.img_size=32", "data.crop_pct=0.875")
     _, val = load_splits(data.source)
-    images, targets = cached(val, stored_size(data))
+    images, targets = cached(val, stored_size(data), data.interpolation)
     loader = TensorLoader(images, targets, 100, range(len(images)), 0, crop=32, mean=data.mean, std=data.std,
                           drop_last=False)
     (x, y), = list(loader)
@@ -67,7 +67,8 @@ def test_evaluation_batches_are_timms_centre_crop(synthetic, tmp_path, monkeypat
 @pytest.mark.parametrize("name", RAND_OPS)
 @pytest.mark.parametrize("increasing", [1, 0])
 def test_each_rand_augment_op_matches_timms(name, increasing):
-    data = resolve_config(recipe="cpu_proxy", overrides=["data.auto_augment=rand-m9-inc1"]).data
+    data = resolve_config(recipe="cpu_proxy", overrides=["data.auto_augment=rand-m9-inc1",
+                                                         "data.interpolation=bicubic"]).data
     aug = BatchAugment(data)
     aug.rand["inc"] = increasing
     img = _draw("ring", "dots", random.Random(4), 64)  # a textured shape on a noisy textured background

@@ -47,7 +47,7 @@ class Local(Executor):
     kind = "local"
 
     def __init__(self, experiment_dir: Path, parallel: int | None = None, gpus_per_job: int = 1,
-                 tasks_per_job: int | None = None, poll_s: float = 0.5, **_):
+                 tasks_per_job: int | None = None, threads_per_job: int | None = None, poll_s: float = 0.5, **_):
         import torch
 
         self.experiment_dir = Path(experiment_dir)
@@ -58,7 +58,7 @@ class Local(Executor):
         most = self.gpus // self.gpus_per_job if self.gpus else os.cpu_count() or 1
         self.parallel = min(parallel or most, most) if self.gpus else (parallel or most)
         self.tasks = self.processes = tasks_per_job or self.gpus_per_job or 1
-        self.threads = max(1, (os.cpu_count() or 1) // (self.parallel * self.tasks))
+        self.threads = threads_per_job or max(1, (os.cpu_count() or 1) // (self.parallel * self.tasks))
         self.poll_s = poll_s
 
     def describe(self) -> str:
