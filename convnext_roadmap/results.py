@@ -1,4 +1,5 @@
-"""The result store: the experiment folder's layout, atomic writes, reading runs back, and the pandas table.
+"""The result store: the experiment folder's layout, atomic writes, one owner per run (run.lock), reading runs back,
+and the pandas table.
 
     <results>/<experiment>/plan.json                      what the experiment asked for (rows of the table)
     <results>/<experiment>/jobs.json                      submitted jobs: ids, executor, log paths
