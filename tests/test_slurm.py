@@ -81,11 +81,17 @@ def test_the_readmes_local_cluster_command_completes(tmp_path, capsys):
     assert capsys.readouterr().out.count("done already") == len(records)
 
 
+def test_the_default_profile_runs_on_the_local_cluster(tmp_path, data):
+    assert main(["run", "--steps", "resnet50", "--recipe", "smoke", "--seeds", "1", "--executor", "slurm", "--data",
+                 f"imagefolder:{data}", "--results", str(tmp_path), "--wait"]) == 0
+    assert pd.read_csv(tmp_path / "resnet50-smoke" / "table.csv").status.tolist() == ["completed"]
+
+
 def test_a_request_the_partition_can_never_run_is_refused_before_submission(tmp_path, data, capsys):
-    assert main(["run", "--steps", "resnet50", "--recipe", "smoke", "--executor", "slurm", "--data",
-                 f"imagefolder:{data}", "--results", str(tmp_path)]) == 2  # the default profile: 4 CPUs per task
+    assert main(["run", "--steps", "resnet50", "--recipe", "smoke", "--executor", "slurm", "--cpus-per-task", "8",
+                 "--data", f"imagefolder:{data}", "--results", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert re.search(r"slurm/default\.yaml: cpus_per_task: 4 CPU\(s\) × 1 task\(s\) per node = 4, but the nodes "
+    assert re.search(r"--cpus-per-task: cpus_per_task: 8 CPU\(s\) × 1 task\(s\) per node = 8, but the nodes "
                      r"of partition debug have at most \d+", err) and err.count("\n") == 1
     assert not (tmp_path / "resnet50-smoke").exists()
     assert main(["run", "--steps", "resnet50", *JOB, "--nodes", "3", "--data", f"imagefolder:{data}",
