@@ -190,40 +190,41 @@ def path_runs(common: Common, upto: str | None = None, sweep: str | None = None)
     """The base and every step of its path up to `upto` (all of it when None), each with the steps before it and
     its Δ against the step before; with `sweep`, the sweep's values of its step beside it, each measured against
     the step before the swept one."""
-    chosen = upto_steps(upto, common.base)
+    sw = load_sweep(sweep) if sweep is not None else None
     variants = [common.variant(common.base, bases()[common.base], [], "baseline", None)]
+    previous = common.base
+    chosen = upto_steps(upto, common.base)
     for i, step in enumerate(chosen):
         files = [s.patch for s in chosen[: i + 1]]
-        own = common.variant(step.name, step.label, files, step.group, variants_on_path(variants)[-1].name)
-        variants.append(own)
-        if sweep is not None:
-            _add_sweep(variants, common, load_sweep(sweep), step, files, own)
+        own = common.variant(step.name, step.label, files, step.group, previous)
+        if sw is None or sw["step"] != step.name:
+            variants.append(own)
+        else:  # the sweep's values in their order, the step itself among them, no network twice
+            if _get(own.cfg, sw["key"]) not in sw["values"]:
+                variants.append(own)
+            label = sw.get("label", _leaf(sw) + " {value}")
+            for value in sw["values"]:
+                v = _swept(common, sw, value, step.name, label.format(value=value), files, step.group, previous)
+                _add_new(variants, own if v.cfg == own.cfg else v)
+        previous = step.name
     return variants
 
 
-def variants_on_path(variants: list[Variant]) -> list[Variant]:
-    return [v for v in variants if "@" not in v.name]
+def _leaf(sw: dict) -> str:
+    return sw["key"].rsplit(".", 1)[-1]
 
 
-def _add_sweep(variants: list[Variant], common: Common, sw: dict, step: Step, files: list[Path],
-               own: Variant) -> None:
-    """Put the sweep's values of `step` beside it, in the order of the values, without repeating a network that
-    is already there (a value can give the step itself, or the network before it)."""
-    if sw["step"] != step.name:
-        return
-    variants.remove(own)
-    leaf = sw["key"].rsplit(".", 1)[-1]
-    label = sw.get("label", leaf + " {value}")
-    if _get(own.cfg, sw["key"]) not in sw["values"]:
-        variants.append(own)
-    for value in sw["values"]:
-        sweep_common = replace(common, overrides=(*common.overrides, f"{sw['key']}={value}"))
-        v = sweep_common.variant(f"{step.name}@{leaf}={value}", label.format(value=value), files, step.group,
-                                 own.baseline)
-        if v.cfg == own.cfg:
-            variants.append(own)
-        elif all(v.cfg != other.cfg for other in variants):
-            variants.append(v)
+def _swept(common: Common, sw: dict, value, name: str, label: str, files: list[Path], group: str,
+           baseline: str) -> Variant:
+    """The network of `files` with the sweep's key set to `value`, named `name@key=value`."""
+    with_value = replace(common, overrides=(*common.overrides, f"{sw['key']}={value}"))
+    return with_value.variant(f"{name}@{_leaf(sw)}={value}", label, files, group, baseline)
+
+
+def _add_new(variants: list[Variant], v: Variant) -> None:
+    """Add `v` unless the same network is there already (a sweep value can give a network of the path)."""
+    if all(v.cfg != other.cfg for other in variants):
+        variants.append(v)
 
 
 def _get(cfg: Config, key: str):
@@ -256,13 +257,9 @@ def leave_one_out_runs(common: Common, upto: str | None = None, sweep: str | Non
                                        full.name))
     sw = load_sweep(sweep) if sweep is not None else None
     if sw is not None and sw["step"] in {s.name for s in chosen}:
-        leaf = sw["key"].rsplit(".", 1)[-1]
         for value in sw["values"]:
-            sweep_common = replace(common, overrides=(*common.overrides, f"{sw['key']}={value}"))
-            v = sweep_common.variant(f"{full.name}@{leaf}={value}", f"{full.label}, {leaf} {value}",
-                                     [s.patch for s in chosen], "sweep", full.name)
-            if all(v.cfg != other.cfg for other in variants):
-                variants.append(v)
+            _add_new(variants, _swept(common, sw, value, full.name, f"{full.label}, {_leaf(sw)} {value}",
+                                      [s.patch for s in chosen], "sweep", full.name))
     return variants
 
 
