@@ -80,7 +80,8 @@ def states(records: list[dict]) -> dict[str, JobState]:
 
 def cancel(records: list[dict]) -> list[str]:
     """Cancel every recorded job that has not ended; returns their ids."""
-    live = [r for r in records if states([r]).get(r["job_id"], JobState("UNKNOWN")).state not in TERMINAL]
+    now = states(records)  # one query for all of them
+    live = [r for r in records if now.get(r["job_id"], JobState("UNKNOWN")).state not in TERMINAL]
     cancelled = []
     for kind, cls in _kinds().items():
         cancelled += cls.cancel([r for r in live if r.get("executor") == kind])
