@@ -318,35 +318,35 @@ def _train(job: Job, out: Path, rank: int, world: int) -> dict:
                    f"(linear scaling), {len(trainer.classes)} classes, {device}")
     board = _TensorBoard(out, job.log_every) if job.tensorboard and rank == 0 else None
     started = time.time()
-    for epoch in range(start, t.epochs):
-        tick = time.time()
-        with _progress(len(trainer.train_loader), f"{job.name} s{job.seed} {epoch + 1}/{t.epochs}") as bar:
-            trained = trainer.train_epoch(epoch, bar, board.step if board else None)
-        metrics = {"epoch": epoch + 1, **trained, **trainer.evaluate(trainer.model),
-                   "lr": trainer.optimizer.param_groups[0]["lr"], "epoch_s": time.time() - tick}
-        if trainer.ema is not None:
-            metrics.update({f"ema_{k}": v for k, v in trainer.evaluate(trainer.ema.module).items()})
-        history.append(metrics)
-        if rank == 0:
-            if metrics["top1"] > best:
-                best = metrics["top1"]
-                results.atomic_write(out / "best.pt", lambda f: torch.save(
-                    {"model": trainer.model.state_dict(), "epoch": epoch + 1, "classes": trainer.classes}, f))
-            # the checkpoint first: metrics.jsonl is rewritten from its history, so a crash between the two
-            # files never leaves a line that a resumed run would write again
-            state = trainer.state(epoch, history, best)
-            results.atomic_write(checkpoint, lambda f: torch.save(state, f))
-            results.write_text(out / "metrics.jsonl", "".join(_json_line(m) for m in history))
-        if board is not None:
-            board.epoch(metrics)
-        _say(rank, f"    epoch {epoch + 1}/{t.epochs}  loss {trained['train_loss']:.3f}  top-1 {metrics['top1']:.1f}%  "
-                   f"top-5 {metrics['top5']:.1f}%  ({metrics['epoch_s']:.0f} s)")
-        if job.stop_after is not None and epoch + 1 - start >= job.stop_after and epoch + 1 < t.epochs:
+    try:
+        for epoch in range(start, t.epochs):
+            tick = time.time()
+            with _progress(len(trainer.train_loader), f"{job.name} s{job.seed} {epoch + 1}/{t.epochs}") as bar:
+                trained = trainer.train_epoch(epoch, bar, board.step if board else None)
+            metrics = {"epoch": epoch + 1, **trained, **trainer.evaluate(trainer.model),
+                       "lr": trainer.optimizer.param_groups[0]["lr"], "epoch_s": time.time() - tick}
+            if trainer.ema is not None:
+                metrics.update({f"ema_{k}": v for k, v in trainer.evaluate(trainer.ema.module).items()})
+            history.append(metrics)
+            if rank == 0:
+                if metrics["top1"] > best:
+                    best = metrics["top1"]
+                    results.atomic_write(out / "best.pt", lambda f: torch.save(
+                        {"model": trainer.model.state_dict(), "epoch": epoch + 1, "classes": trainer.classes}, f))
+                # the checkpoint first: metrics.jsonl is rewritten from its history, so a crash between the two
+                # files never leaves a line that a resumed run would write again
+                state = trainer.state(epoch, history, best)
+                results.atomic_write(checkpoint, lambda f: torch.save(state, f))
+                results.write_text(out / "metrics.jsonl", "".join(_json_line(m) for m in history))
             if board is not None:
-                board.writer.close()
-            return {"status": "interrupted", "epoch": epoch + 1}
-    if board is not None:
-        board.writer.close()
+                board.epoch(metrics)
+            _say(rank, f"    epoch {epoch + 1}/{t.epochs}  loss {trained['train_loss']:.3f}  top-1 {metrics['top1']:.1f}%  "
+                       f"top-5 {metrics['top5']:.1f}%  ({metrics['epoch_s']:.0f} s)")
+            if job.stop_after is not None and epoch + 1 - start >= job.stop_after and epoch + 1 < t.epochs:
+                return {"status": "interrupted", "epoch": epoch + 1}
+    finally:
+        if board is not None:
+            board.writer.close()
     summary = _summary(job, cfg, trainer, history, best, time.time() - started, world)
     if rank == 0:
         results.write_json(out / "summary.json", summary)
