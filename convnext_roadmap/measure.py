@@ -19,7 +19,7 @@ import torch.nn as nn
 from fvcore.nn import FlopCountAnalysis
 
 from .config import Config
-from .resources import cache_dir
+from .resources import atomic_write, cache_dir
 
 
 def count_params(model: nn.Module) -> int:
@@ -70,10 +70,7 @@ def _complexity(arch_json: str, num_classes: int, img_size: int) -> tuple:
     model = build_model(Config.model_validate(json.loads(arch_json)), num_classes)
     counted = {**count_flops(model, img_size), "params": count_params(model)}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(counted))
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: f.write(json.dumps(counted).encode()))
     except OSError:
         pass  # a read-only cache only costs the count next time
     return tuple(counted.items())

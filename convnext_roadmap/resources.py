@@ -1,4 +1,5 @@
-"""Where the roadmap's data lives: the repository's top-level folders in a checkout, their copy inside a wheel.
+"""Where the roadmap's data lives (the repository's top-level folders in a checkout, their copy inside a wheel; the
+cache folder), and how a file is put in place whole.
 
 `ablations/`, `slurm/` and `results/paper_reference.csv` are the source of truth and stay at the top of the
 repository; pyproject.toml maps them into the wheel as `convnext_roadmap/_data/`. Everything that reads them asks
@@ -38,3 +39,23 @@ def cache_dir() -> Path:
     root = os.environ.get("ROADMAP_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "convnext-roadmap")
     return Path(root)
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write through `write(file_object)` to a temporary file beside `path`, then rename it into place: a reader
+    sees the old file or the new one, never half of one."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

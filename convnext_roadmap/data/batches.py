@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import RoadmapError
-from ..resources import cache_dir
+from ..resources import atomic_write, cache_dir
 from .sources import EpochSampler, Split
 
 log = logging.getLogger(__name__)
@@ -86,10 +86,7 @@ def cached(split: Split, size: int, resample: str = "bicubic") -> tuple[torch.Te
         except (OSError, RuntimeError, ValueError, EOFError):
             pass
         images, targets = decode(split, size, resample)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        torch.save((images, targets), tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: torch.save((images, targets), f))
         return images, targets
 
 
