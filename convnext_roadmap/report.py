@@ -61,7 +61,7 @@ def _delta(r: dict | None) -> str:
     if r is None or math.isnan(r["delta"]):
         return ""
     if math.isnan(r["ci_low"]):
-        return f"{r['delta']:+.1f} ({r['ci_method']})"
+        return f"{r['delta']:+.1f}".replace("-", "−") + f" ({r['ci_method']})"
     return f"{r['delta']:+.1f} [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]".replace("-", "−")
 
 
