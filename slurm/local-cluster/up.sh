@@ -75,8 +75,15 @@ mem=$(( $(free -m | awk '/^Mem:/ {print $2}') * 9 / 10 ))
 mkdir -p /etc/slurm
 
 # the network: a bridge for slurmctld, a namespace and a veth pair per node, their names in /etc/hosts
-ip link del roadmap-br 2>/dev/null || true  # left over from a bring-up that was not taken down
-for i in 1 2; do ip netns del "roadmap-node$i" 2>/dev/null || true; done
+# A bring-up that was not taken down (the machine restarted, down.sh never ran) leaves its links and namespaces.
+# Delete each veth by its host end: that removes both ends at once, whereas deleting only the namespace frees its
+# end later, in the background, and re-adding the pair would then race it ("RTNETLINK answers: File exists").
+ip link del roadmap-br 2>/dev/null || true
+for i in 1 2; do
+  ip netns pids "roadmap-node$i" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+  ip link del "roadmap-v$i" 2>/dev/null || true
+  ip netns del "roadmap-node$i" 2>/dev/null || true
+done
 ip link add name roadmap-br type bridge
 ip addr add 10.99.0.1/24 dev roadmap-br
 ip link set roadmap-br up
