@@ -30,6 +30,9 @@ pytestmark = pytest.mark.slow
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 JOB = ["--executor", "slurm", "--cluster", "local", "--recipe", "smoke", "--set", "train.batch_size=4",
        "--seeds", "1"]
+# An epoch of these jobs takes well under a second: with a handful of epochs a job could end before the signal
+# reached it (seen once in CI), so the requeue tests train long enough that it always arrives mid-run.
+REQUEUE_EPOCHS = 30
 
 
 @pytest.fixture(scope="module")
@@ -147,11 +150,12 @@ def test_more_jobs_than_max_array_size_run_as_several_arrays(tmp_path, data):
 
 def test_preempted_job_requeues_and_resumes(tmp_path, data):
     exp = tmp_path / "rq"
-    assert main(["run", "--steps", "resnet50", *JOB, "--set", "train.batch_size=2", "--set", "train.epochs=5",
-                 "--data", f"imagefolder:{data}", "--results", str(tmp_path), "--experiment", "rq"]) == 0
-    _requeue_and_finish(exp, exp / "resnet50" / "seed0", 5)
+    assert main(["run", "--steps", "resnet50", *JOB, "--set", "train.batch_size=2", "--set",
+                 f"train.epochs={REQUEUE_EPOCHS}", "--data", f"imagefolder:{data}", "--results", str(tmp_path),
+                 "--experiment", "rq"]) == 0
+    _requeue_and_finish(exp, exp / "resnet50" / "seed0", REQUEUE_EPOCHS)
     rows = executors.status(exp)
-    assert rows[0]["requeued"] == 1 and rows[0]["state"] == "COMPLETED" and rows[0]["epoch"] == 5
+    assert rows[0]["requeued"] == 1 and rows[0]["state"] == "COMPLETED" and rows[0]["epoch"] == REQUEUE_EPOCHS
 
 
 def _requeue_and_finish(exp, run, epochs):
@@ -187,10 +191,10 @@ def test_two_task_ddp_job_matches_a_single_process_run(tmp_path, data):
 def test_two_node_ddp_job_spans_both_hosts_and_resumes_after_a_requeue(tmp_path, data):
     exp = tmp_path / "nodes"
     assert main(["run", "--steps", "resnet50", *JOB, "--nodes", "2", "--set", "train.batch_size=2",
-                 "--set", "train.epochs=4", "--data", f"imagefolder:{data}", "--results", str(tmp_path),
-                 "--experiment", "nodes"]) == 0
+                 "--set", f"train.epochs={REQUEUE_EPOCHS}", "--data", f"imagefolder:{data}", "--results",
+                 str(tmp_path), "--experiment", "nodes"]) == 0
     run = exp / "resnet50" / "seed0"
-    _requeue_and_finish(exp, run, 4)
+    _requeue_and_finish(exp, run, REQUEUE_EPOCHS)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["processes"] == 2 and sorted(summary["hosts"]) == ["node1", "node2"]
     assert executors.status(exp)[0]["requeued"] == 1
