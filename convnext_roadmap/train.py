@@ -63,7 +63,8 @@ class Trainer:
     decay on norms and biases unless asked), a cosine or step schedule with linear warm-up per optimizer step,
     gradient accumulation, mixup/cutmix with label smoothing, EMA, bf16 autocast and channels_last."""
 
-    def __init__(self, cfg: Config, seed: int, device: torch.device, rank: int = 0, world: int = 1):
+    def __init__(self, cfg: Config, seed: int, device: torch.device, rank: int = 0, world: int = 1,
+                 skipped=None):
         from timm.data import Mixup
         from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
         from timm.optim import create_optimizer_v2, get_optimizer_info
@@ -78,7 +79,7 @@ class Trainer:
         t, self.cfg, self.device, self.rank, self.world = cfg.train, cfg, device, rank, world
         self.cuda = device.type == "cuda"
         self.train_loader, self.val_loader, self.classes = make_loaders(
-            cfg.data, t.batch_size, t.batch_size * 2, seed, (rank, world), prefetch=self.cuda)
+            cfg.data, t.batch_size, t.batch_size * 2, seed, (rank, world), prefetch=self.cuda, skipped=skipped)
         self.model = build_model(cfg, len(self.classes))
         self.notes = load_initial_weights(self.model, cfg) if t.pretrained else []
         if cfg.timm is not None and adapts_input_size(cfg):
@@ -301,7 +302,10 @@ def _train(job: Job, out: Path, rank: int, world: int) -> dict:
     seed_everything(job.seed + rank)
     if rank == 0:
         results.write_text(out / "config.yaml", to_yaml(cfg))
-    trainer = Trainer(cfg, job.seed, device, rank, world)
+    from .data import SkipRecord
+
+    skipped = SkipRecord(out / "skipped.txt")
+    trainer = Trainer(cfg, job.seed, device, rank, world, skipped)
     history, best, start = [], -1.0, 0
     checkpoint = out / "checkpoint.pt"
     if checkpoint.exists():
@@ -347,7 +351,7 @@ def _train(job: Job, out: Path, rank: int, world: int) -> dict:
     finally:
         if board is not None:
             board.writer.close()
-    summary = _summary(job, cfg, trainer, history, best, time.time() - started, world)
+    summary = _summary(job, cfg, trainer, history, best, time.time() - started, world, skipped.count())
     if rank == 0:
         results.write_json(out / "summary.json", summary)
     return summary
@@ -383,12 +387,14 @@ def _say(rank: int, text: str) -> None:
 
 
 def _summary(job: Job, cfg: Config, trainer: Trainer, history: list[dict], best: float, wall: float,
-             world: int) -> dict:
+             world: int, skipped: int) -> dict:
     last = history[-1]
     later = history[1:] or history  # the first epoch warms up
     speeds = sorted(m["train_img_s"] for m in later)
     # how much longer an epoch takes than its training steps alone: the data path's cost (1.0: none)
     over = sorted(m["train_s"] / max(m["train_s"] - m["data_s"], 1e-9) for m in later if "data_s" in m)
+    notes = [*trainer.notes, *([f"{skipped} image(s) left out: unreadable or could not be augmented (skipped.txt)"]
+                               if skipped else [])]
     return {
         "status": "completed", "name": job.name, "seed": job.seed, **job.meta, **job.measures,
         "final_top1": last["top1"], "final_top5": last["top5"], "best_top1": best,
@@ -399,7 +405,8 @@ def _summary(job: Job, cfg: Config, trainer: Trainer, history: list[dict], best:
         "lr_rule": f"{cfg.train.lr:g} × {trainer.effective_batch} / {cfg.train.base_batch_size} (linear)",
         "autocast": str(trainer.autocast_dtype).removeprefix("torch.") if trainer.autocast_dtype else None,
         "channels_last": _is_channels_last(trainer.model),
-        "processes": world, "hosts": _hosts(world), "pretrained": cfg.train.pretrained, "notes": trainer.notes,
+        "processes": world, "hosts": _hosts(world), "pretrained": cfg.train.pretrained, "notes": notes,
+        "skipped_images": skipped,
         "wall_s": wall,
         "hardware": _hardware(trainer.device), "git_commit": _git_commit(), "versions": _versions(),
         "classes": trainer.classes,

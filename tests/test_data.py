@@ -1,12 +1,14 @@
 import hashlib
+import json
 import logging
 
 import pytest
 
 from convnext_roadmap import RoadmapError, resolve_config
+from convnext_roadmap.cli import main
 from convnext_roadmap.data import ImageDataset, Split, load_splits, make_loaders, make_synthetic
 
-from conftest import make_imagefolder
+from conftest import SMOKE, make_imagefolder
 
 
 def _digest(root):
@@ -86,3 +88,21 @@ def test_loader_order_depends_only_on_seed_and_epoch(tmp_path):
 
 def test_split_dataclass_is_plain():
     assert Split([], []).samples == []
+
+
+@pytest.mark.parametrize("pipeline,workers", [("pil", 1), ("tensor", 0)])
+def test_a_runs_summary_counts_the_images_it_left_out(tmp_path, monkeypatch, pipeline, workers):
+    # a loader worker is a process of its own: what it skips must still reach the run's summary, once per image
+    root = make_imagefolder(tmp_path / "d")
+    bad = root / "train" / "dog" / "3.png"
+    bad.write_bytes(b"not a png")
+    monkeypatch.setenv("ROADMAP_CACHE", str(tmp_path / "cache"))
+    assert main(["run", "--steps", "resnet50", *SMOKE, "--data", f"imagefolder:{root}",
+                 "--set", f"data.pipeline={pipeline}", "--set", f"data.workers={workers}",
+                 "--results", str(tmp_path / "r"), "--experiment", "e"]) == 0
+    run = tmp_path / "r" / "e" / "resnet50" / "seed0"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["skipped_images"] == 1
+    assert any("1 image(s) left out" in note for note in summary["notes"])
+    lines = (run / "skipped.txt").read_text().splitlines()
+    assert {line.split("\t")[0] for line in lines} == {str(bad)}  # two epochs, one image

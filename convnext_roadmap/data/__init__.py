@@ -7,22 +7,25 @@ recipe); `tensor` decodes a small set once into a uint8 cache and augments whole
 from __future__ import annotations
 
 from .images import ImageDataset, eval_transform
-from .sources import IMAGE_EXTENSIONS, EpochSampler, Split, find_image, load_splits, make_subset, make_synthetic
+from .sources import (IMAGE_EXTENSIONS, EpochSampler, SkipRecord, Split, find_image, load_splits, make_subset,
+                      make_synthetic)
 
-__all__ = ["IMAGE_EXTENSIONS", "EpochSampler", "ImageDataset", "Split", "eval_transform", "find_image",
-           "load_splits", "make_loaders", "make_subset", "make_synthetic"]
+__all__ = ["IMAGE_EXTENSIONS", "EpochSampler", "ImageDataset", "SkipRecord", "Split", "eval_transform",
+           "find_image", "load_splits", "make_loaders", "make_subset", "make_synthetic"]
 
 
 def make_loaders(data_cfg, train_batch: int, eval_batch: int, seed: int, distributed: tuple[int, int] = (0, 1),
-                 prefetch: bool = False):
+                 prefetch: bool = False, skipped: SkipRecord | None = None):
     """(train loader, val loader, class names). Both loaders yield (images, targets); the train loader's
     `set_epoch(e)` draws that epoch's order (and augmentations) from (seed, e), so that a resumed run sees the same
-    batches as an uninterrupted one and seed k of every network sees the same data."""
+    batches as an uninterrupted one and seed k of every network sees the same data. Images that cannot be read or
+    augmented are left out and go to `skipped`."""
     from .batches import tensor_loaders
     from .images import image_loaders
 
     train_split, val_split = load_splits(data_cfg.source)
     make = tensor_loaders if data_cfg.pipeline == "tensor" else image_loaders
     extra = {"prefetch": prefetch} if data_cfg.pipeline == "tensor" else {}
-    train, val = make(data_cfg, train_split, val_split, train_batch, eval_batch, seed, *distributed, **extra)
+    train, val = make(data_cfg, train_split, val_split, train_batch, eval_batch, seed, *distributed,
+                      skipped or SkipRecord(), **extra)
     return train, val, train_split.classes

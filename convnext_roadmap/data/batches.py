@@ -27,10 +27,10 @@ from PIL import Image
 
 from ..errors import RoadmapError
 from ..resources import atomic_write, cache_dir
-from .sources import EpochSampler, Split
+from .sources import EpochSampler, SkipRecord, Split
 
 log = logging.getLogger(__name__)
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: the unreadable files are kept beside the tensors
 _DECODE_LOCK = threading.Lock()
 
 
@@ -54,24 +54,24 @@ def _decode_one(path: Path, size: int, resample: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1)
 
 
-def decode(split: Split, size: int, resample: str = "bicubic") -> tuple[torch.Tensor, torch.Tensor]:
+def decode(split: Split, size: int, resample: str = "bicubic") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Every image of a split, resized (shorter side, antialiased) and centre-cropped to size × size, as
-    (uint8 N×3×size×size, int64 targets). An unreadable image is left out, with a warning, and counted."""
+    (uint8 N×3×size×size, int64 targets, the unreadable files left out with a warning)."""
     images, targets, skipped = [], [], []
     for path, target in split.samples:
         try:
             images.append(_decode_one(path, size, resample))
         except (OSError, ValueError) as e:
-            skipped.append(path)
+            skipped.append(f"{path}\tunreadable ({type(e).__name__}: {e})")
             log.warning("skipping unreadable image %s (%s); %d skipped so far", path, e, len(skipped))
             continue
         targets.append(target)
     if not images:
         raise RoadmapError("no readable image in the data set")
-    return torch.stack(images), torch.tensor(targets)
+    return torch.stack(images), torch.tensor(targets), skipped
 
 
-def cached(split: Split, size: int, resample: str = "bicubic") -> tuple[torch.Tensor, torch.Tensor]:
+def cached(split: Split, size: int, resample: str = "bicubic") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """`decode`, kept in the cache folder under a key made of the files (path, size, mtime) and the size: a set
     is decoded once, and again only when a file changes."""
     digest = hashlib.sha1(f"v{STORE_VERSION}|{size}|{resample}".encode())
@@ -81,13 +81,13 @@ def cached(split: Split, size: int, resample: str = "bicubic") -> tuple[torch.Te
     path = cache_dir() / "decoded" / f"{digest.hexdigest()}.pt"
     with _DECODE_LOCK:
         try:
-            images, targets = torch.load(path, weights_only=True)
-            return images, targets
+            images, targets, skipped = torch.load(path, weights_only=True)
+            return images, targets, skipped
         except (OSError, RuntimeError, ValueError, EOFError):
             pass
-        images, targets = decode(split, size, resample)
-        atomic_write(path, lambda f: torch.save((images, targets), f))
-        return images, targets
+        decoded = decode(split, size, resample)
+        atomic_write(path, lambda f: torch.save(decoded, f))
+        return decoded
 
 
 # -------------------------------------------------------------------------------------------- augmentation
@@ -362,10 +362,12 @@ class _Ranks:
 
 
 def tensor_loaders(data_cfg, train_split: Split, val_split: Split, train_batch: int, eval_batch: int, seed: int,
-                   rank: int, world: int, prefetch: bool = False):
+                   rank: int, world: int, skipped: SkipRecord, prefetch: bool = False):
     size, resample = stored_size(data_cfg), data_cfg.interpolation
-    images, targets = cached(train_split, size, resample)
-    val_images, val_targets = cached(val_split, size, resample)
+    images, targets, unreadable = cached(train_split, size, resample)
+    val_images, val_targets, val_unreadable = cached(val_split, size, resample)
+    for line in unreadable + val_unreadable if rank == 0 else []:  # every rank decodes the same files
+        skipped.add(*line.split("\t", 1))
     train = TensorLoader(images, targets, train_batch, EpochSampler(len(images), seed, rank, world), seed,
                          augment=BatchAugment(data_cfg), prefetch=prefetch, rank=rank)
     val = TensorLoader(val_images, val_targets, eval_batch, _Ranks(len(val_images), rank, world), seed,

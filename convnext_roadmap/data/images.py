@@ -12,22 +12,23 @@ from PIL import Image, ImageOps
 from timm.data import create_transform
 
 from ..errors import RoadmapError
-from .sources import EpochSampler, Split
+from .sources import EpochSampler, SkipRecord, Split
 
 log = logging.getLogger(__name__)
 
 
 class ImageDataset(torch.utils.data.Dataset):
     """Images from a list of (path, class). In training (`skip`), an image that cannot be read or augmented is
-    skipped with a warning and counted, the next one taking its place: a long run must not die on one bad file;
-    but a set where nothing can be read is an error. Evaluation and prediction (`skip=False`) keep every image in
-    its place, so that a bad one is an error naming it rather than a shifted row."""
+    skipped with a warning and recorded (`record`), the next one taking its place: a long run must not die on one
+    bad file; but a set where nothing can be read is an error. Evaluation and prediction (`skip=False`) keep every
+    image in its place, so that a bad one is an error naming it rather than a shifted row."""
 
     MAX_IN_A_ROW = 50
 
-    def __init__(self, split: Split, transform, skip: bool = True):
+    def __init__(self, split: Split, transform, skip: bool = True, record: SkipRecord | None = None):
         self.samples, self.classes, self.transform, self.skip = split.samples, split.classes, transform, skip
-        self.skipped: set[Path] = set()
+        self.record = record or SkipRecord()
+        self.skipped: set[Path] = set()  # in this process
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -51,6 +52,8 @@ class ImageDataset(torch.utils.data.Dataset):
     def _skip(self, path: Path, why: str, error: Exception) -> None:
         if not self.skip:
             raise RoadmapError(f"{path}: {why} ({type(error).__name__}: {error})")
+        if path not in self.skipped:
+            self.record.add(path, f"{why} ({type(error).__name__}: {error})")
         self.skipped.add(path)
         log.warning("skipping image %s, %s (%s: %s); %d skipped so far", path, why, type(error).__name__, error,
                     len(self.skipped))
@@ -113,9 +116,10 @@ class EpochLoader(torch.utils.data.DataLoader):
 
 
 def image_loaders(data_cfg, train_split: Split, val_split: Split, train_batch: int, eval_batch: int, seed: int,
-                  rank: int, world: int):
+                  rank: int, world: int, skipped: SkipRecord):
     train_tf, val_tf = transforms(data_cfg)
-    train_set, val_set = ImageDataset(train_split, train_tf), ImageDataset(val_split, val_tf)
+    train_set = ImageDataset(train_split, train_tf, record=skipped)
+    val_set = ImageDataset(val_split, val_tf, record=skipped)
     val_sampler = torch.utils.data.distributed.DistributedSampler(val_set, world, rank, shuffle=False) \
         if world > 1 else None
     common = dict(num_workers=data_cfg.workers, worker_init_fn=_seed_worker, pin_memory=torch.cuda.is_available())

@@ -107,6 +107,27 @@ def make_synthetic(root: Path, train_per_class: int = 300, val_per_class: int = 
     return root
 
 
+# ----------------------------------------------------------------------------------------------- skipped images
+
+class SkipRecord:
+    """The images a run left out, one line each (path, why) in a file of its run folder. Loader workers and DDP
+    ranks are processes of their own, so they append to one file rather than count in memory; the run counts the
+    distinct paths at the end (an image skipped in every epoch, or again after a resume, counts once)."""
+
+    def __init__(self, file: Path | None = None):
+        self.file = file
+
+    def add(self, path: Path, why: str) -> None:
+        if self.file is not None:
+            with open(self.file, "a") as f:  # one short line per write: appends from several processes stay whole
+                f.write(f"{path}\t{why}\n")
+
+    def count(self) -> int:
+        if self.file is None or not self.file.exists():
+            return 0
+        return len({line.split("\t")[0] for line in self.file.read_text().splitlines() if line})
+
+
 # ---------------------------------------------------------------------------------------------------- sources
 
 def _scan_folder(root: Path, classes: list[str] | None = None) -> Split:
