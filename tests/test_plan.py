@@ -2,7 +2,11 @@
 the table and the figure built from one table."""
 
 import json
+import os
 import re
+import subprocess
+import sys
+import time
 
 import pandas as pd
 import pytest
@@ -103,19 +107,17 @@ class _no_raise:
 
 
 def test_two_launches_of_one_experiment_train_each_run_once(tmp_path, data):
-    import subprocess
-    import sys
-    import time
-
     args = [sys.executable, "-m", "convnext_roadmap.cli", "run", "--steps", "resnet50,patchify_stem", *SMOKE,
             "--set", "train.epochs=40", "--set", "train.batch_size=4", "--data", f"imagefolder:{data}",
             "--results", str(tmp_path), "--experiment", "twice"]  # long enough to be running when the second starts
-    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # one thread each: two processes of two threads on two cores spin against each other (3-4× slower in CI)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     run = tmp_path / "twice" / "resnet50" / "seed0"
     deadline = time.time() + 60
     while not (run / "metrics.jsonl").exists() and time.time() < deadline:  # the first has begun training
         time.sleep(0.1)
-    second = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    second = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     out_first = first.communicate(timeout=300)[0]
     assert first.returncode == 0 and second.returncode == 0, out_first + second.stdout + second.stderr
     assert re.search(r"= resnet50 seed0: running in pid \d+ on host \S+", second.stdout)

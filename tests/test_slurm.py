@@ -78,6 +78,9 @@ def test_the_readmes_local_cluster_command_completes(tmp_path, capsys):
     records = _records(exp)
     assert len(records) == 3 * table.seeds.str.split("/").str[1].astype(int).iloc[0]
     assert len({r["job_id"].split("_")[0] for r in records}) >= 1
+    # a thread per CPU the job was given (slurm/local.yaml: 1), not per core of the node
+    summary = json.loads((exp / "resnet50" / "seed0" / "summary.json").read_text())
+    assert summary["hardware"]["torch_threads"] == 1
     # submitted again: nothing to do
     capsys.readouterr()
     assert main([*words, "--results", str(tmp_path)]) == 0

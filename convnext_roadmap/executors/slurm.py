@@ -100,6 +100,9 @@ class Slurm(Executor):
             job_name=f"roadmap-{self.experiment_dir.name}", nodes=p.nodes, ntasks_per_node=p.tasks(),
             cpus_per_task=p.cpus_per_task, time=p.timeout_min, array_parallelism=p.array_parallelism,
             signal_delay_s=p.signal_delay_s,
+            # torch would take a thread per core of the node, not of the job: oversubscribed, the jobs sharing a
+            # node spin against each other (an epoch 40× slower on the local cluster's two nodes of two CPUs)
+            setup=[f"export OMP_NUM_THREADS={p.cpus_per_task}"],
             **({"gpus_per_node": p.gpus_per_node} if p.gpus_per_node else {}),
             **({"mem": f"{p.mem_gb}GB"} if p.mem_gb else {}),
             **{k: getattr(p, k) for k in ("partition", "account", "qos", "constraint") if getattr(p, k)},
