@@ -119,7 +119,9 @@ class Train(Section):
     cutmix: float = Field(ge=0)
     ema: bool
     ema_decay: float = Field(gt=0, lt=1)
-    amp: bool  # bf16 autocast, on any device
+    # bf16 autocast: true on any device; auto where the device computes bf16 natively (a CPU without it emulates
+    # bf16 at a tenth of fp32's speed or less); false: fp32
+    amp: Union[bool, Literal["auto"]]
     channels_last: bool  # NHWC memory format, on any device
     compile: bool
     seed: int  # the first seed; --seeds N runs seed, seed+1, …

@@ -38,13 +38,13 @@ def run(variants: list[Variant], seeds: list[int], experiment_dir: Path, executo
         print(executor.describe(), end="" if executor.describe().endswith("\n") else "\n")
         return 0
     plan.save(experiment_dir, base, recipe, seeds, rows)
-    print(f"# {experiment_dir}: {len(variants)} run(s) × {len(seeds)} seed(s); {executor.describe().rstrip()}",
-          flush=True)
     keys = {(j.name, j.seed) for j in jobs}
     recorded = [r for r in results.read_jobs(experiment_dir) if (r["name"], r["seed"]) in keys]
     live = executors.live(recorded, jobs)
     finished = {(j.name, j.seed) for j in jobs if results.is_done(Path(j.run_dir))}
     todo, skipped = plan.pending(jobs, finished, live, force)
+    print(f"# {experiment_dir}: {len(variants)} run(s) × {len(seeds)} seed(s); "
+          f"{executor.describe(len(todo)).rstrip()}", flush=True)
     for line in skipped:
         print(line, flush=True)
     if force:

@@ -37,6 +37,18 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def use_amp(amp: bool | str, device: torch.device) -> tuple[bool, str | None]:
+    """Whether to train under bf16 autocast, and a note when `auto` chose fp32."""
+    if amp != "auto":
+        return bool(amp), None
+    if device.type == "cuda":
+        native, where = torch.cuda.is_bf16_supported(), "this GPU"
+    else:
+        native, where = torch.ops.mkldnn._is_mkldnn_bf16_supported(), "this CPU"
+    return native, None if native else (f"train.amp=auto: {where} has no native bf16, so it trained in fp32 "
+                                        f"(train.amp=true forces bf16 autocast)")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -84,6 +96,8 @@ class Trainer:
         self.notes = load_initial_weights(self.model, cfg) if t.pretrained else []
         if cfg.timm is not None and adapts_input_size(cfg):
             self.notes.append(f"timm adapted {cfg.timm.name} to {cfg.timm.img_size}×{cfg.timm.img_size} input")
+        self.amp, amp_note = use_amp(t.amp, device)
+        self.notes += [amp_note] if amp_note else []
         for note in self.notes:
             _say(rank, f"  {note}")
         self.model = self.model.to(device)
@@ -120,7 +134,7 @@ class Trainer:
         else:
             self.criterion = nn.CrossEntropyLoss()
         self.ema = ModelEmaV3(self.model, decay=t.ema_decay) if t.ema else None
-        self.autocast_dtype = torch.bfloat16 if t.amp else None  # what the forward pass ran in, as seen
+        self.autocast_dtype = torch.bfloat16 if self.amp else None  # what the forward pass ran in, as seen
         self.forward = torch.compile(self.model) if t.compile else self.model
         if world > 1:
             self.forward = nn.parallel.DistributedDataParallel(
@@ -128,7 +142,7 @@ class Trainer:
 
     def autocast(self):
         # the same bf16 autocast on any device, so that the CPU tests run the code a GPU runs
-        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.train.amp else nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
 
     def _to_device(self, x, y):
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -160,7 +174,7 @@ class Trainer:
                 if self.world == 1 and (not self.cuda or (i + 1) % 50 == 0) and not torch.isfinite(loss):
                     raise RuntimeError(f"the loss is {loss.item()} at epoch {epoch + 1}, step {i + 1}")
                 (loss / group).backward()
-            if self.cfg.train.amp:
+            if self.amp:
                 self.autocast_dtype = logits.dtype
             if last:
                 if self.cfg.train.clip_grad is not None:

@@ -69,9 +69,12 @@ def test_the_cores_are_divided_between_the_jobs(tmp_path):
     from convnext_roadmap.executors.local import Local
 
     cores = os.cpu_count() or 1
-    assert Local(tmp_path, parallel=2).threads == max(1, cores // 2)
-    assert Local(tmp_path, parallel=1).threads == cores
-    assert Local(tmp_path, parallel=2, threads_per_job=3).threads == 3
+    assert Local(tmp_path, parallel=2).threads() == max(1, cores // 2)
+    assert Local(tmp_path, parallel=1).threads() == cores
+    assert Local(tmp_path, parallel=2, threads_per_job=3).threads() == 3
+    # one job left: it gets every core, not its share of slots that would stay empty
+    assert Local(tmp_path, parallel=2).threads(jobs=1) == cores and Local(tmp_path, parallel=2).slots(jobs=1) == 1
+    assert Local(tmp_path, parallel=2).slots(jobs=5) == 2
 
 
 def test_a_local_job_can_train_data_parallel(tmp_path):

@@ -152,6 +152,12 @@ def test_bf16_autocast_and_channels_last_run_on_the_cpu(tmp_path, photos):
     assert (on["autocast"], on["channels_last"]) == ("bfloat16", True)
     assert (off["autocast"], off["channels_last"]) == (None, False)
     assert on["epochs"] == off["epochs"] == 2
+    # auto: bf16 only where the device computes it natively (what torch's oneDNN says of this CPU)
+    assert main([*common, "--experiment", "auto", "--set", "train.amp=auto"]) == 0
+    auto = json.loads((tmp_path / "auto" / "fewer_norms" / "seed0" / "summary.json").read_text())
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert auto["autocast"] == ("bfloat16" if native else None)
+    assert native or any("no native bf16, so it trained in fp32" in n for n in auto["notes"])
 
 
 def test_imagenet_proxy_runs_on_a_subset_built_by_roadmap_subset(tmp_path, capsys):

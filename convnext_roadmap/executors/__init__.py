@@ -47,8 +47,8 @@ class Executor:
     def wait(self, records: list[dict], timeout_min: float | None = None) -> None:
         """Block until the records' jobs have ended (nothing to do for a blocking executor)."""
 
-    def describe(self) -> str:
-        """Where and how the jobs will run, for the dry run and the first line of a run."""
+    def describe(self, jobs: int | None = None) -> str:
+        """Where and how the jobs (this many, where known) will run, for the dry run and the first line of a run."""
         return ""
 
     def check(self) -> None:

@@ -23,7 +23,7 @@ class InProcess(Executor):
     def __init__(self, experiment_dir: Path, **_):
         self.experiment_dir = experiment_dir
 
-    def describe(self) -> str:
+    def describe(self, jobs: int | None = None) -> str:
         return "in this process, one after another"
 
     def submit(self, jobs: list[Job]) -> list[dict]:
@@ -58,13 +58,23 @@ class Local(Executor):
         most = self.gpus // self.gpus_per_job if self.gpus else os.cpu_count() or 1
         self.parallel = min(parallel or most, most) if self.gpus else (parallel or most)
         self.tasks = self.processes = tasks_per_job or self.gpus_per_job or 1
-        self.threads = threads_per_job or max(1, (os.cpu_count() or 1) // (self.parallel * self.tasks))
+        self.threads_per_job = threads_per_job
         self.poll_s = poll_s
 
-    def describe(self) -> str:
+    def slots(self, jobs: int | None = None) -> int:
+        """Jobs at once: `parallel`, or fewer when fewer jobs are left."""
+        return max(1, min(self.parallel, jobs)) if jobs is not None else self.parallel
+
+    def threads(self, jobs: int | None = None) -> int:
+        """CPU threads per process: as asked, or the cores divided between the jobs that run at once (one job
+        alone gets them all)."""
+        return self.threads_per_job or max(1, (os.cpu_count() or 1) // (self.slots(jobs) * self.tasks))
+
+    def describe(self, jobs: int | None = None) -> str:
         if self.gpus:
-            return f"{self.parallel} job(s) at once, {self.gpus_per_job} GPU(s) each"
-        return f"{self.parallel} job(s) at once, {self.tasks} process(es) × {self.threads} CPU thread(s) each"
+            return f"{self.slots(jobs)} job(s) at once, {self.gpus_per_job} GPU(s) each"
+        return (f"{self.slots(jobs)} job(s) at once, {self.tasks} process(es) × {self.threads(jobs)} CPU thread(s) "
+                f"each")
 
     def submit(self, jobs: list[Job]) -> list[dict]:
         import submitit
@@ -72,7 +82,7 @@ class Local(Executor):
         # the longest first (by the FLOPs they train at), so that no core idles at the end waiting for one run
         queue = sorted(jobs, key=lambda j: -j.measures.get("trained_gflops", 0) * j.cfg["train"]["epochs"])
         running, records, seen = {}, [], {}
-        free = list(range(self.parallel))
+        free, threads = list(range(self.slots(len(jobs)))), self.threads(len(jobs))
         while queue or running:
             while queue and free:
                 slot, job = free.pop(0), queue.pop(0)
@@ -80,7 +90,7 @@ class Local(Executor):
                 gpus = list(range(slot * self.gpus_per_job, (slot + 1) * self.gpus_per_job))
                 executor.update_parameters(timeout_min=A_WEEK_MIN, tasks_per_node=self.tasks,
                                            gpus_per_node=len(gpus), visible_gpus=gpus,
-                                           setup=[f"export OMP_NUM_THREADS={self.threads}"])
+                                           setup=[f"export OMP_NUM_THREADS={threads}"])
                 handle = executor.submit(SubmittedRun(job))
                 records.append(record(job, handle, self.kind))
                 results.record_jobs(self.experiment_dir, [records[-1]])

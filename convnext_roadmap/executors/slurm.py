@@ -61,7 +61,7 @@ class Slurm(Executor):
         self.source_of = source_of or (lambda key: "the profile")
         self.processes = self.profile.nodes * self.profile.tasks()
 
-    def describe(self) -> str:
+    def describe(self, jobs: int | None = None) -> str:
         from ..loading import to_yaml
 
         return "SLURM jobs, one per run and seed, as job arrays; sbatch parameters:\n" + to_yaml(self.profile)
