@@ -84,3 +84,11 @@ def test_a_local_job_can_train_data_parallel(tmp_path):
                  "--executor", "local", "--tasks-per-job", "2"]) == 0
     summary = json.loads((tmp_path / "r" / "ddp" / "resnet50" / "seed0" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["effective_batch"] == 8
+
+
+def test_the_time_left_is_extrapolated_from_the_work_done():
+    from convnext_roadmap.executors.local import _progress
+
+    # a quarter of the work in 5 minutes: 15 minutes left, whatever the number of jobs behind it
+    assert _progress(6, 24, done=25.0, total=100.0, elapsed=300) == "  [6/24, about 15 min left]"
+    assert _progress(24, 24, done=100.0, total=100.0, elapsed=1200) == ""

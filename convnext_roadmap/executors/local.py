@@ -3,6 +3,7 @@ pinned to its own GPUs (CUDA_VISIBLE_DEVICES) or, on the CPU, to its share of th
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -79,8 +80,9 @@ class Local(Executor):
     def submit(self, jobs: list[Job]) -> list[dict]:
         import submitit
 
-        # the longest first (by the FLOPs they train at), so that no core idles at the end waiting for one run
-        queue = sorted(jobs, key=lambda j: -j.measures.get("trained_gflops", 0) * j.cfg["train"]["epochs"])
+        # the longest first, so that no core idles at the end waiting for one run
+        queue = sorted(jobs, key=lambda j: -_work(j))
+        total, done, began = sum(_work(j) for j in jobs), 0.0, time.time()
         running, records, seen = {}, [], {}
         free, threads = list(range(self.slots(len(jobs)))), self.threads(len(jobs))
         while queue or running:
@@ -103,7 +105,9 @@ class Local(Executor):
                     del running[slot]
                     free.append(slot)
                     settle_one(rec, handle.state)  # died without a summary: killed, out of memory
-                    print(outcome_line(job, time.time() - start), flush=True)
+                    done += _work(job)
+                    print(outcome_line(job, time.time() - start) + _progress(len(records) - len(running),
+                          len(jobs), done, total, time.time() - began), flush=True)
         return records
 
     @staticmethod
@@ -129,6 +133,18 @@ class Local(Executor):
                 os.kill(int(r["job_id"]), signal.SIGINT)
                 cancelled.append(r["job_id"])
         return cancelled
+
+
+def _work(job: Job) -> float:
+    """What a job costs, for ordering and the time left: the FLOPs it trains at × its epochs."""
+    return job.measures.get("trained_gflops", 0) * job.cfg["train"]["epochs"] or 1e-9
+
+
+def _progress(ended: int, jobs: int, done: float, total: float, elapsed: float) -> str:
+    """`  [3/24, about 12 min left]`: the time left extrapolated from the work of the jobs that ended."""
+    if ended >= jobs:
+        return ""
+    return f"  [{ended}/{jobs}, about {math.ceil(elapsed * (total - done) / done / 60)} min left]"
 
 
 def _print_new_epochs(job: Job, shown: int) -> int:
