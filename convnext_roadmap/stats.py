@@ -7,7 +7,6 @@ a fair comparison and the spread of the Δs (not of the accuracies) measures the
 
 from __future__ import annotations
 
-import itertools
 import math
 import warnings
 
@@ -29,9 +28,10 @@ def sign_flip_p(d) -> float:
     d = np.asarray(d, dtype=float)
     if len(d) > 20:
         raise ValueError("the exact sign-flip test enumerates 2^n patterns; use at most 20 pairs")
-    observed = abs(d.mean())
-    signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(d))))
-    return float(np.mean(np.abs(signs @ d / len(d)) >= observed - 1e-12))
+    sums = np.zeros(1)
+    for x in d:  # the sums of all 2^k sign patterns of the first k differences (2^20 floats at most: 8 MB)
+        sums = np.concatenate([sums + x, sums - x])
+    return float(np.mean(np.abs(sums) >= abs(d.sum()) - 1e-12 * len(d)))
 
 
 def paired(a, b, alpha: float = ALPHA) -> dict:
@@ -57,7 +57,7 @@ def paired(a, b, alpha: float = ALPHA) -> dict:
     out["p_t"] = float(st.ttest_1samp(d, 0.0).pvalue)
     if n >= BOOTSTRAP_FROM:
         ci = st.bootstrap((d,), np.mean, confidence_level=1 - alpha, method="BCa", n_resamples=9999,
-                          random_state=0).confidence_interval
+                          rng=np.random.default_rng(0)).confidence_interval
         if not (math.isnan(ci.low) or math.isnan(ci.high)):
             out.update(ci_low=float(ci.low), ci_high=float(ci.high), ci_method="BCa bootstrap")
             return out
@@ -101,10 +101,12 @@ def compare(top1: dict[str, dict[int, float]], baselines: dict[str, str | None],
 
 
 def fidelity(ours: dict[str, float], paper: dict[str, float], paper_std: dict[str, float | None],
-             baselines: dict[str, str | None]) -> dict:
+             baselines: dict[str, str | None], paper_seeds: int = 3) -> dict:
     """How closely our per-row top-1 follows the paper's, over the rows both have: Kendall's τ and Spearman's ρ of
     the accuracies, and the share of Δs (row against its baseline) whose sign agrees with the paper's, counting
-    only the paper's Δs larger than their own std (√(s_row² + s_base²); every Δ where the paper gives no std)."""
+    only the paper's Δs larger than their own std. The paper's rows are means of `paper_seeds` runs (Table 10:
+    3) with the runs' std s, so a Δ of two rows has std √((s_row² + s_base²) / paper_seeds); every Δ counts where
+    the paper gives no std."""
     rows = [r for r in ours if r in paper and not _nan(ours[r]) and not _nan(paper[r])]
     out = {"rows": rows, "kendall_tau": math.nan, "spearman_rho": math.nan, "sign_agreement": math.nan,
            "signs_counted": [], "signs_agree": []}
@@ -120,7 +122,8 @@ def fidelity(ours: dict[str, float], paper: dict[str, float], paper_std: dict[st
             continue
         paper_delta = paper[r] - paper[b]
         s = [paper_std.get(r), paper_std.get(b)]
-        noise = math.sqrt(sum(v * v for v in s)) if all(v is not None and not _nan(v) for v in s) else 0.0
+        noise = math.sqrt(sum(v * v for v in s) / paper_seeds) if all(v is not None and not _nan(v) for v in s) \
+            else 0.0
         if abs(paper_delta) > noise:
             out["signs_counted"].append(r)
             if np.sign(ours[r] - ours[b]) == np.sign(paper_delta):

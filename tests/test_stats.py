@@ -27,6 +27,7 @@ def test_sign_flip_cannot_go_below_two_over_two_to_the_n():
     assert sign_flip_p([0.3, 0.2, 0.4]) == 0.25
     assert sign_flip_p([1, 1, 1, 1, 1]) == pytest.approx(2 / 32)
     assert sign_flip_p([1, -1]) == 1.0
+    assert sign_flip_p([1.0] * 20) == pytest.approx(2 / 2 ** 20)  # the largest it enumerates, a million patterns
 
 
 def test_one_seed_has_no_interval():
@@ -35,15 +36,31 @@ def test_one_seed_has_no_interval():
     assert r["ci_method"] == "one seed: no interval"
 
 
+def _bca_by_hand(d, alpha=0.05, resamples=40000, seed=1):
+    """Efron's BCa interval of a mean, written out: bias correction z0 from the bootstrap means, acceleration from
+    the jackknife, then the percentiles those shift to."""
+    from statistics import NormalDist
+
+    n, mean, z = len(d), d.mean(), NormalDist()
+    means = np.random.default_rng(seed).choice(d, (resamples, n)).mean(1)
+    z0 = z.inv_cdf(np.mean(means < mean))
+    jack = np.array([np.delete(d, i).mean() for i in range(n)])
+    u = jack.mean() - jack
+    a = (u ** 3).sum() / (6 * ((u ** 2).sum()) ** 1.5)
+    ends = [z.cdf(z0 + (z0 + q) / (1 - a * (z0 + q))) for q in (z.inv_cdf(alpha / 2), z.inv_cdf(1 - alpha / 2))]
+    return np.quantile(means, ends)
+
+
 def test_bca_bootstrap_from_ten_seeds():
-    rng = np.random.default_rng(3)
-    a, b = rng.normal(80, 1, 12), rng.normal(79, 1, 12)
-    r = paired(a, b)
-    expected = scipy_stats.bootstrap((a - b,), np.mean, method="BCa", n_resamples=9999,
-                                     random_state=0).confidence_interval
+    # skewed differences, so that BCa, the percentile interval and the t interval all differ
+    d = np.array([0.1, 0.2, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0, 1.6, 2.9, 4.8, 0.3])
+    r = paired(80 + d, np.full(len(d), 80.0))
+    low, high = _bca_by_hand(d)
     assert r["ci_method"] == "BCa bootstrap"
-    assert (r["ci_low"], r["ci_high"]) == pytest.approx((expected.low, expected.high))
-    assert r["p_t"] == pytest.approx(scipy_stats.ttest_rel(a, b).pvalue)
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((low, high), abs=0.06)  # two Monte Carlo runs apart
+    assert r["ci_high"] - d.mean() > 1.3 * (d.mean() - r["ci_low"])  # leans towards the long tail, as BCa does
+    assert r["p_t"] == pytest.approx(scipy_stats.ttest_1samp(d, 0).pvalue)
+    assert paired(80 + d[:9], np.full(9, 80.0))["ci_method"] == "paired t"  # below ten seeds
 
 
 def test_holm_by_hand():
@@ -72,11 +89,14 @@ def test_fidelity_on_a_constructed_table():
     f = fidelity(ours, paper, std, {"a": None, "b": "a", "c": "b", "d": "c"})
     # pairs: 5 concordant, 1 discordant (b, c) → τ = 4/6; ranks (1,3,2,4) vs (1,2,3,4): Σd² = 2 → ρ = 1 − 12/60
     assert f["kendall_tau"] == pytest.approx(4 / 6) and f["spearman_rho"] == pytest.approx(0.8)
-    # every paper Δ is +1 and beyond √(s²+s²) (≤ 0.81): b agrees, c disagrees, d agrees
+    # every paper Δ is +1, beyond the std of a Δ of two 3-seed means, √((s² + s²) / 3) ≤ √(0.65 / 3) = 0.47:
+    # b agrees, c disagrees, d agrees
     assert f["signs_counted"] == ["b", "c", "d"] and f["signs_agree"] == ["b", "d"]
     assert f["sign_agreement"] == pytest.approx(2 / 3)
-    std["c"] = 1.0  # now the paper's Δs of c and d are within √(1 + 0.01) of nothing
+    std["c"] = 1.8  # now the paper's Δs of c and d are within √((3.24 + 0.01) / 3) = 1.04 of nothing
     assert fidelity(ours, paper, std, {"a": None, "b": "a", "c": "b", "d": "c"})["signs_counted"] == ["b"]
+    std["c"] = 1.6  # √((2.56 + 0.01) / 3) = 0.93: counted again (per run, √2.57 = 1.6 would not be)
+    assert fidelity(ours, paper, std, {"a": None, "b": "a", "c": "b", "d": "c"})["signs_counted"] == ["b", "c", "d"]
 
 
 def test_equal_differences_on_every_seed_are_not_certainty():
