@@ -88,8 +88,9 @@ def _requested(args, recipe=None, data=None) -> list[roadmap.Variant]:
 
 
 def cmd_steps(args) -> None:
+    path = roadmap.steps(args.base)  # an unknown base is an error here
     rows = [(args.base, roadmap.bases()[args.base], "the starting network")]
-    rows += [(s.name, s.label, s.about) for s in roadmap.steps(args.base)]
+    rows += [(s.name, s.label, s.about) for s in path]
     width = max(len(r[0]) for r in rows)
     label_width = max(len(r[1]) for r in rows)
     for name, label, about in rows:

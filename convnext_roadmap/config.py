@@ -73,7 +73,7 @@ class Block(Section):
     @classmethod
     def _odd(cls, k: int) -> int:
         if k % 2 == 0:
-            raise ValueError("expected an odd kernel size ≥ 1 (padding keeps the size)")
+            raise ValueError("an odd kernel size ≥ 1 (padding keeps the size)")
         return k
 
 

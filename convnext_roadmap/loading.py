@@ -128,7 +128,7 @@ def _describe(err: dict, merged: Merged, schema: type[BaseModel]) -> str:
         where = ".".join(loc[:-1]) or "the top level"
         return f"{source}: {key}: unknown key ({where} takes: {allowed})"
     if kind == "missing":
-        return f"{source}: {key}: missing (the base config must set every field)"
+        return f"{source}: {key}: missing (the base config and the recipe must set every field)"
     field = _field(schema, loc)
     item = f"[{index}]" if index is not None else ""
     return f"{source}: {key}{item}: got {err.get('input')!r}, expected {_expected(err, field)}"
@@ -193,6 +193,7 @@ def to_yaml(cfg: BaseModel) -> str:
     return yaml.safe_dump(sections, sort_keys=False, default_flow_style=None, allow_unicode=True)
 
 
-def from_yaml(text: str) -> Config:
-    """A config written by `to_yaml` (a run's config.yaml)."""
-    return Config.model_validate(yaml.safe_load(text))
+def read_config(path: Path) -> Config:
+    """A config written by `to_yaml` (a run's config.yaml); one that no longer fits the schema (edited by hand, or
+    written by another version) is one line naming the file and the key."""
+    return validate(Merged().merge(load_yaml(path), str(path)))

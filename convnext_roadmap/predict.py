@@ -12,7 +12,7 @@ from . import results
 from .config import Config
 from .data import IMAGE_EXTENSIONS, ImageDataset, Split, eval_transform, find_image, load_splits
 from .errors import RoadmapError
-from .loading import from_yaml
+from .loading import read_config
 
 
 def find_run(results_root: Path, run: str) -> Path:
@@ -29,7 +29,7 @@ def find_run(results_root: Path, run: str) -> Path:
 def load_run(path: Path, device: torch.device):
     from .model import build_model
 
-    cfg = from_yaml((path / "config.yaml").read_text())
+    cfg = read_config(path / "config.yaml")
     best = torch.load(path / "best.pt", map_location="cpu", weights_only=False)
     model = build_model(cfg, len(best["classes"]))
     model.load_state_dict(best["model"])

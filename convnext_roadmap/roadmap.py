@@ -145,8 +145,13 @@ class Common:
 
     def recipe_layers(self, skip: Sequence[str] = ()) -> list[tuple[str, dict]]:
         """The recipe's files as (source, mapping) layers, the most general first, without the `skip` sections."""
-        return [(shown(f), {k: v for k, v in load_yaml(f).items() if k not in ("inherit", *skip)})
-                for f in (recipe_files(self.recipe) if self.recipe else [])]
+        files = recipe_files(self.recipe) if self.recipe else []
+        docs = [load_yaml(f) for f in files]
+        for section in ("train", "data") if files else ():
+            if not any(section in doc for doc in docs):
+                raise RoadmapError(f"{shown(files[-1])}: {section}: missing (a recipe sets train and data, or "
+                                   f"inherits them: inherit: paper_in1k)")
+        return [(shown(f), {k: v for k, v in doc.items() if k not in ("inherit", *skip)}) for f, doc in zip(files, docs)]
 
     def command_line(self, skip: Sequence[str]) -> list[tuple[str, dict]]:
         """--data and --set as layers. A `--set` of a section this kind of network does not have (`timm.` for the

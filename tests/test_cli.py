@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +44,7 @@ def test_flops_csv(capsys):
     (["show", "--upto", "nope"], "--upto nope: unknown step"),
     (["show", "--set", "block.kernel_size=2"], "block.kernel_size"),
     (["flops", "--patch", "no_such.yaml"], "no such file"),
+    (["steps", "--base", "foo"], "--base foo: unknown base"),
 ])
 def test_user_errors_are_one_line_exit_2(args, words):
     result = run(*args)
@@ -58,3 +60,10 @@ def test_bench_puts_timm_beside_the_end(capsys):
     assert "ratio_vs_timm_train" in header and row.startswith("resnet50,") and ",resnet50," in row
     ratio = float(row.split(",")[-1])
     assert ratio > 0
+
+
+def test_the_readmes_error_example_is_what_the_cli_prints():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text().splitlines()
+    at = next(i for i, line in enumerate(readme) if line.startswith("$ roadmap show --set block.kernel_size=8"))
+    result = run(*readme[at].split()[2:])
+    assert result.returncode == 2 and result.stderr.strip() == readme[at + 1]
