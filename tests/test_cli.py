@@ -67,3 +67,18 @@ def test_the_readmes_error_example_is_what_the_cli_prints():
     at = next(i for i, line in enumerate(readme) if line.startswith("$ roadmap show --set block.kernel_size=8"))
     result = run(*readme[at].split()[2:])
     assert result.returncode == 2 and result.stderr.strip() == readme[at + 1]
+
+
+def test_a_recipe_without_data_and_a_config_yaml_that_no_longer_fits_are_one_line(tmp_path):
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("train:\n  epochs: 2\n")
+    result = run("run", "--steps", "resnet50", "--recipe", str(recipe), "--dry-run")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "mine.yaml: data: missing (a recipe sets train and data" in result.stderr
+    from convnext_roadmap import RoadmapError
+    from convnext_roadmap.loading import read_config
+
+    old = tmp_path / "config.yaml"
+    old.write_text("stem:\n  kind: conv7\n")
+    with pytest.raises(RoadmapError, match=r"config\.yaml: stem\.\w+: "):  # the file and the key, one line
+        read_config(old)
