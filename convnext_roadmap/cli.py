@@ -142,7 +142,8 @@ def cmd_bench(args) -> None:
 
 
 def _results_root(args) -> Path:
-    return Path(args.results) if args.results else Path.cwd() / "results"
+    # absolute: job records keep their run folders' paths, which later commands read from any folder
+    return Path(args.results).resolve() if args.results else Path.cwd() / "results"
 
 
 def cmd_run(args) -> int:
@@ -179,7 +180,8 @@ def cmd_table(args) -> None:
     from . import executors, report
 
     exp_dir = _experiment(args)
-    executors.settle(exp_dir)
+    for line in executors.settle(exp_dir):  # jobs found ended without a summary (stdout may be a CSV)
+        print(line, file=sys.stderr)
     table, _ = report.write(exp_dir, quiet=True)
     if args.format == "table":
         print(table.to_string(index=False))
@@ -191,7 +193,8 @@ def cmd_plot(args) -> None:
     from . import executors, report
 
     exp_dir = _experiment(args)
-    executors.settle(exp_dir)
+    for line in executors.settle(exp_dir):  # jobs found ended without a summary (stdout may be a CSV)
+        print(line, file=sys.stderr)
     for path in report.write(exp_dir, quiet=True)[1]:
         print(path)
 

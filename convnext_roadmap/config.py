@@ -219,7 +219,8 @@ class Config(Section):
 
 
 class ClusterProfile(Section):
-    """Where and how SLURM jobs run (slurm/*.yaml); see slurm/default.yaml for each field."""
+    """Where and how SLURM jobs run (slurm/*.yaml); see slurm/default.yaml for each field. A field a profile leaves
+    out takes the default here, which is default.yaml's (a test holds the two together)."""
 
     partition: Union[str, None] = None
     account: Union[str, None] = None
@@ -228,8 +229,8 @@ class ClusterProfile(Section):
     nodes: Positive = 1
     gpus_per_node: int = Field(0, ge=0)
     tasks_per_node: Union[Positive, None] = None
-    cpus_per_task: Positive = 4
-    mem_gb: Union[Positive, None] = 8
+    cpus_per_task: Positive = 2
+    mem_gb: Union[Positive, None] = None  # None: the cluster's default
     timeout_min: Positive = 60
     array_parallelism: Positive = 16
     max_requeues: int = Field(3, ge=0)

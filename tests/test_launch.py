@@ -42,6 +42,12 @@ def test_profile_flags_override_and_unknown_keys_fail(tmp_path):
         load_profile("default", {"nodes": 0})
     with pytest.raises(RoadmapError, match="no such profile"):
         load_profile("hpc9", {})
+    # a profile that leaves a field out gets what slurm/default.yaml documents for it
+    from convnext_roadmap.config import ClusterProfile
+
+    assert ClusterProfile() == load_profile("default", {})[0]
+    bad.write_text("partition: gpu\n")
+    assert load_profile(str(bad), {})[0] == ClusterProfile(partition="gpu")
 
 
 def test_two_jobs_at_once_give_what_one_at_a_time_gives(tmp_path):
@@ -92,3 +98,48 @@ def test_the_time_left_is_extrapolated_from_the_work_done():
     # a quarter of the work in 5 minutes: 15 minutes left, whatever the number of jobs behind it
     assert _progress(6, 24, done=25.0, total=100.0, elapsed=300) == "  [6/24, about 15 min left]"
     assert _progress(24, 24, done=100.0, total=100.0, elapsed=1200) == ""
+
+
+def _fake(bin_dir, name, code, out="", err=""):
+    path = bin_dir / name
+    path.write_text(f"#!/bin/sh\nprintf '{out}'\nprintf '{err}' >&2\nexit {code}\n")
+    path.chmod(0o755)
+
+
+def test_a_scheduler_that_does_not_answer_is_not_one_whose_jobs_ended(tmp_path, monkeypatch):
+    from convnext_roadmap import executors, results
+    from convnext_roadmap.executors import SchedulerSilent
+    from convnext_roadmap.executors.slurm import Slurm
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _fake(bin_dir, "sacct", 1, err="sacct: error: Problem talking to the database: Connection refused\\n")
+    _fake(bin_dir, "squeue", 0, out="7_0|RUNNING|1:00|None\\n")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    exp = tmp_path / "exp"
+    run = exp / "gelu" / "seed0"
+    run.mkdir(parents=True)
+    record = {"job_id": "7_0", "name": "gelu", "seed": 0, "executor": "slurm", "run_dir": str(run), "stderr": None}
+    results.record_jobs(exp, [record])
+    with pytest.raises(SchedulerSilent, match="sacct failed: sacct: error: Problem talking to the database"):
+        Slurm.states([record])
+    # the table's settling marks nothing failed; the wait goes on asking until its bound
+    assert executors.settle(exp)[0].startswith("! sacct failed")
+    assert not (run / "summary.json").exists()
+    with pytest.raises(RoadmapError, match="--timeout-wait .*stopped waiting with sacct failed"):
+        Slurm(exp).wait([record], timeout_min=0.001, poll_s=0.01)
+    # a job SLURM no longer knows (squeue: invalid id, exit 1; sacct: nothing) is UNKNOWN, which has ended
+    _fake(bin_dir, "sacct", 0)
+    _fake(bin_dir, "squeue", 1, err="slurm_load_jobs error: Invalid job id specified\\n")
+    assert Slurm.states([record])["7_0"].state == "UNKNOWN"
+
+
+def test_the_root_cause_in_a_jobs_log_is_not_a_warning(tmp_path):
+    from convnext_roadmap.executors import last_error_line
+
+    log = tmp_path / "job.err"
+    log.write_text("WARNING:convnext_roadmap.data.images:skipping image a.png, unreadable (UnidentifiedImageError: "
+                   "cannot identify image file)\n"
+                   "slurmstepd: error: *** JOB 12 ON node1 CANCELLED AT 2026-11-29T10:00:00 DUE TO TIME LIMIT ***\n"
+                   "WARNING:convnext_roadmap.data.images:skipping image b.png, unreadable (UnidentifiedImageError)\n")
+    assert last_error_line(str(log)).startswith("slurmstepd: error: *** JOB 12 ON node1 CANCELLED")

@@ -77,7 +77,7 @@ def test_the_readmes_local_cluster_command_completes(tmp_path, capsys):
     assert (table.status == "completed").all()
     records = _records(exp)
     assert len(records) == 3 * table.seeds.str.split("/").str[1].astype(int).iloc[0]
-    assert len({r["job_id"].split("_")[0] for r in records}) >= 1
+    assert len({r["job_id"].split("_")[0] for r in records}) == -(-len(records) // max_array_size())  # arrays
     # a thread per CPU the job was given (slurm/local.yaml: 1), not per core of the node
     summary = json.loads((exp / "resnet50" / "seed0" / "summary.json").read_text())
     assert summary["hardware"]["torch_threads"] == 1
@@ -103,6 +103,12 @@ def test_a_request_the_partition_can_never_run_is_refused_before_submission(tmp_
     assert main(["run", "--steps", "resnet50", *JOB, "--nodes", "3", "--data", f"imagefolder:{data}",
                  "--results", str(tmp_path)]) == 2
     assert "--nodes: nodes: 3 nodes, but partition debug has 2" in capsys.readouterr().err
+    # what only sbatch can judge (a feature, an account) is its own error line, not a traceback
+    assert main(["run", "--steps", "resnet50", *JOB, "--constraint", "nosuch", "--data", f"imagefolder:{data}",
+                 "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sbatch refused the jobs (0 of 1 submitted before)" in err
+    assert "Invalid feature specification" in err
 
 
 def test_a_pending_then_cancelled_array_ends_the_wait(tmp_path, data, capsys):
@@ -128,7 +134,7 @@ def test_a_pending_then_cancelled_array_ends_the_wait(tmp_path, data, capsys):
 
 def test_a_reason_that_never_clears_fails_the_wait(tmp_path, monkeypatch):
     monkeypatch.setattr(Slurm, "states", staticmethod(lambda records: {"7_0": JobState("PENDING", "PartitionConfig")}))
-    with pytest.raises(RoadmapError, match=r"job 7_0 \(gelu seed0\) can never start: PartitionConfig"):
+    with pytest.raises(RoadmapError, match=r"job 7_0 \(gelu seed0\) will not start by itself: PartitionConfig"):
         Slurm(tmp_path / "x").wait([{"job_id": "7_0", "name": "gelu", "seed": 0}], poll_s=0.01)
     monkeypatch.setattr(Slurm, "states", staticmethod(lambda records: {"7_0": JobState("PENDING", "Priority")}))
     with pytest.raises(RoadmapError, match="--timeout-wait 0.001: stopped waiting with 1 pending \\(Priority\\)"):

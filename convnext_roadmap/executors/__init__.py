@@ -25,6 +25,13 @@ class JobState:
     elapsed: str = ""
 
 
+class SchedulerSilent(RoadmapError):
+    """The scheduler did not answer (sacct, squeue): the jobs' states are not known, which is not that they ended."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}: the scheduler's state of the jobs is not known; nothing was changed, try again"
+
+
 class Executor:
     """Runs jobs somewhere. `submit` returns the records kept in jobs.json (none for jobs run in this process);
     `blocking` executors return from `submit` only when their jobs have ended."""
@@ -129,7 +136,10 @@ def settle(experiment_dir: Path) -> list[str]:
     """Give every recorded job that ended without a summary (killed, out of memory, timed out for good) a failed
     summary with its root cause, so that the table and the figure show it; returns their lines."""
     records = results.read_jobs(experiment_dir)
-    now = states(records)
+    try:
+        now = states(records)
+    except SchedulerSilent as e:  # settle nothing rather than call queued jobs failed; the table still comes
+        return [f"! {e.args[0]}: jobs that ended without a summary are not marked failed this time"]
     lines = []
     for r in records:
         s = now.get(r["job_id"])
@@ -151,11 +161,13 @@ def settle_one(record: dict, state: str) -> str | None:
 
 
 def last_error_line(stderr: str | None) -> str | None:
-    """The root cause in a job's error log: its last line that names an error, else its last line."""
+    """The root cause in a job's error log: its last line that names an error, else its last line; warnings (an
+    image left out names its UnidentifiedImageError) are not causes."""
     path = Path(stderr) if stderr else None
     if path is None or not path.exists():
         return None
-    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()
+             if ln.strip() and "warn" not in ln.lower() and "skipping" not in ln]
     errors = [ln for ln in lines if "Error" in ln or "error" in ln]
     return (errors or lines or [None])[-1]
 

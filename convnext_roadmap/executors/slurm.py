@@ -4,6 +4,8 @@ cancelling."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import shutil
 import subprocess
@@ -17,17 +19,19 @@ from ..errors import RoadmapError
 from ..loading import Merged, load_yaml, validate
 from ..resources import SLURM, shown
 from ..job import Job
-from . import TERMINAL, Executor, JobState, SubmittedRun, record
+from . import TERMINAL, Executor, JobState, SchedulerSilent, SubmittedRun, record
 
 PROFILE_FLAGS = {"partition": str, "gpus_per_node": int, "tasks_per_node": int, "nodes": int, "timeout_min": int,
                  "account": str, "qos": str, "constraint": str, "mem_gb": int, "cpus_per_task": int}
-# pending reasons that no amount of waiting clears: the request itself cannot be met (squeue's %r)
+# pending reasons that no amount of waiting clears: the request itself cannot be met, or the job is held (squeue's %r)
 NEVER = {"PartitionConfig": "the request exceeds what the partition allows",
          "PartitionNodeLimit": "more nodes than the partition allows",
          "PartitionTimeLimit": "a time limit above the partition's MaxTime",
          "BadConstraints": "no node has the features asked for",
          "InvalidAccount": "the account is not valid", "InvalidQOS": "the QOS is not valid",
-         "DependencyNeverSatisfied": "a dependency that can never be met"}
+         "DependencyNeverSatisfied": "a dependency that can never be met",
+         "JobHeldUser": "held by its user until `scontrol release`",
+         "JobHeldAdmin": "held by an administrator"}
 
 
 def load_profile(name: str, flags: dict) -> tuple[ClusterProfile, Callable[[str], str]]:
@@ -111,8 +115,13 @@ class Slurm(Executor):
         records = []
         for start in range(0, len(jobs), size):  # submitit submits one array per batch: keep each within the cap
             chunk = jobs[start:start + size]
-            with executor.batch():
-                handles = [executor.submit(SubmittedRun(job)) for job in chunk]
+            try:  # submitit echoes sbatch's complaint to stderr; it is in the one line below
+                with contextlib.redirect_stderr(io.StringIO()), executor.batch():
+                    handles = [executor.submit(SubmittedRun(job)) for job in chunk]
+            except submitit.core.utils.FailedJobError as e:  # sbatch said no: an account, a feature, a gres
+                said = [ln.strip() for ln in str(e).splitlines() if "error" in ln] or [str(e).strip()]
+                raise RoadmapError(f"sbatch refused the jobs ({len(records)} of {len(jobs)} submitted before): "
+                                   f"{said[-1]}") from None
             records += [record(job, handle, self.kind) for job, handle in zip(chunk, handles)]
             results.record_jobs(self.experiment_dir, records)
         return records
@@ -128,11 +137,14 @@ class Slurm(Executor):
         if not ids or shutil.which("sacct") is None:
             return out  # no scheduler here (results copied elsewhere): nothing is known of the jobs
         arrays = sorted({i.split("_")[0] for i in ids})
-        for line in _query(["sacct", "-n", "-P", "-X", "-o", "JobID,State,Elapsed", "-j", ",".join(arrays)]):
+        # a scheduler that does not answer is not a scheduler that forgot the jobs: SchedulerSilent, not UNKNOWN
+        for line in _query(["sacct", "-n", "-P", "-X", "-o", "JobID,State,Elapsed", "-j", ",".join(arrays)],
+                           must_answer=True):
             job_id, state, elapsed = (line.split("|") + ["", ""])[:3]
             for one in expand(job_id):
                 out[one] = JobState(state.split()[0] if state else "UNKNOWN", "", elapsed)
-        for line in _query(["squeue", "-h", "-r", "--states=all", "-o", "%i|%T|%M|%r", "-j", ",".join(arrays)]):
+        for line in _query(["squeue", "-h", "-r", "--states=all", "-o", "%i|%T|%M|%r", "-j", ",".join(arrays)],
+                           must_answer=True):
             job_id, state, elapsed, reason = (line.split("|") + ["", "", ""])[:4]
             for one in expand(job_id):  # squeue is current: its state and reason win over accounting's
                 out[one] = JobState(state, reason if state == "PENDING" and reason != "None" else "", elapsed)
@@ -153,17 +165,22 @@ class Slurm(Executor):
         last, deadline = None, time.time() + timeout_min * 60 if timeout_min else None
         names = {r["job_id"]: f"{r['name']} seed{r['seed']}" for r in records}
         while True:
-            now = self.states(records)
-            line = summarize(now.values())
+            try:
+                now, answered = self.states(records), True
+            except SchedulerSilent as e:  # slurmctld restarting, accounting busy: ask again, within the bound
+                now, answered, line = {}, False, f"{e.args[0]}; asking again"
+            else:
+                line = summarize(now.values())
             if line != last:
                 print(f"  [{time.strftime('%H:%M:%S')}] {line}", flush=True)
                 last = line
             stuck = [(i, s.reason) for i, s in now.items() if s.state == "PENDING" and s.reason in NEVER]
             if stuck:
                 job_id, reason = stuck[0]
-                raise RoadmapError(f"job {job_id} ({names[job_id]}) can never start: {reason}, {NEVER[reason]}; "
-                                   f"cancel it (roadmap cancel {self.experiment_dir.name}) and fix the profile")
-            if all(s.state in TERMINAL for s in now.values()):
+                raise RoadmapError(f"job {job_id} ({names[job_id]}) will not start by itself: {reason}, "
+                                   f"{NEVER[reason]}; cancel it (roadmap cancel {self.experiment_dir.name}) and fix "
+                                   f"the profile, or release it")
+            if answered and all(s.state in TERMINAL for s in now.values()):
                 return
             if deadline is not None and time.time() > deadline:
                 raise RoadmapError(f"--timeout-wait {timeout_min:g}: stopped waiting with {line}; the jobs go on "
@@ -228,9 +245,16 @@ def max_array_size() -> int:
     return 1001
 
 
-def _query(command: list[str]) -> list[str]:
-    """A SLURM command's output lines; none when it is missing or does not answer in a minute."""
+def _query(command: list[str], must_answer: bool = False) -> list[str]:
+    """A SLURM command's output lines; none when it is missing or does not answer in a minute, unless
+    `must_answer`: then that is a SchedulerSilent error (a job SLURM no longer knows is not one)."""
     try:
-        return subprocess.run(command, capture_output=True, text=True, timeout=60).stdout.splitlines()
-    except (OSError, subprocess.TimeoutExpired):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        if must_answer:
+            raise SchedulerSilent(f"{command[0]} did not answer ({type(e).__name__})") from None
         return []
+    if must_answer and done.returncode != 0 and "Invalid job id" not in done.stderr:
+        said = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        raise SchedulerSilent(f"{command[0]} failed: {said}")
+    return done.stdout.splitlines()
