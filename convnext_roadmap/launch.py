@@ -29,8 +29,7 @@ def run(variants: list[Variant], seeds: list[int], experiment_dir: Path, executo
     jobs = plan.make_jobs(variants, seeds, experiment_dir, device,
                           {"base": base, "experiment": experiment_dir.name, "recipe": recipe}, measures,
                           tensorboard=tensorboard, log_every=log_every)
-    if not force:
-        plan.check_conflicts(jobs)
+    plan.check_conflicts(jobs, force)
     rows = plan.entries(variants, measures)
     if dry_run:
         print(f"# {experiment_dir}: {len(variants)} run(s) × {len(seeds)} seed(s), nothing is written (dry run)")

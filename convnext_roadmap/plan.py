@@ -9,7 +9,7 @@ from pathlib import Path
 from . import results
 from .config import Config, Problem, diff
 from .errors import RoadmapError
-from .loading import from_yaml
+from .loading import read_config
 from .roadmap import Variant
 from .job import Job
 
@@ -53,17 +53,26 @@ def check_training(variants: list[Variant], processes: int) -> None:
             raise RoadmapError(f"train.{e.key}: {e}") from None
 
 
-def check_conflicts(jobs: list[Job]) -> None:
-    """A run folder holds one config: refuse to mix what is there with a different request."""
+def check_conflicts(jobs: list[Job], force: bool = False) -> None:
+    """A run's seeds share one config (its row averages them): refuse a request that would mix what is on disk
+    with another config. `--force` trains the requested seeds again, so only the run's other seeds must agree."""
+    requested = {Path(j.run_dir) for j in jobs}
     for job in jobs:
-        path = Path(job.run_dir) / "config.yaml"
-        if not path.exists():
-            continue
-        changes = diff(from_yaml(path.read_text()), Config.model_validate(job.cfg))
-        if changes:
-            key, (old, new) = next(iter(changes.items()))
-            raise RoadmapError(f"{path}: this run was made with another config ({key}: {old} → {new}); "
-                               f"use another --experiment, or --force to train it again")
+        new = Config.model_validate(job.cfg)
+        for folder in sorted(Path(job.run_dir).parent.glob("seed*")):
+            path = folder / "config.yaml"
+            if not path.exists() or (force and folder in requested):
+                continue
+            changes = diff(read_config(path), new)
+            if not changes:
+                continue
+            key, (old, value) = next(iter(changes.items()))
+            if folder in requested:
+                raise RoadmapError(f"{path}: this run was made with another config ({key}: {old} → {value}); "
+                                   f"use another --experiment, or --force to train it again")
+            raise RoadmapError(f"{path}: {folder.name} of {job.name} was made with another config ({key}: {old} → "
+                               f"{value}), and a run's seeds share one; ask for that seed too (--seeds), or use "
+                               f"another --experiment")
 
 
 def pending(jobs: list[Job], finished: set[tuple[str, int]], live: dict[tuple[str, int], str],
@@ -100,13 +109,19 @@ def save(experiment_dir: Path, base: str, recipe: str, seeds: list[int], rows: l
     paper's numbers to compare with are those of the recipe ours derives from (the root of its `inherit` chain)."""
     from .roadmap import recipe_files
 
-    old = results.read_json(Path(experiment_dir) / "plan.json") or {"runs": []}
-    before = {r["name"]: r for r in old["runs"]}
-    for row in rows:  # a run asked for again keeps the seeds it had and gains these
-        row["seeds"] = sorted(set(before.get(row["name"], {}).get("seeds", [])) | set(seeds))
-    runs = [r for r in old["runs"] if r["name"] not in {row["name"] for row in rows}]
-    plan = {"base": base, "recipe": recipe, "paper_recipe": recipe_files(recipe)[0].stem, "runs": runs + rows}
-    results.save_plan(experiment_dir, plan)
+    def change(old: dict | None) -> dict:
+        runs = {r["name"]: r for r in (old or {"runs": []})["runs"]}
+        for row in rows:
+            before = runs.get(row["name"], {})
+            # asked for again: it keeps its place and its seeds, gains these, and keeps the baseline it was compared
+            # with (the full path of a leave-one-out has none of its own)
+            row["seeds"] = sorted(set(before.get("seeds", [])) | set(seeds))
+            row["baseline"] = row["baseline"] or before.get("baseline")
+            runs[row["name"]] = row
+        return {"base": base, "recipe": recipe, "paper_recipe": recipe_files(recipe)[0].stem,
+                "runs": list(runs.values())}
+
+    results.update_plan(experiment_dir, change)
 
 
 def describe(variants: list[Variant], jobs: list[Job], rows: list[dict]) -> str:

@@ -13,12 +13,13 @@ and the pandas table.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import RoadmapError
 from .resources import atomic_write
@@ -77,17 +78,32 @@ def read_jobs(experiment_dir: Path) -> list[dict]:
     return (read_json(Path(experiment_dir) / "jobs.json") or {}).get("jobs", [])
 
 
+@contextlib.contextmanager
+def _experiment_lock(experiment_dir: Path):
+    """One writer of the experiment's shared files (jobs.json, plan.json) at a time: two launches of one
+    experiment read, change and write them, and neither may lose the other's rows."""
+    import fcntl
+
+    Path(experiment_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(experiment_dir) / ".experiment.lock", "a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        yield
+
+
 def record_jobs(experiment_dir: Path, records: list[dict]) -> None:
     """Add or replace (by run and seed) job records in jobs.json."""
-    known = {(r["name"], r["seed"]): r for r in read_jobs(experiment_dir)}
-    known.update({(r["name"], r["seed"]): r for r in records})
-    write_json(Path(experiment_dir) / "jobs.json", {"jobs": list(known.values())})
+    with _experiment_lock(experiment_dir):
+        known = {(r["name"], r["seed"]): r for r in read_jobs(experiment_dir)}
+        known.update({(r["name"], r["seed"]): r for r in records})
+        write_json(Path(experiment_dir) / "jobs.json", {"jobs": list(known.values())})
 
 
 # ---------------------------------------------------------------------------------------------------- the plan
 
-def save_plan(experiment_dir: Path, plan: dict) -> None:
-    write_json(Path(experiment_dir) / "plan.json", plan)
+def update_plan(experiment_dir: Path, change: Callable[[dict | None], dict]) -> None:
+    """plan.json becomes `change(what it holds now, or None)`, with no other launch writing between."""
+    with _experiment_lock(experiment_dir):
+        write_json(Path(experiment_dir) / "plan.json", change(read_json(Path(experiment_dir) / "plan.json")))
 
 
 def load_plan(experiment_dir: Path) -> dict:
@@ -191,7 +207,8 @@ STALE_S = 180  # a holder refreshes its lock every 30 s; one not refreshed for t
 
 
 def _holder() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": _slurm_job_id(), "since": time.time()}
+    return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": _slurm_job_id(),
+            "restart": int(os.environ.get("SLURM_RESTART_COUNT") or 0), "since": time.time()}
 
 
 def _slurm_job_id() -> str | None:
@@ -231,8 +248,9 @@ def describe_holder(holder: dict) -> str:
 
 
 class RunLock:
-    """One owner per run folder: `acquire` puts run.lock (host, pid, SLURM job, start time) in place whole (a
-    hard link of a finished file), or takes over a dead holder's, or our own job's after a requeue; a thread
+    """One owner per run folder: `acquire` puts run.lock (host, pid, SLURM job and restart count, start time) in
+    place whole (a hard link of a finished file), or takes over a dead holder's, or our own job's from before a
+    requeue (SLURM_RESTART_COUNT has grown: another process of the same allocation is no requeue); a thread
     refreshes it while the run trains; `release` removes it if it is still ours."""
 
     def __init__(self, path: Path):
@@ -251,29 +269,33 @@ class RunLock:
         mine = self.path.with_name(f".{LOCK}.{uuid.uuid4().hex}")
         mine.write_text(json.dumps(me))
         try:
-            for _ in range(3):
-                try:
-                    os.link(mine, self.path)
-                except FileExistsError:
-                    # one taker at a time on this host; a stale lock is moved aside, never written over
-                    with open(self.path.with_name(f".{LOCK}.guard"), "a") as guard:
-                        fcntl.flock(guard, fcntl.LOCK_EX)
-                        holder = lock_holder(self.path.parent)
-                        requeued = me["slurm_job"] and holder and holder.get("slurm_job") == me["slurm_job"]
-                        if holder is not None and not requeued:
-                            return holder
-                        aside = self.path.with_name(f".{LOCK}.stale.{uuid.uuid4().hex}")
-                        try:
-                            os.rename(self.path, aside)
-                            aside.unlink()
-                        except FileNotFoundError:
-                            pass
-                    continue
-                self.me = me
-                self._stop = threading.Event()
-                threading.Thread(target=self._refresh, daemon=True).start()
-                return None
-            return lock_holder(self.path.parent) or {"host": "?", "pid": "?"}
+            try:
+                os.link(mine, self.path)  # only when there is no lock at all
+            except FileExistsError:
+                # one taker at a time on this host: under the guard, a lock found dead (or our own job's before
+                # its requeue) is moved aside and ours linked in its place. Nobody else can put a lock there in
+                # between: a plain link fails while any file is there, a taker waits for the guard.
+                with open(self.path.with_name(f".{LOCK}.guard"), "a") as guard:
+                    fcntl.flock(guard, fcntl.LOCK_EX)
+                    holder = lock_holder(self.path.parent)
+                    requeued = (holder is not None and me["slurm_job"] and holder.get("slurm_job") == me["slurm_job"]
+                                and me["restart"] > holder.get("restart", 0))
+                    if holder is not None and not requeued:
+                        return holder
+                    aside = self.path.with_name(f".{LOCK}.stale.{uuid.uuid4().hex}")
+                    try:
+                        os.rename(self.path, aside)
+                        aside.unlink()
+                    except FileNotFoundError:
+                        pass
+                    try:
+                        os.link(mine, self.path)
+                    except FileExistsError:  # a plain link made it between our rename and ours: theirs
+                        return lock_holder(self.path.parent) or {"host": "?", "pid": "?"}
+            self.me = me
+            self._stop = threading.Event()
+            threading.Thread(target=self._refresh, daemon=True).start()
+            return None
         finally:
             mine.unlink(missing_ok=True)
 

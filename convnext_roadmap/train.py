@@ -283,6 +283,9 @@ def _claim(out: Path, lock: results.RunLock):
     if holder is None and results.is_done(out):
         lock.release()
         return "done"
+    if holder is None:  # a failed attempt's summary and traceback would speak for this one while it trains
+        for stale in (out / "summary.json", out / "error.txt", *out.glob("error.rank*.txt")):
+            stale.unlink(missing_ok=True)
     return holder
 
 
@@ -293,7 +296,7 @@ def root_cause(e: BaseException) -> str:
     while e.__cause__ is not None:
         e = e.__cause__
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    if len(lines) > 1:  # a wrapped traceback: its last line is "Type: message" of the original
+    if "Original Traceback" in str(e):  # a worker's wrapped traceback: its last line is the original's
         return lines[-1]
     return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 

@@ -53,6 +53,26 @@ def test_conflicting_config_is_refused_and_force_trains_again(tmp_path, data, ca
     again = json.loads((run / "summary.json").read_text())
     assert "kernel_size: 5" in (run / "config.yaml").read_text() and again["wall_s"] != first["wall_s"]
     assert [m["epoch"] for m in read_metrics(run)] == [1, 2]
+    # --force of seed0 alone under a third config would leave seed1 on the second: one row, two networks
+    assert main([*base, "--set", "block.kernel_size=5", "--seeds", "2"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--set", "block.kernel_size=7", "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "seed1 of resnet50 was made with another config (block.kernel_size: 5 → 7)" in err
+    assert "kernel_size: 5" in (run / "config.yaml").read_text()  # nothing touched
+
+
+def test_a_run_asked_for_again_keeps_its_place_and_its_baseline(tmp_path, data):
+    from convnext_roadmap.plan import save
+
+    rows = [{"name": n, "baseline": b} for n, b in (("resnet50", None), ("stage_ratio", "resnet50"))]
+    save(tmp_path, "resnet50", "smoke", [0, 1], rows)
+    save(tmp_path, "resnet50", "smoke", [2], [{"name": "gelu", "baseline": None}, {"name": "resnet50",
+                                                                                   "baseline": None}])
+    save(tmp_path, "resnet50", "smoke", [0], [{"name": "stage_ratio", "baseline": None}])
+    runs = json.loads((tmp_path / "plan.json").read_text())["runs"]
+    assert [(r["name"], r["baseline"], r["seeds"]) for r in runs] == [
+        ("resnet50", None, [0, 1, 2]), ("stage_ratio", "resnet50", [0, 1]), ("gelu", None, [2])]
 
 
 def test_exit_code_is_that_of_this_request_only(tmp_path, data, capsys):
@@ -126,3 +146,41 @@ def test_two_launches_of_one_experiment_train_each_run_once(tmp_path, data):
         assert not (tmp_path / "twice" / name / "seed0" / "run.lock").exists()
     trained = [out.count("epoch 1/40") for out in (out_first, second.stdout)]
     assert sum(trained) == 2  # each run's first epoch, once, in one of the two
+
+
+def test_one_owner_per_run_folder(tmp_path, monkeypatch):
+    import os
+
+    from convnext_roadmap.results import LOCK, RunLock, lock_holder
+
+    run = tmp_path / "gelu" / "seed0"
+    first = RunLock(run)
+    assert first.acquire() is None
+    assert RunLock(run).acquire()["pid"] == os.getpid()  # held by a live process: refused, with who holds it
+    first.release()
+    assert not (run / LOCK).exists()
+
+    def plant(**holder):
+        run.mkdir(parents=True, exist_ok=True)
+        (run / LOCK).write_text(json.dumps({"host": "elsewhere", "pid": 1, "slurm_job": None, "restart": 0,
+                                            **holder}))
+
+    plant(host=__import__("socket").gethostname(), pid=2 ** 22 + 12345)  # a pid that is gone on this host
+    lock = RunLock(run)
+    assert lock.acquire() is None and json.loads((run / LOCK).read_text())["pid"] == os.getpid()
+    lock.release()
+    plant()
+    os.utime(run / LOCK, (time.time() - 1000, time.time() - 1000))  # not refreshed for longer than STALE_S
+    lock = RunLock(run)
+    assert lock.acquire() is None
+    lock.release()
+    # the same SLURM job: after a requeue (its restart count grew) the lock is ours; beside it in the same
+    # allocation (same count), another process's
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    plant(slurm_job="77")
+    assert RunLock(run).acquire()["host"] == "elsewhere" and lock_holder(run)["slurm_job"] == "77"
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    lock = RunLock(run)
+    assert lock.acquire() is None and json.loads((run / LOCK).read_text())["restart"] == 1
+    lock.release()

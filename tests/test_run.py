@@ -104,3 +104,16 @@ def test_table_and_plot_commands(tmp_path, data, capsys):
     assert main(["plot", "t", "--results", str(tmp_path)]) == 0
     assert "figure2.png" in capsys.readouterr().out
     assert main(["table", "nope", "--results", str(tmp_path)]) == 2
+
+
+def test_a_retried_run_does_not_keep_the_failed_attempts_summary(tmp_path):
+    from convnext_roadmap import results
+    from convnext_roadmap.train import _claim
+
+    run = tmp_path / "gelu" / "seed0"
+    results.write_failure(run, "gelu", 0, "RuntimeError: out of memory")
+    results.write_text(run / "error.txt", "Traceback …")
+    lock = results.RunLock(run)
+    assert _claim(run, lock) is None  # ours now: the old failure no longer speaks for the run
+    assert not (run / "summary.json").exists() and not (run / "error.txt").exists()
+    lock.release()
