@@ -10,7 +10,6 @@ import json
 import math
 import os
 import platform
-import random
 import subprocess
 import sys
 import time
@@ -18,11 +17,10 @@ import traceback
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 
-from . import results
+from . import results, rng
 from .config import Config, Problem
 from .errors import RoadmapError
 from .job import Job
@@ -47,27 +45,6 @@ def use_amp(amp: bool | str, device: torch.device) -> tuple[bool, str | None]:
         native, where = torch.ops.mkldnn._is_mkldnn_bf16_supported(), "this CPU"
     return native, None if native else (f"train.amp=auto: {where} has no native bf16, so it trained in fp32 "
                                         f"(train.amp=true forces bf16 autocast)")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class Trainer:
@@ -229,7 +206,7 @@ class Trainer:
     def state(self, epoch: int, history: list[dict], best: float) -> dict:
         return {"epoch": epoch, "history": history, "best_top1": best, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "ema": self.ema.state_dict() if self.ema is not None else None, "rng": _rng_state()}
+                "ema": self.ema.state_dict() if self.ema is not None else None, "rng": rng.get_state()}
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -237,7 +214,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
-        _set_rng_state(state["rng"])
+        rng.set_state(state["rng"])
 
 
 def _progress(total: int, desc: str):
@@ -316,7 +293,7 @@ def _train(job: Job, out: Path, rank: int, world: int) -> dict:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
     t = cfg.train
-    seed_everything(job.seed + rank)
+    rng.seed_all(job.seed + rank)
     if rank == 0:
         results.write_text(out / "config.yaml", to_yaml(cfg))
     from .data import SkipRecord

@@ -86,6 +86,30 @@ def test_loader_order_depends_only_on_seed_and_epoch(tmp_path):
     assert batch.shape == (4, 3, 32, 32) and target.shape == (4,)
 
 
+def test_augmentations_in_this_process_do_not_depend_on_the_network(tmp_path):
+    # the per-image path without workers runs timm's transforms on the global generators, which a network draws
+    # from too (its init, drop path): seed k must still see the same crops and erasures whatever the network
+    import torch
+
+    root = make_imagefolder(tmp_path / "d")
+    cfg = resolve_config(recipe="smoke", data=f"imagefolder:{root}",
+                         overrides=["data.pipeline=pil", "data.workers=0", "data.random_erasing=1.0"])
+
+    def epoch(draws_between: int):
+        torch.manual_seed(0)
+        train, _, _ = make_loaders(cfg.data, 4, 8, seed=3)
+        train.set_epoch(1)
+        torch.randn(draws_between)  # a network of another size initialises
+        out = []
+        for x, _ in train:
+            out.append(x)
+            torch.randn(draws_between)  # and draws its drop path between batches
+        return out
+
+    a, b = epoch(10), epoch(1000)
+    assert len(a) == len(b) > 1 and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
 def test_split_dataclass_is_plain():
     assert Split([], []).samples == []
 

@@ -12,6 +12,7 @@ from PIL import Image, ImageOps
 from timm.data import create_transform
 
 from ..errors import RoadmapError
+from ..rng import Streams
 from .sources import EpochSampler, SkipRecord, Split
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,20 @@ class EpochLoader(torch.utils.data.DataLoader):
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)  # each DDP rank (sampler.rank) draws its own augmentations
         self.generator.manual_seed(self.seed * 100_003 + epoch + 7 + self.sampler.rank * 7_919_000)
+
+    def __iter__(self):
+        if self.num_workers > 0:  # each worker's streams are seeded from the generator (_seed_worker)
+            yield from super().__iter__()
+            return
+        # In this process timm's transforms draw from the global generators, which the network draws from too
+        # (its init, drop path): they get streams of their own, seeded from (seed, epoch) as a worker's are.
+        streams, batches = Streams(self.generator.initial_seed()), super().__iter__()
+        while True:
+            with streams:
+                batch = next(batches, None)
+            if batch is None:
+                return
+            yield batch
 
 
 def image_loaders(data_cfg, train_split: Split, val_split: Split, train_batch: int, eval_batch: int, seed: int,
