@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -346,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # fvcore and timm import torch.jit.script, which torch now calls deprecated on every start
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():  # a kill ends a run as Ctrl-C does, cleaning up
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         return args.func(args) or 0
     except RoadmapError as e:

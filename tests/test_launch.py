@@ -143,3 +143,40 @@ def test_the_root_cause_in_a_jobs_log_is_not_a_warning(tmp_path):
                    "slurmstepd: error: *** JOB 12 ON node1 CANCELLED AT 2026-11-29T10:00:00 DUE TO TIME LIMIT ***\n"
                    "WARNING:convnext_roadmap.data.images:skipping image b.png, unreadable (UnidentifiedImageError)\n")
     assert last_error_line(str(log)).startswith("slurmstepd: error: *** JOB 12 ON node1 CANCELLED")
+
+
+def test_a_killed_local_run_takes_its_jobs_with_it_and_resumes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    data = make_imagefolder(tmp_path / "data")
+    args = [sys.executable, "-m", "convnext_roadmap.cli", "run", "--steps", "resnet50", "--recipe", "smoke",
+            "--set", "train.epochs=200", "--set", "train.batch_size=4", "--seeds", "1", "--data",
+            f"imagefolder:{data}", "--results", str(tmp_path / "r"), "--experiment", "k", "--executor", "local"]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = tmp_path / "r" / "k" / "resnet50" / "seed0"
+    deadline = time.time() + 120
+    while not (run / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=60) == 143
+
+    def trainers():
+        mine = []
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                if str(tmp_path / "r" / "k").encode() in (proc / "cmdline").read_bytes():
+                    mine.append(proc.name)
+            except OSError:
+                pass
+        return mine
+
+    deadline = time.time() + 60
+    while trainers() and time.time() < deadline:
+        time.sleep(0.5)
+    assert trainers() == []  # no job left training behind the killed command
+    again = subprocess.run([*args, "--dry-run"], capture_output=True, text=True, timeout=120)
+    assert "seed0: resume" in again.stdout  # from its checkpoint, next time

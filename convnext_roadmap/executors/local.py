@@ -78,37 +78,55 @@ class Local(Executor):
                 f"each")
 
     def submit(self, jobs: list[Job]) -> list[dict]:
-        import submitit
-
         # the longest first, so that no core idles at the end waiting for one run
         queue = sorted(jobs, key=lambda j: -_work(j))
         total, done, began = sum(_work(j) for j in jobs), 0.0, time.time()
         running, records, seen = {}, [], {}
         free, threads = list(range(self.slots(len(jobs)))), self.threads(len(jobs))
-        while queue or running:
-            while queue and free:
-                slot, job = free.pop(0), queue.pop(0)
-                executor = submitit.LocalExecutor(folder=self.experiment_dir / "local" / "%j")
-                gpus = list(range(slot * self.gpus_per_job, (slot + 1) * self.gpus_per_job))
-                executor.update_parameters(timeout_min=A_WEEK_MIN, tasks_per_node=self.tasks,
-                                           gpus_per_node=len(gpus), visible_gpus=gpus,
-                                           setup=[f"export OMP_NUM_THREADS={threads}"])
-                handle = executor.submit(SubmittedRun(job))
-                records.append(record(job, handle, self.kind))
-                results.record_jobs(self.experiment_dir, [records[-1]])
-                running[slot] = (job, handle, time.time(), records[-1])
-                seen[job.run_dir] = 0
-            time.sleep(self.poll_s)
-            for slot, (job, handle, start, rec) in list(running.items()):
-                seen[job.run_dir] = _print_new_epochs(job, seen[job.run_dir])
-                if handle.done():
-                    del running[slot]
-                    free.append(slot)
-                    settle_one(rec, handle.state)  # died without a summary: killed, out of memory
-                    done += _work(job)
-                    print(outcome_line(job, time.time() - start) + _progress(len(records) - len(running),
-                          len(jobs), done, total, time.time() - began), flush=True)
+        try:
+            while queue or running:
+                while queue and free:
+                    slot, job = free.pop(0), queue.pop(0)
+                    handle = self._start(job, slot, threads)
+                    records.append(record(job, handle, self.kind))
+                    results.record_jobs(self.experiment_dir, [records[-1]])
+                    running[slot] = (job, handle, time.time(), records[-1])
+                    seen[job.run_dir] = 0
+                time.sleep(self.poll_s)
+                for slot, (job, handle, start, rec) in list(running.items()):
+                    seen[job.run_dir] = _print_new_epochs(job, seen[job.run_dir])
+                    if handle.done():
+                        del running[slot]
+                        free.append(slot)
+                        settle_one(rec, handle.state)  # died without a summary: killed, out of memory
+                        done += _work(job)
+                        print(outcome_line(job, time.time() - start) + _progress(len(records) - len(running),
+                              len(jobs), done, total, time.time() - began), flush=True)
+        except BaseException:  # interrupted (Ctrl-C, kill): the jobs started here end too; they resume next time
+            for _, handle, _, _ in running.values():
+                handle.cancel(check=False)
+            raise
         return records
+
+    def _start(self, job: Job, slot: int, threads: int):
+        """The job as a submitit local job, on the GPUs of its slot (none on the CPU) with `threads` threads."""
+        import submitit
+
+        executor = submitit.LocalExecutor(folder=self.experiment_dir / "local" / "%j")
+        gpus = list(range(slot * self.gpus_per_job, (slot + 1) * self.gpus_per_job))
+        executor.update_parameters(timeout_min=A_WEEK_MIN, tasks_per_node=self.tasks, gpus_per_node=len(gpus),
+                                   visible_gpus=gpus)
+        # through the environment the job inherits, not submitit's `setup` lines: those put a shell between the
+        # job's handle and its controller, and cancelling the handle would then leave the job training
+        previous = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        try:
+            return executor.submit(SubmittedRun(job))
+        finally:
+            if previous is None:
+                del os.environ["OMP_NUM_THREADS"]
+            else:
+                os.environ["OMP_NUM_THREADS"] = previous
 
     @staticmethod
     def states(records: list[dict]) -> dict[str, JobState]:
