@@ -92,9 +92,11 @@ def pending(jobs: list[Job], finished: set[tuple[str, int]], live: dict[tuple[st
 
 
 def remove_runs(jobs: list[Job]) -> None:
-    """`--force`: delete these runs' folders, so that they train from the start."""
+    """`--force`: delete these runs' folders, so that they train from the start; not one that another launch has
+    begun to train since the plan was made (its job will find it held, and leave it)."""
     for job in jobs:
-        shutil.rmtree(job.run_dir, ignore_errors=True)
+        if results.lock_holder(Path(job.run_dir)) is None:
+            shutil.rmtree(job.run_dir, ignore_errors=True)
 
 
 def entries(variants: list[Variant], measures: dict[str, dict]) -> list[dict]:
