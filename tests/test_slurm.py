@@ -181,7 +181,7 @@ def _requeue_and_finish(exp, run, epochs):
     assert json.loads((run / "summary.json").read_text())["epochs"] == epochs
 
 
-def test_two_task_ddp_job_matches_a_single_process_run(tmp_path, data):
+def test_a_two_task_ddp_job_has_a_single_runs_shape_at_twice_the_batch(tmp_path, data):
     common = ["run", "--steps", "resnet50", "--recipe", "smoke", "--set", "train.batch_size=4", "--data",
               f"imagefolder:{data}", "--results", str(tmp_path), "--seeds", "1"]
     assert main([*common, "--experiment", "single", "--executor", "inprocess"]) == 0
