@@ -141,6 +141,20 @@ def test_a_reason_that_never_clears_fails_the_wait(tmp_path, monkeypatch):
         Slurm(tmp_path / "x").wait([{"job_id": "7_0", "name": "gelu", "seed": 0}], timeout_min=0.001, poll_s=0.01)
 
 
+def test_a_job_held_by_its_user_ends_the_wait_with_that_reason(tmp_path, data, capsys):
+    profile = tmp_path / "held.yaml"
+    profile.write_text("cpus_per_task: 1\nmem_gb: 1\nadditional_parameters: {hold: true}\n")  # sbatch --hold
+    start = time.time()
+    code = main(["run", "--steps", "resnet50", *JOB, "--cluster", str(profile), "--data", f"imagefolder:{data}",
+                 "--results", str(tmp_path), "--experiment", "held", "--wait", "--timeout-wait", "1"])
+    job_id = _records(tmp_path / "held")[0]["job_id"]
+    subprocess.run(["scancel", job_id.split("_")[0]], check=True)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and time.time() - start < 60 and len(err) == 1
+    assert err[0].startswith(f"roadmap: error: job {job_id} (resnet50 seed0) will not start by itself: JobHeldUser")
+    assert "scontrol release" in err[0]
+
+
 def test_array_ids_expand():
     assert expand("12_[0-2,5%4]") == ["12_0", "12_1", "12_2", "12_5"]
     assert expand("12_3") == ["12_3"] and expand("13") == ["13"]
