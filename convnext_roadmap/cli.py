@@ -86,7 +86,7 @@ def _requested(args, recipe=None, data=None) -> list[roadmap.Variant]:
         variants = []  # --references alone: only those
     else:
         variants = roadmap.select(roadmap.path_runs(common, args.upto, sweep), only)
-    return variants + roadmap.reference_runs(common, refs)
+    return [roadmap.with_hub_weights(v) for v in variants + roadmap.reference_runs(common, refs)]
 
 
 def cmd_steps(args) -> None:

@@ -175,7 +175,7 @@ class Common:
 
     def variant(self, name: str, label: str, files: Sequence[Path], group: str, baseline: str | None) -> Variant:
         cfg, sources = self.resolve(files)
-        return Variant(name, label, _resolve_hub_weights(name, cfg), sources, group, baseline)
+        return Variant(name, label, cfg, sources, group, baseline)
 
 
 def resolve_config(upto: str | None = None, base: str = "resnet50", patches: Sequence[str | Path] = (),
@@ -284,8 +284,7 @@ def reference_runs(common: Common, names: Sequence[str]) -> list[Variant]:
         cfg, merged = merge_layers(layers)
         if cfg.data is not None:
             _check_input_size(cfg, merged)
-        out.append(Variant(name, spec.get("label", name), _resolve_hub_weights(name, cfg),
-                           tuple(s for s, _ in layers), "reference", None))
+        out.append(Variant(name, spec.get("label", name), cfg, tuple(s for s, _ in layers), "reference", None))
     return out
 
 
@@ -324,23 +323,35 @@ def _ends() -> list[tuple[dict, str]]:
     for base in bases():
         for step, name in timm_models(base).items():
             cfg = resolve_config(None if step == base else step, base)
-            out.append(({s: getattr(cfg, s) for s in ARCHITECTURE}, name))
+            out.append((_structure(cfg), name))
     return out
 
 
-def timm_twin(cfg: Config) -> str | None:
-    """The timm model whose network this config builds exactly (a path's end), if any."""
+def _structure(cfg: Config) -> dict:
+    """The architecture sections that decide which weights fit: all of them but the regularizers a recipe sets
+    (drop path, dropout), which change how a network trains, not what it is."""
     arch = {s: getattr(cfg, s) for s in ARCHITECTURE}
+    arch["block"] = arch["block"].model_copy(update={"drop_path": 0.0})
+    arch["head"] = arch["head"].model_copy(update={"dropout": 0.0})
+    return arch
+
+
+def timm_twin(cfg: Config) -> str | None:
+    """The timm model whose network this config builds (a path's end), if any."""
+    arch = _structure(cfg)
     return next((name for end, name in _ends() if end == arch), None)
 
 
-def _resolve_hub_weights(name: str, cfg: Config) -> Config:
+def with_hub_weights(v: Variant) -> Variant:
     """`train.pretrained: true` becomes `timm:NAME`, the hub weights of the timm model this network is, so that
-    the job never needs the roadmap to know where its weights come from."""
+    the job never needs the roadmap to know where its weights come from. After `--steps` has picked: a path's
+    other networks have no hub weights, and need none unless they are asked for."""
+    cfg = v.cfg
     if cfg.train is None or cfg.train.pretrained is not True:
-        return cfg
+        return v
     twin = cfg.timm.name if cfg.timm is not None else timm_twin(cfg)
     if twin is None:
-        raise RoadmapError(f"--pretrained: {name} is not a timm model, so there are no hub weights for it; "
-                           f"give a checkpoint file")
-    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"pretrained": f"timm:{twin}"})})
+        raise RoadmapError(f"train.pretrained: true asks for timm's hub weights, but {v.name} is not a timm model "
+                           f"(a path's ends and the references are); give a checkpoint file (--pretrained PATH)")
+    train = cfg.train.model_copy(update={"pretrained": f"timm:{twin}"})
+    return replace(v, cfg=cfg.model_copy(update={"train": train}))

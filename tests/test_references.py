@@ -100,3 +100,23 @@ def test_overrides_go_to_the_networks_that_have_those_sections(capsys, kaggle):
     assert "vit_small_patch32_224, adapted to 32²" in out and "swin_tiny_patch4_window7_224, adapted to 32²" in out
     assert "timm model convnext_small\n" in out  # takes any input size: nothing to adapt
     assert "4.49 GFLOPs" in out  # reference FLOPs are counted at the model's own 224²
+
+
+@pytest.mark.parametrize("request_args, hub", [
+    (["--steps", "layer_scale"], "timm:convnext_tiny"),  # picked from the whole path, whose others have no weights
+    (["--upto", "resnet50"], "timm:resnet50"),
+    (["--upto", "layer_scale", "--leave-one-out", "--steps", "layer_scale"], "timm:convnext_tiny"),
+])
+def test_the_finetune_recipe_takes_hub_weights_for_the_paths_ends(capsys, kaggle, request_args, hub):
+    # finetune.yaml asks for drop path 0.1 and the hub weights (pretrained: true): a regularizer is not another network
+    assert main(["run", *request_args, "--recipe", "finetune", "--data", f"csv:{kaggle}", "--dry-run"]) == 0
+    assert f"pretrained: {hub}" in capsys.readouterr().out
+
+
+def test_hub_weights_for_a_network_timm_does_not_have_is_one_line(tmp_path, capsys, kaggle):
+    args = ["run", "--steps", "stage_ratio", "--recipe", "finetune", "--data", f"csv:{kaggle}",
+            "--results", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "stage_ratio is not a timm model" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
