@@ -103,7 +103,7 @@ def cmd_show(args) -> None:
     from .config import diff
     from .loading import to_yaml
 
-    cfg = roadmap.resolve_config(args.upto, args.base, args.patch, args.overrides, args.recipe)
+    cfg = roadmap.resolve_config(args.upto, args.base, args.patch, args.overrides, args.recipe, args.data)
     if args.diff:
         for key, (before, after) in diff(roadmap.resolve_config(None, args.base), cfg).items():
             print(f"{key}: {before} → {after}")
@@ -256,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     _selection(p)
     p.add_argument("--diff", action="store_true", help="print only what differs from the base")
     p.add_argument("--recipe", metavar="NAME|FILE", help="include a training recipe's train and data sections")
+    p.add_argument("--data", metavar="SPEC", help="data.source, for a recipe that leaves it to --data")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("flops", help="GFLOPs and parameters of every step, beside the paper's")

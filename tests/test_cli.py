@@ -28,6 +28,14 @@ def test_show_prints_yaml_and_diff(capsys):
     assert capsys.readouterr().out.strip() == "block.act: relu → gelu"
 
 
+@pytest.mark.parametrize("recipe", ["paper_in1k", "finetune", "imagenet_proxy", "torchvision_r50"])
+def test_show_takes_data_for_the_recipes_that_need_it(capsys, recipe):
+    import yaml
+
+    assert main(["show", "--recipe", recipe, "--data", "imagefolder:/datasets/imagenet"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["data"]["source"] == "imagefolder:/datasets/imagenet"
+
+
 def test_flops_csv(capsys):
     assert main(["flops", "--upto", "patchify_stem", "--format", "csv"]) == 0
     import io
