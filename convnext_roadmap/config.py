@@ -184,6 +184,15 @@ class TimmModel(Section):
     drop_path: Probability = 0.0
     img_size: Union[Annotated[int, Field(ge=16)], None] = None  # have timm adapt a fixed-size model (ViT, Swin)
 
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        import timm
+
+        if not timm.is_model(name):
+            raise ValueError("a model timm knows (timm.list_models() lists them)")
+        return name
+
 
 ARCHITECTURE = ("stem", "stages", "block", "downsample", "head")
 
@@ -203,6 +212,10 @@ class Config(Section):
     @model_validator(mode="after")
     def _one_network(self):
         if self.timm is not None:
+            both = [s for s in ARCHITECTURE if getattr(self, s) is not None]
+            if both:
+                raise Problem("timm", f"the timm model {self.timm.name} beside the roadmap's network ({both[0]} …), "
+                                      f"expected one of the two")
             return self
         missing = [s for s in ARCHITECTURE if getattr(self, s) is None]
         if missing:

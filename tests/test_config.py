@@ -60,6 +60,8 @@ def test_override_reads_yaml_and_exponent_floats():
     ("block:\n  groups: 5\n", ["block.groups", "divisor"]),
     ("blocks:\n  groups: 5\n", ["blocks", "unknown key", "the top level takes"]),
     ("- a list\n", ["expected a mapping"]),
+    ("timm:\n  name: resnet18\n", ["timm: the timm model resnet18 beside the roadmap's network"]),
+    ("timm:\n  name: resnet_nosuch\n", ["timm.name: got 'resnet_nosuch', expected a model timm knows"]),
     ("block: [unclosed\n", ["not valid YAML"]),
 ])
 def test_bad_patch_names_file_and_key(tmp_path: Path, patch_text, words):
