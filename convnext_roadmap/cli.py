@@ -184,11 +184,13 @@ def cmd_table(args) -> None:
     exp_dir = _experiment(args)
     for line in executors.settle(exp_dir):  # jobs found ended without a summary (stdout may be a CSV)
         print(line, file=sys.stderr)
-    table, _ = report.write(exp_dir, quiet=True)
+    table, _, fidelity = report.write(exp_dir, quiet=True)
     if args.format == "table":
         print(table.to_string(index=False))
-    else:
+        print(fidelity)
+    else:  # stdout stays the file's text, for a pipe
         print((exp_dir / f"table.{args.format}").read_text(), end="")
+        print(fidelity, file=sys.stderr)
 
 
 def cmd_plot(args) -> None:

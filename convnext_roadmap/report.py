@@ -72,7 +72,7 @@ def _no_nan(d: dict) -> dict:
 def write(experiment_dir: Path, quiet: bool = False):
     """Build the table once, with its statistics, and draw the figures from that same table, so that both say
     the same of every run; print the table, the fidelity line and what was written unless `quiet`. Returns the
-    table for people and the figures' paths."""
+    table for people, the figures' paths and the fidelity line."""
     plan = results.load_plan(experiment_dir)
     baselines = {r["name"]: r.get("baseline") for r in plan["runs"]}
     groups = {r["name"]: r.get("group", "") for r in plan["runs"]}
@@ -86,9 +86,10 @@ def write(experiment_dir: Path, quiet: bool = False):
     results.write_json(Path(experiment_dir) / "stats.json",
                        {name: {**_no_nan(r), "baseline": baselines[name]} for name, r in compared.items()})
     paths = plots.plot_experiment(experiment_dir, table, fid)
+    fidelity_line = f"fidelity to the paper: {plots.fidelity_text(fid)} (fidelity.json)"
     if not quiet:
         print(pretty.to_string(index=False))
-        print(f"fidelity to the paper: {plots.fidelity_text(fid)} (fidelity.json)")
+        print(fidelity_line)
         print(f"wrote {experiment_dir / 'table.csv'}, table.md, stats.json, fidelity.json, "
               + ", ".join(p.name for p in paths))
-    return pretty, paths
+    return pretty, paths, fidelity_line

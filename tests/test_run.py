@@ -100,7 +100,10 @@ def test_table_and_plot_commands(tmp_path, data, capsys):
           "--experiment", "t"])
     capsys.readouterr()
     assert main(["table", "--results", str(tmp_path), "--format", "md"]) == 0
-    assert "| resnet50" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "| resnet50" in out and "fidelity" not in out and err.startswith("fidelity to the paper: ")
+    assert main(["table", "--results", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("fidelity to the paper: ")
     assert main(["plot", "t", "--results", str(tmp_path)]) == 0
     assert "figure2.png" in capsys.readouterr().out
     assert main(["table", "nope", "--results", str(tmp_path)]) == 2
