@@ -240,10 +240,11 @@ def _get(cfg: Config, key: str):
 
 
 def patched_run(common: Common, patches: Sequence[str | Path], upto: str | None = None) -> list[Variant]:
-    """One network: the base, the path up to `upto` (none when None), then the patches ("gelu+layernorm")."""
+    """One network: the base, the path up to `upto` (none when None), then the patches. Its name says where it
+    starts ("resnet50+gelu+layernorm", "widen+gelu"), so that it never takes the folder of a path's step."""
     files = [s.patch for s in (upto_steps(upto, common.base) if upto else [])]
     files += [patch_file(p, common.base) for p in patches]
-    name = "+".join(([upto] if upto else []) + [Path(str(p)).stem for p in patches])
+    name = "+".join([upto or common.base] + [Path(str(p)).stem for p in patches])
     return [common.variant(name, name, files, "patched", None)]
 
 

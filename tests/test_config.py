@@ -4,7 +4,7 @@ import pytest
 
 from convnext_roadmap import RoadmapError, resolve_config
 from convnext_roadmap.loading import parse_override
-from convnext_roadmap.roadmap import Common, leave_one_out_runs, path_runs, select, steps
+from convnext_roadmap.roadmap import Common, leave_one_out_runs, patched_run, path_runs, select, steps
 
 
 def test_base_is_resnet50():
@@ -139,3 +139,10 @@ def test_a_later_patch_wins_and_lists_are_replaced_whole(tmp_path: Path):
     assert cfg.block.kernel_size == 9 and cfg.block.act_at == ["conv2"]  # the shorter list, not a merge
     assert resolve_config(patches=[b, a]).block.kernel_size == 5
     assert cfg.block.norm_at == ["conv1", "conv2", "conv3"]  # untouched keys keep the base's values
+
+
+def test_a_patched_network_never_takes_the_name_of_a_paths_step():
+    # --patch gelu is ResNet-50 with GELU; the path's gelu step is ConvNeXt up to GELU: two networks, two folders
+    assert [v.name for v in patched_run(Common(), ["gelu"])] == ["resnet50+gelu"]
+    assert [v.name for v in patched_run(Common(), ["gelu", "layernorm"], upto="widen")] == ["widen+gelu+layernorm"]
+    assert "gelu" in {v.name for v in path_runs(Common())}
