@@ -195,10 +195,10 @@ def path_runs(common: Common, upto: str | None = None, sweep: str | None = None)
     """The base and every step of its path up to `upto` (all of it when None), each with the steps before it and
     its Δ against the step before; with `sweep`, the sweep's values of its step beside it, each measured against
     the step before the swept one."""
-    sw = load_sweep(sweep) if sweep is not None else None
+    chosen = upto_steps(upto, common.base)
+    sw = _sweep_on(chosen, sweep, upto)
     variants = [common.variant(common.base, bases()[common.base], [], "baseline", None)]
     previous = common.base
-    chosen = upto_steps(upto, common.base)
     for i, step in enumerate(chosen):
         files = [s.patch for s in chosen[: i + 1]]
         own = common.variant(step.name, step.label, files, step.group, previous)
@@ -213,6 +213,17 @@ def path_runs(common: Common, upto: str | None = None, sweep: str | None = None)
                 _add_new(variants, own if v.cfg == own.cfg else v)
         previous = step.name
     return variants
+
+
+def _sweep_on(chosen: list[Step], sweep: str | None, upto: str | None) -> dict | None:
+    """The sweep, whose step must be on the chosen path: one that is not would be dropped without a word."""
+    if sweep is None:
+        return None
+    sw = load_sweep(sweep)
+    if sw["step"] not in {s.name for s in chosen}:
+        raise RoadmapError(f"--sweep {sweep}: its step {sw['step']} is not on the path up to {upto} "
+                           f"(--upto {sw['step']} or later reaches it)")
+    return sw
 
 
 def _leaf(sw: dict) -> str:
@@ -261,8 +272,8 @@ def leave_one_out_runs(common: Common, upto: str | None = None, sweep: str | Non
         files = [s.patch for s in chosen if s is not dropped]
         variants.append(common.variant(f"no_{dropped.name}", f"– {dropped.label}", files, "leave one out",
                                        full.name))
-    sw = load_sweep(sweep) if sweep is not None else None
-    if sw is not None and sw["step"] in {s.name for s in chosen}:
+    sw = _sweep_on(chosen, sweep, upto)
+    if sw is not None:
         for value in sw["values"]:
             _add_new(variants, _swept(common, sw, value, full.name, f"{full.label}, {_leaf(sw)} {value}",
                                       [s.patch for s in chosen], "sweep", full.name))

@@ -109,6 +109,9 @@ def test_sweep_variants_sit_beside_their_step_without_repeats():
     assert baselines["large_kernel@kernel_size=11"] == "move_up_dwconv" and baselines["resnet50"] is None
     with pytest.raises(RoadmapError, match="unknown sweep"):
         path_runs(Common(), sweep="depth")
+    for runs in (path_runs, leave_one_out_runs):  # a sweep off the path is an error, not dropped in silence
+        with pytest.raises(RoadmapError, match="its step large_kernel is not on the path up to depthwise"):
+            runs(Common(), upto="depthwise", sweep="kernel_size")
 
 
 @pytest.mark.parametrize("sweep", [None, "kernel_size"])
