@@ -152,6 +152,12 @@ def cmd_run(args) -> int:
     from . import executors, launch
     from .executors.slurm import PROFILE_FLAGS, load_profile
 
+    # an option of another executor would be ignored without a word
+    owner = {**dict.fromkeys(("parallel", "gpus_per_job", "tasks_per_job", "threads_per_job"), "local"),
+             **dict.fromkeys(("cluster", "wait", "timeout_wait", *PROFILE_FLAGS), "slurm")}
+    for flag, executor_kind in owner.items():
+        if getattr(args, flag) not in (None, False) and args.executor != executor_kind:
+            raise RoadmapError(f"--{flag.replace('_', '-')} is for --executor {executor_kind}, not {args.executor}")
     overrides = [*args.overrides, *([f"train.pretrained={args.pretrained}"] if args.pretrained else [])]
     args.overrides = overrides
     variants = _requested(args, recipe=args.recipe, data=args.data)
@@ -162,7 +168,7 @@ def cmd_run(args) -> int:
     exp_dir = _results_root(args) / experiment
     profile, source_of = (None, None)
     if args.executor == "slurm":
-        profile, source_of = load_profile(args.cluster, {k: getattr(args, k) for k in PROFILE_FLAGS})
+        profile, source_of = load_profile(args.cluster or "default", {k: getattr(args, k) for k in PROFILE_FLAGS})
     executor = executors.make(args.executor, exp_dir, profile=profile, source_of=source_of, parallel=args.parallel,
                               gpus_per_job=args.gpus_per_job, tasks_per_job=args.tasks_per_job,
                               threads_per_job=args.threads_per_job)
@@ -298,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where runs execute: this machine, N at once (default), this process, or SLURM jobs")
     p.add_argument("--parallel", type=positive, metavar="N",
                    help="--executor local: jobs at once (default: one per GPU, or one per CPU core)")
-    p.add_argument("--gpus-per-job", type=positive, default=1, metavar="K",
+    p.add_argument("--gpus-per-job", type=positive, metavar="K",
                    help="--executor local: GPUs per job, one DDP process each (default 1)")
     p.add_argument("--tasks-per-job", type=positive, metavar="N",
                    help="--executor local: DDP processes per job (default: one per GPU of the job, or 1)")
@@ -307,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", choices=["tensorboard"], help="also write TensorBoard scalars into each run's folder")
     p.add_argument("--log-every", type=positive, default=50, metavar="STEPS",
                    help="with --log: a training-loss point every this many optimizer steps (default 50)")
-    p.add_argument("--cluster", default="default", metavar="PROFILE",
+    p.add_argument("--cluster", metavar="PROFILE",
                    help="a cluster profile: slurm/PROFILE.yaml or a YAML file (default: slurm/default.yaml)")
     for flag, kind in PROFILE_FLAGS.items():
         p.add_argument(f"--{flag.replace('_', '-')}", type=kind, help=f"override the profile's {flag}")

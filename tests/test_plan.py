@@ -105,6 +105,13 @@ def test_table_and_figure_agree_on_every_row(tmp_path, data, monkeypatch, capsys
     (["--patch", "gelu", "--leave-one-out"], "not allowed with argument --patch"),
     (["--patch", "gelu", "--sweep", "kernel_size"], "--patch makes one network; it does not combine with --sweep"),
     (["--patch", "gelu", "--steps", "zzz"], "--patch makes one network; it does not combine with --steps"),
+    # another executor's option would be ignored without a word
+    (["--executor", "inprocess", "--parallel", "4"], "--parallel is for --executor local, not inprocess"),
+    (["--executor", "slurm", "--threads-per-job", "2"], "--threads-per-job is for --executor local, not slurm"),
+    (["--executor", "local", "--cluster", "local"], "--cluster is for --executor slurm, not local"),
+    (["--executor", "local", "--wait", "--timeout-wait", "3"], "--wait is for --executor slurm, not local"),
+    (["--executor", "local", "--cpus-per-task", "9"], "--cpus-per-task is for --executor slurm, not local"),
+    (["--executor", "local", "--gpus-per-job", "2"], "--gpus-per-job 2: this machine has 0 GPU(s)"),  # no GPU in CI
 ])
 def test_options_that_cannot_combine_are_one_line_exit_2(tmp_path, data, capsys, extra, words):
     with pytest.raises(SystemExit) if "allowed" in words else _no_raise() as caught:

@@ -47,15 +47,15 @@ class Local(Executor):
 
     kind = "local"
 
-    def __init__(self, experiment_dir: Path, parallel: int | None = None, gpus_per_job: int = 1,
+    def __init__(self, experiment_dir: Path, parallel: int | None = None, gpus_per_job: int | None = None,
                  tasks_per_job: int | None = None, threads_per_job: int | None = None, poll_s: float = 0.5, **_):
         import torch
 
         self.experiment_dir = Path(experiment_dir)
         self.gpus = torch.cuda.device_count()
-        self.gpus_per_job = gpus_per_job if self.gpus else 0
-        if self.gpus_per_job > self.gpus:
+        if (gpus_per_job or 0) > self.gpus:
             raise RoadmapError(f"--gpus-per-job {gpus_per_job}: this machine has {self.gpus} GPU(s)")
+        self.gpus_per_job = (gpus_per_job or 1) if self.gpus else 0
         most = self.gpus // self.gpus_per_job if self.gpus else os.cpu_count() or 1
         self.parallel = min(parallel or most, most) if self.gpus else (parallel or most)
         self.tasks = self.processes = tasks_per_job or self.gpus_per_job or 1
