@@ -22,7 +22,7 @@ def run(variants: list[Variant], seeds: list[int], experiment_dir: Path, executo
     classes = len(train_split.classes)
     plan.check_initial_weights(variants, classes)
     plan.check_training(variants, executor.processes)
-    executor.check()
+    executor.check(device)
     if tensorboard:
         _check_tensorboard()
     measures = plan.measure(variants, classes)

@@ -27,12 +27,24 @@ from .job import Job
 from .loading import to_yaml
 
 
-def pick_device(device: str) -> torch.device:
+def parse_device(device: str) -> torch.device | None:
+    """`--device` as torch reads it (None for auto), or one line naming the flag."""
     if device == "auto":
+        return None
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise RoadmapError(f"--device {device}: not a device (auto, cpu, cuda, cuda:1 …)") from None
+
+
+def pick_device(device: str) -> torch.device:
+    """The device to train on here: `--device`, or CUDA where there is one."""
+    parsed = parse_device(device)
+    if parsed is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if parsed.type == "cuda" and not torch.cuda.is_available():
         raise RoadmapError(f"--device {device}: no CUDA device is available here")
-    return torch.device(device)
+    return parsed
 
 
 def use_amp(amp: bool | str, device: torch.device) -> tuple[bool, str | None]:

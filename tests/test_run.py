@@ -86,6 +86,11 @@ def test_dry_run_writes_nothing(tmp_path, data, capsys):
     (["--set", "train.epochz=3"], "train.epochz: unknown key"),
     (["--set", "train.epochs=two"], "expected an integer"),
     (["--steps", "resnet50,gelu2"], "unknown gelu2"),
+    # checked before anything runs, not by every job in turn
+    (["--device", "bogus"], "--device bogus: not a device"),
+    (["--device", "cuda"], "--device cuda: no CUDA device is available here"),  # the CI machine has no GPU
+    (["--set", "data.auto_augment=rand-m9-zz"], "data.auto_augment: rand-m9-zz: cannot read 'zz'"),
+    (["--set", "data.pipeline=pil", "--set", "data.auto_augment=zzz"], "which timm cannot read"),
 ])
 def test_bad_input_writes_nothing(tmp_path, data, capsys, extra, words):
     args = ["run", "--recipe", "smoke", "--data", f"imagefolder:{data}", "--results", str(tmp_path), *extra]

@@ -103,6 +103,10 @@ def test_a_request_the_partition_can_never_run_is_refused_before_submission(tmp_
     assert main(["run", "--steps", "resnet50", *JOB, "--nodes", "3", "--data", f"imagefolder:{data}",
                  "--results", str(tmp_path)]) == 2
     assert "--nodes: nodes: 3 nodes, but partition debug has 2" in capsys.readouterr().err
+    # a GPU on nodes asked for none (this machine's lack of one does not count: the jobs run on the nodes)
+    assert main(["run", "--steps", "resnet50", *JOB, "--device", "cuda", "--data", f"imagefolder:{data}",
+                 "--results", str(tmp_path)]) == 2
+    assert "slurm/local.yaml: gpus_per_node: 0, but --device cuda trains on a GPU" in capsys.readouterr().err
     # what only sbatch can judge (a feature, an account) is its own error line, not a traceback
     assert main(["run", "--steps", "resnet50", *JOB, "--constraint", "nosuch", "--data", f"imagefolder:{data}",
                  "--results", str(tmp_path)]) == 2

@@ -10,8 +10,26 @@ from .images import ImageDataset, eval_transform
 from .sources import (IMAGE_EXTENSIONS, EpochSampler, SkipRecord, Split, find_image, load_splits, make_subset,
                       make_synthetic)
 
-__all__ = ["IMAGE_EXTENSIONS", "EpochSampler", "ImageDataset", "SkipRecord", "Split", "eval_transform",
-           "find_image", "load_splits", "make_loaders", "make_subset", "make_synthetic"]
+__all__ = ["IMAGE_EXTENSIONS", "EpochSampler", "ImageDataset", "SkipRecord", "Split", "check_augmentations",
+           "eval_transform", "find_image", "load_splits", "make_loaders", "make_subset", "make_synthetic"]
+
+
+def check_augmentations(data_cfg) -> None:
+    """Build the training augmentation once, so that a spec its pipeline cannot read is one line before anything
+    runs, not the failure of every job."""
+    from ..errors import RoadmapError
+
+    if data_cfg.pipeline == "tensor":
+        from .batches import BatchAugment
+
+        BatchAugment(data_cfg)  # its own spec reader says what it cannot read
+        return
+    from .images import transforms
+
+    try:
+        transforms(data_cfg)
+    except (AssertionError, KeyError, ValueError) as e:  # timm's readers assert
+        raise RoadmapError(f"data.auto_augment: got {data_cfg.auto_augment!r}, which timm cannot read ({e})") from None
 
 
 def make_loaders(data_cfg, train_batch: int, eval_batch: int, seed: int, distributed: tuple[int, int] = (0, 1),

@@ -58,8 +58,12 @@ class Executor:
         """Where and how the jobs (this many, where known) will run, for the dry run and the first line of a run."""
         return ""
 
-    def check(self) -> None:
-        """Refuse, before anything runs, what could never run here (one RoadmapError line)."""
+    def check(self, device: str) -> None:
+        """Refuse, before anything runs, what could never run where the jobs go (one RoadmapError line); jobs on
+        this machine: a device it has not."""
+        from ..train import pick_device
+
+        pick_device(device)
 
 
 def _kinds() -> dict[str, type[Executor]]:

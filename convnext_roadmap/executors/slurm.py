@@ -70,14 +70,22 @@ class Slurm(Executor):
 
         return "SLURM jobs, one per run and seed, as job arrays; sbatch parameters:\n" + to_yaml(self.profile)
 
-    def check(self) -> None:
-        """Refuse, before anything is submitted, a request that the partition could never run."""
+    def check(self, device: str) -> None:
+        """Refuse, before anything is submitted, a request that the partition could never run (the device is the
+        nodes', not this machine's)."""
+        from ..train import parse_device
+
         p, limits = self.profile, partition_limits(self.profile.partition)
         where = f"partition {limits['name']}"
 
         def refuse(key: str, text: str):
             raise RoadmapError(f"{self.source_of(key)}: {key}: {text} (sinfo/scontrol; a profile that fits: "
                                f"--cluster local for slurm/local-cluster)")
+
+        parsed = parse_device(device)
+        if parsed is not None and parsed.type == "cuda" and not p.gpus_per_node:
+            raise RoadmapError(f"{self.source_of('gpus_per_node')}: gpus_per_node: 0, but --device {device} trains "
+                               f"on a GPU (--gpus-per-node N)")
 
         cpus = p.cpus_per_task * p.tasks()
         if limits["cpus"] and cpus > limits["cpus"]:
