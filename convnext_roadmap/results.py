@@ -44,7 +44,16 @@ def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except ValueError as e:  # written whole each epoch (write_text), so only an edit can leave this
+            raise RoadmapError(f"{path}: line {number}: not JSON ({e}); the file was changed by hand or "
+                               f"damaged") from None
+    return out
 
 
 def run_dir(experiment_dir: Path, name: str, seed: int) -> Path:
@@ -110,6 +119,9 @@ def load_plan(experiment_dir: Path) -> dict:
     plan = read_json(Path(experiment_dir) / "plan.json")
     if plan is None:
         raise RoadmapError(f"{experiment_dir}: not an experiment folder (no plan.json; run `roadmap run` first)")
+    if not isinstance(plan, dict) or not isinstance(plan.get("runs"), list):
+        raise RoadmapError(f"{Path(experiment_dir) / 'plan.json'}: runs: missing; the file was changed by hand or "
+                           f"damaged")
     return plan
 
 

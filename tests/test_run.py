@@ -125,3 +125,17 @@ def test_a_retried_run_does_not_keep_the_failed_attempts_summary(tmp_path):
     assert _claim(run, lock) is None  # ours now: the old failure no longer speaks for the run
     assert not (run / "summary.json").exists() and not (run / "error.txt").exists()
     lock.release()
+
+
+def test_a_damaged_result_file_is_one_line_naming_it(tmp_path, data, capsys):
+    assert main(["run", "--steps", "resnet50", *SMOKE, "--data", f"imagefolder:{data}", "--results", str(tmp_path),
+                 "--experiment", "t"]) == 0
+    metrics = tmp_path / "t" / "resnet50" / "seed0" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"epoch": 3, "top1"')
+    capsys.readouterr()
+    assert main(["table", "t", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{metrics}: line 3: not JSON" in err  # SMOKE trains 2 epochs
+    (tmp_path / "t" / "plan.json").write_text("[]")
+    assert main(["plot", "t", "--results", str(tmp_path)]) == 2
+    assert "plan.json: runs: missing" in capsys.readouterr().err
