@@ -131,15 +131,21 @@ def save(experiment_dir: Path, base: str, recipe: str, seeds: list[int], rows: l
 
 
 def describe(variants: list[Variant], jobs: list[Job], rows: list[dict]) -> str:
-    """The dry-run text: each run, what it changes from the one before, its FLOPs, and whether it is done."""
+    """The dry-run text: each run, what it changes from the run it is measured against (the one before it on a
+    path), its FLOPs, and whether it is done."""
     from .model.network import adapts_input_size
 
     lines, previous, seen = [], None, {}
     by_name = {e["name"]: e for e in rows}
+    cfgs = {v.name: v.cfg for v in variants}
     for v in variants:
-        changes = diff(previous, v.cfg) if previous is not None else {}
+        against = cfgs.get(v.baseline)
+        changes = diff(against, v.cfg) if against is not None else {}
         model_changes = {k: c for k, c in changes.items() if not k.startswith(("train.", "data."))}
-        what = "; ".join(f"{k}: {a} → {b}" for k, (a, b) in model_changes.items()) or "(the start)"
+        what = "; ".join(f"{k}: {a} → {b}" for k, (a, b) in model_changes.items())
+        what = what or ("no change in the network" if against is not None else "(the start)")
+        if against is not None and v.baseline != previous:
+            what = f"against {v.baseline}: {what}"
         twin = seen.setdefault(v.cfg.model_dump_json(), v.name)
         if twin != v.name:  # e.g. a step left out whose change a later step makes anyway
             what += f"\n    the same network as {twin}"
@@ -154,7 +160,7 @@ def describe(variants: list[Variant], jobs: list[Job], rows: list[dict]) -> str:
         e = by_name[v.name]
         lines.append(f"{v.name:<28} {e['gflops']:5.2f} GFLOPs {e['params'] / 1e6:6.1f} M  [{', '.join(states)}]\n"
                      f"    {what}")
-        previous = v.cfg
+        previous = v.name
     if variants:
         cfg = variants[0].cfg
         t, d = cfg.train, cfg.data

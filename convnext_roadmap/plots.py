@@ -113,15 +113,18 @@ def fidelity_text(f: dict) -> str:
             f"Spearman ρ {num(f['spearman_rho'])}, {agree}")
 
 
-def accuracy_vs_flops(df: pd.DataFrame, groups: dict[str, str], path: Path, title: str) -> None:
-    """Top-1 (with the 95% interval of the mean over seeds) against GFLOPs at 224², each step joined to the next
-    by an arrow."""
+def accuracy_vs_flops(df: pd.DataFrame, groups: dict[str, str], baselines: dict[str, str | None], path: Path,
+                      title: str) -> None:
+    """Top-1 (with the 95% interval of the mean over seeds) against GFLOPs at 224², an arrow from the run each
+    is measured against (the step before it on a path; the full path for a network left out)."""
     done = df.dropna(subset=["top1"])
     half = _ci_half(df)
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    for (_, a), (_, b) in zip(done.iloc[:-1].iterrows(), done.iloc[1:].iterrows()):
-        ax.annotate("", xy=(b["gflops_224"], b["top1"]), xytext=(a["gflops_224"], a["top1"]),
-                    arrowprops={"arrowstyle": "->", "color": "#999999", "lw": 0.8})
+    points = {row["step"]: (row["gflops_224"], row["top1"]) for _, row in done.iterrows()}
+    for name, (x, y) in points.items():
+        if baselines.get(name) in points:
+            ax.annotate("", xy=(x, y), xytext=points[baselines[name]],
+                        arrowprops={"arrowstyle": "->", "color": "#999999", "lw": 0.8})
     for i, row in done.iterrows():
         ax.errorbar(row["gflops_224"], row["top1"], yerr=half[i], fmt="o",
                     color=GROUP_COLOURS.get(groups.get(row["step"], ""), "#4c72b0"), ms=6, capsize=2)
@@ -164,6 +167,6 @@ def plot_experiment(experiment_dir: Path, df: pd.DataFrame, fidelity: dict | Non
     title = f"{experiment_dir.name}: {plan['base']} roadmap, recipe {plan['recipe']}"
     paths = [experiment_dir / "figure2.png", experiment_dir / "top1_vs_gflops.png", experiment_dir / "curves.png"]
     figure2(df, groups, paths[0], title, fidelity)
-    accuracy_vs_flops(df, groups, paths[1], title)
+    accuracy_vs_flops(df, groups, {r["name"]: r.get("baseline") for r in plan["runs"]}, paths[1], title)
     curves(results.collect(experiment_dir), paths[2], title)
     return paths

@@ -195,3 +195,15 @@ def test_one_owner_per_run_folder(tmp_path, monkeypatch):
     lock = RunLock(run)
     assert lock.acquire() is None and json.loads((run / LOCK).read_text())["restart"] == 1
     lock.release()
+
+
+def test_the_dry_run_shows_each_change_against_the_run_it_is_measured_against(tmp_path, data, capsys):
+    assert main(["run", "--upto", "large_kernel", "--leave-one-out", *SMOKE, "--data", f"imagefolder:{data}",
+                 "--results", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    # leaving out the patchify stem brings back ResNet's 7×7/2 stem and its max pool, and nothing else
+    # (against the row before, it would also show stage_ratio's depths coming back)
+    line = out.split("no_patchify_stem", 1)[1].splitlines()[1].strip()
+    assert line == ("against large_kernel: stem.act: none → relu; stem.kernel_size: 4 → 7; stem.pool: none → max; "
+                    "stem.stride: 4 → 2")
+    assert "no_inverted_bottleneck" in out and "against large_kernel: no change in the network" in out
