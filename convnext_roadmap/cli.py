@@ -129,12 +129,11 @@ def cmd_flops(args) -> None:
 
 def cmd_bench(args) -> None:
     import pandas as pd
-    import torch
 
     from .measure import bench
+    from .train import pick_device
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise RoadmapError("--device cuda: no CUDA device is available here")
+    pick_device(args.device)  # one line here, not a traceback from the first model moved there
     rows = bench(_requested(args), roadmap.timm_models(args.base), batch_size=args.batch_size,
                  img_size=args.img_size, device=args.device, rounds=args.rounds, amp=args.amp,
                  progress=lambda name: print(f"  measured {name}", file=sys.stderr))
@@ -184,12 +183,21 @@ def _experiment(args) -> Path:
     return results.find_experiment(_results_root(args), args.experiment)
 
 
-def cmd_table(args) -> None:
-    from . import executors, report
+def _settled(args) -> Path:
+    """The experiment, its jobs found ended without a summary marked failed first (said on stderr: stdout may be
+    a CSV)."""
+    from . import executors
 
     exp_dir = _experiment(args)
-    for line in executors.settle(exp_dir):  # jobs found ended without a summary (stdout may be a CSV)
+    for line in executors.settle(exp_dir):
         print(line, file=sys.stderr)
+    return exp_dir
+
+
+def cmd_table(args) -> None:
+    from . import report
+
+    exp_dir = _settled(args)
     table, _, fidelity = report.write(exp_dir, quiet=True)
     if args.format == "table":
         print(table.to_string(index=False))
@@ -200,11 +208,9 @@ def cmd_table(args) -> None:
 
 
 def cmd_plot(args) -> None:
-    from . import executors, report
+    from . import report
 
-    exp_dir = _experiment(args)
-    for line in executors.settle(exp_dir):  # jobs found ended without a summary (stdout may be a CSV)
-        print(line, file=sys.stderr)
+    exp_dir = _settled(args)
     for path in report.write(exp_dir, quiet=True)[1]:
         print(path)
 

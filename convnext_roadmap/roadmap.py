@@ -57,11 +57,15 @@ def timm_models(base: str = "resnet50") -> dict[str, str]:
     return dict(_roadmap_file()["bases"][base].get("timm", {}))
 
 
+def check_base(base: str) -> None:
+    if base not in bases():
+        raise RoadmapError(f"--base {base}: unknown base (bases: {', '.join(bases())})")
+
+
 def steps(base: str = "resnet50") -> list[Step]:
     """The steps of a base's path, in order."""
+    check_base(base)
     doc = _roadmap_file()
-    if base not in doc["bases"]:
-        raise RoadmapError(f"--base {base}: unknown base (bases: {', '.join(doc['bases'])})")
     out = []
     for entry in doc["bases"][base]["path"]:
         name, file = next(iter(entry.items())) if isinstance(entry, dict) else (entry, f"{entry}.yaml")
@@ -165,8 +169,7 @@ class Common:
 
     def resolve(self, files: Sequence[Path] = ()) -> tuple[Config, tuple[str, ...]]:
         """The base's config, the recipe, these patch files, then the command line."""
-        if self.base not in bases():
-            raise RoadmapError(f"--base {self.base}: unknown base (bases: {', '.join(bases())})")
+        check_base(self.base)
         base_file = ABLATIONS / "base" / f"{self.base}.yaml"
         layers = [(shown(base_file), load_yaml(base_file)), *self.recipe_layers(),
                   *[(shown(f), load_yaml(f)) for f in files], *self.command_line(skip=("timm",))]
