@@ -49,10 +49,10 @@ def paired(a, b, alpha: float = ALPHA) -> dict:
     half = mean_half_width(sd, n, alpha)
     out.update(resolvable=float(half), p_sign_flip=sign_flip_p(d) if n <= 20 else math.nan)
     if sd <= 1e-9 * max(1.0, abs(d.mean())):
-        # every seed moved by the same amount (top-1 on a small set moves in steps): the t-test has no spread to
-        # test against and would call anything certain, so the exact sign-flip test speaks for these seeds
-        out.update(ci_low=float(d.mean()), ci_high=float(d.mean()), p_t=out["p_sign_flip"],
-                   ci_method="no spread: sign-flip p")
+        # every seed moved by the same amount (top-1 on a small set moves in steps): no spread to measure noise by,
+        # so no interval and no resolvable Δ; the t-test would call anything certain, so the exact sign-flip test
+        # speaks for these seeds
+        out.update(p_t=out["p_sign_flip"], resolvable=math.nan, ci_method="every seed alike: no interval")
         return out
     out["p_t"] = float(st.ttest_1samp(d, 0.0).pvalue)
     if n >= BOOTSTRAP_FROM:

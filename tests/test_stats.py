@@ -102,6 +102,7 @@ def test_fidelity_on_a_constructed_table():
 def test_equal_differences_on_every_seed_are_not_certainty():
     # 1 − 0.8 = 0.19999999999999996 and so on: no spread but float noise; a t-test would give p ≈ 1e-31
     r = paired([1.0, 2.0, 3.0], [0.8, 1.8, 2.8])
-    assert r["ci_method"] == "no spread: sign-flip p" and r["p_t"] == r["p_sign_flip"] == 0.25
+    assert r["ci_method"] == "every seed alike: no interval" and r["p_t"] == r["p_sign_flip"] == 0.25
+    assert math.isnan(r["ci_low"]) and math.isnan(r["ci_high"]) and math.isnan(r["resolvable"])
     out = compare({"a": {0: 0.8, 1: 1.8, 2: 2.8}, "b": {0: 1.0, 1: 2.0, 2: 3.0}}, {"a": None, "b": "a"})
     assert out["b"]["verdict"] == "within noise"
