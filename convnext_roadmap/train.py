@@ -279,9 +279,9 @@ def _claim(out: Path, lock: results.RunLock):
 
 
 def root_cause(e: BaseException) -> str:
-    """The original error in one line: the innermost explicitly chained exception, and of its message the last
-    line, which is where a DataLoader worker's wrapper ("Caught ValueError in DataLoader worker process 1 …
-    Original Traceback …") keeps the error it caught."""
+    """The original error in one line: the innermost explicitly chained exception, its type and the first line of
+    its message; for a DataLoader worker's wrapper ("Caught ValueError in DataLoader worker process 1 …
+    Original Traceback …"), the traceback's last line, where it keeps the error it caught."""
     while e.__cause__ is not None:
         e = e.__cause__
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
