@@ -117,8 +117,13 @@ def cmd_flops(args) -> None:
     from . import paper
     from .measure import complexity
 
-    rows = []
-    for v in _requested(args):
+    rows, variants = [], _requested(args)
+    scaled = [v for v in variants if v.cfg.stages is not None and (v.cfg.stages.width_mult, v.cfg.stages.depth_mult)
+              != (1.0, 1.0)]
+    if scaled:  # the multipliers are a recipe's training scale; this table is the paper's
+        print("note: GFLOPs and params are counted at the paper's scale, without stages.width_mult/depth_mult; "
+              "a run's summary.json has the trained network's (trained_gflops, trained_params)", file=sys.stderr)
+    for v in variants:
         ours = complexity(v.cfg)
         ref = paper.row(args.base, v.name)
         rows.append({"step": v.name, "label": v.label, "paper_gflops": ref["paper_gflops"] if ref else None,

@@ -46,6 +46,11 @@ def test_flops_csv(capsys):
     assert list(df.step) == ["resnet50", "stage_ratio", "patchify_stem"]
     assert list(df.check) == ["ok"] * 3
     assert {"paper_gflops", "gflops", "gflops_fvcore", "params_m", "diff"} <= set(df.columns)
+    # a training scale is not the paper's table: counted at full scale (Table 10: 4.09), and said so
+    assert main(["flops", "--upto", "resnet50", "--set", "stages.width_mult=0.5", "--format", "csv"]) == 0
+    out, err = capsys.readouterr()
+    assert pd.read_csv(io.StringIO(out)).gflops.round(2).tolist() == [4.09]
+    assert "counted at the paper's scale, without stages.width_mult/depth_mult" in err
 
 
 @pytest.mark.parametrize("args, words", [
