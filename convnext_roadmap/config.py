@@ -20,9 +20,10 @@ Probability = Annotated[float, Field(ge=0, lt=1)]
 class Problem(ValueError):
     """A cross-field rule broken at `key` (relative to the section whose validator raises it)."""
 
-    def __init__(self, key: str, text: str):
+    def __init__(self, key: str, text: str, against: str | None = None):
         super().__init__(text)
         self.key = key
+        self.against = against  # the other key of the rule, whose source the error names too
 
 
 class Section(BaseModel):
@@ -51,7 +52,8 @@ class Stages(Section):
     @model_validator(mode="after")
     def _one_width_per_stage(self):
         if len(self.widths) != len(self.depths):
-            raise Problem("widths", f"got {self.widths}, expected {len(self.depths)} widths, one per stage")
+            raise Problem("widths", f"got {self.widths}, expected {len(self.depths)} widths, one per stage",
+                          against="depths")
         return self
 
 

@@ -20,7 +20,20 @@ from .errors import RoadmapError
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads `4e-3` as a string; accept exponent floats without a dot, as YAML 1.2 does."""
+    """YAML 1.1 reads `4e-3` as a string; accept exponent floats without a dot, as YAML 1.2 does. A key given
+    twice in one mapping is an error (PyYAML keeps the last without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # an unhashable key is PyYAML's own error
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"{key}: given twice in one mapping",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -118,7 +131,10 @@ def _describe(err: dict, merged: Merged, schema: type[BaseModel]) -> str:
     cause = (err.get("ctx") or {}).get("error")
     if isinstance(cause, Problem):  # a cross-field rule: its key is relative to the section that raised it
         key = ".".join([*loc, cause.key])
-        return f"{merged.source_of(key)}: {key}: {cause}"
+        if cause.against is None:
+            return f"{merged.source_of(key)}: {key}: {cause}"
+        other = ".".join([*loc, cause.against])
+        return f"{merged.source_of(key)}: {key}: {cause} ({other}: {merged.source_of(other)})"
     key = ".".join(loc)
     source = merged.source_of(key)
     kind = err["type"]
@@ -180,6 +196,8 @@ def _type_words(annotation) -> str:
         return " or ".join(_type_words(a) for a in args)
     if origin is list:
         return f"a list, each {_type_words(args[0])}" if args else "a list"
+    if origin is dict:
+        return "a mapping of names to values" if args and args[0] is str else "a mapping"
     if args and hasattr(annotation, "__metadata__"):  # Annotated[int, Field(...)]
         return _type_words(args[0])
     if _is_model(annotation):

@@ -63,6 +63,7 @@ def test_override_reads_yaml_and_exponent_floats():
     ("timm:\n  name: resnet18\n", ["timm: the timm model resnet18 beside the roadmap's network"]),
     ("timm:\n  name: resnet_nosuch\n", ["timm.name: got 'resnet_nosuch', expected a model timm knows"]),
     ("block: [unclosed\n", ["not valid YAML"]),
+    ("block:\n  kernel_size: 5\n  kernel_size: 7\n", ["line 3", "kernel_size: given twice"]),
 ])
 def test_bad_patch_names_file_and_key(tmp_path: Path, patch_text, words):
     patch = tmp_path / "bad.yaml"
@@ -83,6 +84,9 @@ def test_error_names_the_file_that_set_the_key(tmp_path: Path):
         resolve_config(upto="widen", patches=[patch])
     with pytest.raises(RoadmapError, match=r"^--set block.kernel_size=4: block.kernel_size"):
         resolve_config(overrides=["block.kernel_size=4"])
+    # a rule between two keys names where each came from
+    with pytest.raises(RoadmapError, match=r"resnet50\.yaml: stages\.widths: .* \(stages\.depths: --set stages"):
+        resolve_config(overrides=["stages.depths=[1,2]"])
 
 
 @pytest.mark.parametrize("kwargs, words", [

@@ -42,6 +42,9 @@ def test_profile_flags_override_and_unknown_keys_fail(tmp_path):
         load_profile("default", {"nodes": 0})
     with pytest.raises(RoadmapError, match="no such profile"):
         load_profile("hpc9", {})
+    bad.write_text("additional_parameters: 5\n")
+    with pytest.raises(RoadmapError, match="mine.yaml: additional_parameters: got 5, expected a mapping of names to"):
+        load_profile(str(bad), {})
     # a profile that leaves a field out gets what slurm/default.yaml documents for it
     from convnext_roadmap.config import ClusterProfile
 

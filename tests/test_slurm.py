@@ -103,6 +103,9 @@ def test_a_request_the_partition_can_never_run_is_refused_before_submission(tmp_
     assert main(["run", "--steps", "resnet50", *JOB, "--nodes", "3", "--data", f"imagefolder:{data}",
                  "--results", str(tmp_path)]) == 2
     assert "--nodes: nodes: 3 nodes, but partition debug has 2" in capsys.readouterr().err
+    assert main(["run", "--steps", "resnet50", *JOB, "--partition", "nope", "--data", f"imagefolder:{data}",
+                 "--results", str(tmp_path)]) == 2
+    assert "--partition: partition: nope: sinfo knows no such partition" in capsys.readouterr().err
     # a GPU on nodes asked for none (this machine's lack of one does not count: the jobs run on the nodes)
     assert main(["run", "--steps", "resnet50", *JOB, "--device", "cuda", "--data", f"imagefolder:{data}",
                  "--results", str(tmp_path)]) == 2

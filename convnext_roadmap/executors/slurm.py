@@ -76,6 +76,9 @@ class Slurm(Executor):
         from ..train import parse_device
 
         p, limits = self.profile, partition_limits(self.profile.partition)
+        if limits is None:
+            raise RoadmapError(f"{self.source_of('partition')}: partition: {p.partition or 'the default partition'}:"
+                               f" sinfo knows no such partition")
         where = f"partition {limits['name']}"
 
         def refuse(key: str, text: str):
@@ -217,9 +220,9 @@ def expand(job_id: str) -> list[str]:
     return out
 
 
-def partition_limits(partition: str | None) -> dict:
+def partition_limits(partition: str | None) -> dict | None:
     """What the partition's largest node can give one job (CPUs, memory, GPUs), how many nodes it has, and its
-    MaxTime in minutes (None: no limit)."""
+    MaxTime in minutes (None: no limit); None for a partition sinfo does not know."""
     fmt = ["-h", "-o", "%P|%c|%m|%G|%l|%D"]
     lines = _query(["sinfo", *fmt, *(["-p", partition] if partition else [])])
     rows = [ln.split("|") for ln in lines if ln.count("|") == 5]
@@ -227,7 +230,7 @@ def partition_limits(partition: str | None) -> dict:
         default = [r for r in rows if r[0].endswith("*")]
         rows = default or rows
     if not rows:
-        raise RoadmapError(f"partition: {partition or 'the default partition'}: sinfo knows no such partition")
+        return None
     gpus = [int(g) for r in rows for g in re.findall(r"gpu(?::[^:,(]+)?:(\d+)", r[3])]
     return {"name": rows[0][0].rstrip("*"), "cpus": max(int(r[1].rstrip("+")) for r in rows),
             "mem_mb": max(int(r[2].rstrip("+")) for r in rows), "gpus": max(gpus, default=0),
