@@ -102,12 +102,12 @@ def patch_file(patch: str | Path, base: str) -> Path:
 
 def recipe_files(recipe: str | Path) -> list[Path]:
     """A recipe's file and the files it inherits from, the most general first."""
-    path = Path(recipe)
-    if not path.suffix:
-        path = ABLATIONS / "recipes" / f"{recipe}.yaml"
-        if not path.is_file():
-            known = ", ".join(sorted(p.stem for p in (ABLATIONS / "recipes").glob("*.yaml")))
-            raise RoadmapError(f"--recipe {recipe}: unknown recipe (recipes: {known})")
+    path, named = Path(recipe), ABLATIONS / "recipes" / f"{recipe}.yaml"
+    if not path.suffix and named.is_file():
+        path = named
+    elif not path.is_file():
+        known = ", ".join(sorted(p.stem for p in (ABLATIONS / "recipes").glob("*.yaml")))
+        raise RoadmapError(f"--recipe {recipe}: no such recipe or file (recipes: {known})")
     chain = [path]
     while "inherit" in (doc := load_yaml(chain[0])):
         parent = doc["inherit"]

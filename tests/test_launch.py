@@ -30,7 +30,7 @@ def test_no_sbatch_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys)
     assert not (tmp_path / "r").exists()
 
 
-def test_profile_flags_override_and_unknown_keys_fail(tmp_path):
+def test_profile_flags_override_and_unknown_keys_fail(tmp_path, monkeypatch):
     p, source_of = load_profile("default", {"gpus_per_node": 8, "nodes": 2, "partition": None})
     assert (p.gpus_per_node, p.nodes, p.tasks(), p.timeout_min) == (8, 2, 8, 60)
     assert source_of("nodes") == "--nodes" and source_of("cpus_per_task").endswith("slurm/default.yaml")
@@ -42,6 +42,11 @@ def test_profile_flags_override_and_unknown_keys_fail(tmp_path):
         load_profile("default", {"nodes": 0})
     with pytest.raises(RoadmapError, match="no such profile"):
         load_profile("hpc9", {})
+    # a name is the project's profile, else ./slurm/NAME.yaml here (an installed package's user keeps theirs there)
+    (tmp_path / "slurm").mkdir()
+    (tmp_path / "slurm" / "mine.yaml").write_text("partition: gpu\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_profile("mine", {})[0].partition == "gpu"
     bad.write_text("additional_parameters: 5\n")
     with pytest.raises(RoadmapError, match="mine.yaml: additional_parameters: got 5, expected a mapping of names to"):
         load_profile(str(bad), {})

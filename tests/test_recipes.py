@@ -227,3 +227,10 @@ def test_the_root_cause_of_a_worker_failure_is_the_original_error():
         raise RuntimeError("outer") from KeyError("the real one")
     except RuntimeError as e:
         assert root_cause(e) == "KeyError: 'the real one'"
+
+
+def test_a_recipe_file_needs_no_yaml_suffix(tmp_path, capsys):
+    recipe = tmp_path / "mine"  # a name is one of ablations/recipes/, else a file
+    recipe.write_text("inherit: smoke\ntrain:\n  epochs: 3\n")
+    assert main(["run", "--steps", "resnet50", "--recipe", str(recipe), "--dry-run"]) == 0
+    assert "recipe: 3 epochs" in capsys.readouterr().out

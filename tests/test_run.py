@@ -82,7 +82,7 @@ def test_dry_run_writes_nothing(tmp_path, data, capsys):
 @pytest.mark.parametrize("extra, words", [
     (["--data", "imagefolder:/no/such/folder"], "no such folder"),
     (["--upto", "kernel7"], "unknown step"),
-    (["--recipe", "fast"], "unknown recipe"),
+    (["--recipe", "fast"], "--recipe fast: no such recipe or file"),
     (["--set", "train.epochz=3"], "train.epochz: unknown key"),
     (["--set", "train.epochs=two"], "expected an integer"),
     (["--steps", "resnet50,gelu2"], "unknown gelu2"),

@@ -35,12 +35,14 @@ NEVER = {"PartitionConfig": "the request exceeds what the partition allows",
 
 
 def load_profile(name: str, flags: dict) -> tuple[ClusterProfile, Callable[[str], str]]:
-    """A cluster profile (slurm/NAME.yaml or a file), with command-line flags on top; and, for error lines, the
-    source (file or flag) of each field."""
-    path = Path(name) if Path(name).suffix else SLURM / f"{name}.yaml"
+    """A cluster profile, with command-line flags on top; and, for error lines, the source (file or flag) of each
+    field. A name is one of the project's profiles (slurm/NAME.yaml), else ./slurm/NAME.yaml here (where an
+    installed package's user keeps theirs); anything else is a file."""
+    named = [SLURM / f"{name}.yaml", Path("slurm") / f"{name}.yaml"] if not Path(name).suffix else []
+    path = next((p for p in named if p.is_file()), Path(name))
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in SLURM.glob("*.yaml")))
-        raise RoadmapError(f"--cluster {name}: no such profile (profiles in slurm/: {known})")
+        raise RoadmapError(f"--cluster {name}: no such profile or file (profiles: {known}, or ./slurm/NAME.yaml)")
     merged = Merged().merge(load_yaml(path), shown(path))
     for key, value in flags.items():
         if value is not None:
