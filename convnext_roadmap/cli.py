@@ -154,7 +154,7 @@ def _results_root(args) -> Path:
 
 def cmd_run(args) -> int:
     from . import executors, launch
-    from .executors.slurm import PROFILE_FLAGS, load_profile
+    from .executors.slurm import PROFILE_FLAGS
 
     # an option of another executor would be ignored without a word
     owner = {**dict.fromkeys(("parallel", "gpus_per_job", "tasks_per_job", "threads_per_job"), "local"),
@@ -170,10 +170,8 @@ def cmd_run(args) -> int:
     first = variants[0].cfg.train.seed
     experiment = args.experiment or f"{args.base}-{Path(str(args.recipe)).stem}"
     exp_dir = _results_root(args) / experiment
-    profile, source_of = (None, None)
-    if args.executor == "slurm":
-        profile, source_of = load_profile(args.cluster or "default", {k: getattr(args, k) for k in PROFILE_FLAGS})
-    executor = executors.make(args.executor, exp_dir, profile=profile, source_of=source_of, parallel=args.parallel,
+    executor = executors.make(args.executor, exp_dir, cluster=args.cluster,
+                              profile_flags={k: getattr(args, k) for k in PROFILE_FLAGS}, parallel=args.parallel,
                               gpus_per_job=args.gpus_per_job, tasks_per_job=args.tasks_per_job,
                               threads_per_job=args.threads_per_job)
     return launch.run(variants, list(range(first, first + args.seeds)), exp_dir, executor, base=args.base,

@@ -57,14 +57,14 @@ class Slurm(Executor):
     kind = "slurm"
     blocking = False
 
-    def __init__(self, experiment_dir: Path, profile: ClusterProfile | None = None,
-                 source_of: Callable[[str], str] | None = None, **_):
+    def __init__(self, experiment_dir: Path, cluster: str | None = None, profile_flags: dict | None = None, **_):
+        """`cluster`: the profile (--cluster; default: slurm/default.yaml); `profile_flags`: the command line's
+        overrides of its fields (--partition …, None where not given)."""
         if shutil.which("sbatch") is None:
             raise RoadmapError("--executor slurm: no sbatch on PATH (is this a SLURM login node? "
                                "slurm/local-cluster/up.sh brings up a local cluster here)")
         self.experiment_dir = Path(experiment_dir)
-        self.profile = profile or ClusterProfile()
-        self.source_of = source_of or (lambda key: "the profile")
+        self.profile, self.source_of = load_profile(cluster or "default", profile_flags or {})
         self.processes = self.profile.nodes * self.profile.tasks()
 
     def describe(self, jobs: int | None = None) -> str:
