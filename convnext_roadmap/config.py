@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .errors import RoadmapError
+
 Norm = Literal["batchnorm", "layernorm", "none"]
 Act = Literal["relu", "gelu", "none"]
 Position = Literal["conv1", "conv2", "conv3"]
@@ -145,8 +147,8 @@ class Train(Section):
             return self.accum_steps
         per_step = self.batch_size * processes
         if self.target_batch % per_step:
-            raise Problem("target_batch", f"got {self.target_batch}, expected a multiple of batch_size × processes "
-                                          f"= {self.batch_size} × {processes} = {per_step}")
+            raise RoadmapError(f"train.target_batch: got {self.target_batch}, expected a multiple of batch_size × "
+                               f"processes = {self.batch_size} × {processes} = {per_step}")
         return self.target_batch // per_step
 
 

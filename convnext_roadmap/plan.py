@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from . import results
-from .config import Config, Problem, diff
+from .config import Config, diff
 from .errors import RoadmapError
 from .loading import read_config
 from .roadmap import Variant
@@ -51,10 +51,7 @@ def check_training(variants: list[Variant], processes: int) -> None:
         if v.cfg.train.opt.lower() not in known:
             raise RoadmapError(f"train.opt: got {v.cfg.train.opt!r}, expected a timm optimizer "
                                f"(adamw, momentum, sgd, lamb, …: timm.optim.list_optimizers())")
-        try:
-            v.cfg.train.accumulation(processes)
-        except Problem as e:
-            raise RoadmapError(f"train.{e.key}: {e}") from None
+        v.cfg.train.accumulation(processes)
 
 
 def check_conflicts(jobs: list[Job], force: bool = False) -> None:

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from . import results, rng
-from .config import Config, Problem
+from .config import Config
 from .errors import RoadmapError
 from .job import Job
 from .loading import to_yaml
@@ -92,10 +92,7 @@ class Trainer:
         self.model = self.model.to(device)
         if t.channels_last:  # NHWC: faster on GPUs and, for these networks, on the CPU too
             self.model = self.model.to(memory_format=torch.channels_last)
-        try:
-            self.accum = t.accumulation(world)
-        except Problem as e:
-            raise RoadmapError(f"train.{e.key}: {e}") from None
+        self.accum = t.accumulation(world)
         self.effective_batch = t.batch_size * world * self.accum
         self.lr = t.lr * self.effective_batch / t.base_batch_size
         betas = {"betas": tuple(t.betas)} if get_optimizer_info(t.opt).has_betas else {}
