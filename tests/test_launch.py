@@ -188,3 +188,21 @@ def test_a_killed_local_run_takes_its_jobs_with_it_and_resumes(tmp_path):
     assert trainers() == []  # no job left training behind the killed command
     again = subprocess.run([*args, "--dry-run"], capture_output=True, text=True, timeout=120)
     assert "seed0: resume" in again.stdout  # from its checkpoint, next time
+
+
+def test_a_controller_that_does_not_answer_is_not_an_unknown_partition(tmp_path, monkeypatch, capsys):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _fake(bin_dir, "sbatch", 0)
+    # what sinfo says with munge or slurmctld down; of an unknown partition it says nothing, exit 0
+    _fake(bin_dir, "sinfo", 1, err="slurm_load_partitions: Protocol authentication error\\n")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    assert main(["run", "--steps", "resnet50", "--recipe", "smoke", "--executor", "slurm", "--dry-run",
+                 "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sinfo failed: slurm_load_partitions: Protocol authentication error" in err
+    assert "no such partition" not in err
+    _fake(bin_dir, "sinfo", 0)
+    assert main(["run", "--steps", "resnet50", "--recipe", "smoke", "--executor", "slurm", "--dry-run",
+                 "--results", str(tmp_path / "r")]) == 2
+    assert "partition: the default partition: sinfo knows no such partition" in capsys.readouterr().err

@@ -226,7 +226,10 @@ def partition_limits(partition: str | None) -> dict | None:
     """What the partition's largest node can give one job (CPUs, memory, GPUs), how many nodes it has, and its
     MaxTime in minutes (None: no limit); None for a partition sinfo does not know."""
     fmt = ["-h", "-o", "%P|%c|%m|%G|%l|%D"]
-    lines = _query(["sinfo", *fmt, *(["-p", partition] if partition else [])])
+    try:  # sinfo says nothing, exit 0, of a partition it does not know; it fails when it cannot ask slurmctld
+        lines = _query(["sinfo", *fmt, *(["-p", partition] if partition else [])], must_answer=True)
+    except SchedulerSilent as e:
+        raise RoadmapError(f"--executor slurm: {e.args[0]} (is slurmctld up? `sinfo` should list the partitions)")
     rows = [ln.split("|") for ln in lines if ln.count("|") == 5]
     if not partition:
         default = [r for r in rows if r[0].endswith("*")]
