@@ -136,13 +136,16 @@ def describe(variants: list[Variant], jobs: list[Job], rows: list[dict]) -> str:
     by_name = {e["name"]: e for e in rows}
     cfgs = {v.name: v.cfg for v in variants}
     for v in variants:
-        against = cfgs.get(v.baseline)
-        changes = diff(against, v.cfg) if against is not None else {}
+        # its baseline, or the row before where --steps left that out
+        compared = v.baseline if v.baseline in cfgs else previous if v.baseline is not None else None
+        changes = diff(cfgs[compared], v.cfg) if compared is not None else {}
         model_changes = {k: c for k, c in changes.items() if not k.startswith(("train.", "data."))}
         what = "; ".join(f"{k}: {a} → {b}" for k, (a, b) in model_changes.items())
-        what = what or ("no change in the network" if against is not None else "(the start)")
-        if against is not None and v.baseline != previous:
-            what = f"against {v.baseline}: {what}"
+        if not what:
+            what = ("no change in the network" if compared is not None else "(the start)" if v.baseline is None
+                    else f"(compared with {v.baseline}, which this request leaves out)")
+        if compared is not None and compared != previous:
+            what = f"against {compared}: {what}"
         twin = seen.setdefault(v.cfg.model_dump_json(), v.name)
         if twin != v.name:  # e.g. a step left out whose change a later step makes anyway
             what += f"\n    the same network as {twin}"

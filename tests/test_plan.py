@@ -206,4 +206,26 @@ def test_the_dry_run_shows_each_change_against_the_run_it_is_measured_against(tm
     line = out.split("no_patchify_stem", 1)[1].splitlines()[1].strip()
     assert line == ("against large_kernel: stem.act: none → relu; stem.kernel_size: 4 → 7; stem.pool: none → max; "
                     "stem.stride: 4 → 2")
-    assert "no_inverted_bottleneck" in out and "against large_kernel: no change in the network" in out
+    line = out.split("no_inverted_bottleneck", 1)[1].splitlines()[1].strip()
+    assert line == "against large_kernel: no change in the network"
+    # --steps leaving a run's baseline out: compared with the row before, not called the start
+    assert main(["run", "--steps", "resnet50,stage_ratio,large_kernel", *SMOKE, "--data", f"imagefolder:{data}",
+                 "--results", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    # the paper's steps from patchify stem to 7×7 kernels, composed
+    assert out.split("large_kernel ", 1)[1].splitlines()[1].strip() == (
+        "block.groups: 1 → depthwise; block.kernel_size: 3 → 7; block.layout: bottleneck → dw_first; "
+        "stages.widths: [64, 128, 256, 512] → [96, 192, 384, 768]; stem.act: relu → none; stem.kernel_size: 7 → 4; "
+        "stem.pool: max → none; stem.stride: 2 → 4; stem.width: 64 → 96")
+
+
+def test_the_figures_arrows_come_from_what_each_run_is_compared_with():
+    from convnext_roadmap.plots import arrows
+
+    path = {"resnet50": None, "stage_ratio": "resnet50", "patchify_stem": "stage_ratio"}
+    assert arrows(list(path), path) == [("resnet50", "stage_ratio"), ("stage_ratio", "patchify_stem")]
+    left_out = {"large_kernel": None, "no_widen": "large_kernel", "no_gelu": "large_kernel"}
+    assert arrows(list(left_out), left_out) == [("large_kernel", "no_widen"), ("large_kernel", "no_gelu")]
+    # --steps resnet50,layer_scale: layer_scale's baseline is not there, so from the row before; a reference: none
+    picked = {"resnet50": None, "layer_scale": "split_downsampling", "convnext_small": None}
+    assert arrows(list(picked), picked) == [("resnet50", "layer_scale")]
