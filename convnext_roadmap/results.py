@@ -116,12 +116,14 @@ def update_plan(experiment_dir: Path, change: Callable[[dict | None], dict]) -> 
 
 
 def load_plan(experiment_dir: Path) -> dict:
-    plan = read_json(Path(experiment_dir) / "plan.json")
-    if plan is None:
+    path = Path(experiment_dir) / "plan.json"
+    if not path.exists():
         raise RoadmapError(f"{experiment_dir}: not an experiment folder (no plan.json; run `roadmap run` first)")
-    if not isinstance(plan, dict) or not isinstance(plan.get("runs"), list):
-        raise RoadmapError(f"{Path(experiment_dir) / 'plan.json'}: runs: missing; the file was changed by hand or "
-                           f"damaged")
+    plan = read_json(path)
+    runs = plan.get("runs") if isinstance(plan, dict) else None
+    if not isinstance(runs, list) or not all(isinstance(r, dict) and {"name", "label"} <= set(r) for r in runs):
+        raise RoadmapError(f"{path}: not a plan (a list of runs, each with a name and a label); the file was "
+                           f"changed by hand or damaged")
     return plan
 
 

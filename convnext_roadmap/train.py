@@ -32,9 +32,12 @@ def parse_device(device: str) -> torch.device | None:
     if device == "auto":
         return None
     try:
-        return torch.device(device)
+        parsed = torch.device(device)
     except RuntimeError:
-        raise RoadmapError(f"--device {device}: not a device (auto, cpu, cuda, cuda:1 …)") from None
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):  # what the training loop and its tests know
+        raise RoadmapError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
+    return parsed
 
 
 def pick_device(device: str) -> torch.device:
@@ -44,6 +47,8 @@ def pick_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise RoadmapError(f"--device {device}: no CUDA device is available here")
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise RoadmapError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return parsed
 
 

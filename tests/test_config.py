@@ -153,3 +153,10 @@ def test_a_patched_network_never_takes_the_name_of_a_paths_step():
     assert [v.name for v in patched_run(Common(), ["gelu"])] == ["resnet50+gelu"]
     assert [v.name for v in patched_run(Common(), ["gelu", "layernorm"], upto="widen")] == ["widen+gelu+layernorm"]
     assert "gelu" in {v.name for v in path_runs(Common())}
+
+
+def test_yaml_anchors_and_merge_keys_are_yaml(tmp_path: Path):
+    patch = tmp_path / "merge.yaml"  # a key given twice is an error, a merged key overridden is not
+    patch.write_text("stem: &ln {norm: layernorm}\ndownsample: {<<: *ln, kernel_size: 2}\n")
+    cfg = resolve_config(patches=[patch])
+    assert (cfg.stem.norm, cfg.downsample.norm, cfg.downsample.kernel_size) == ("layernorm", "layernorm", 2)
