@@ -103,6 +103,8 @@ def cmd_show(args) -> None:
     from .config import diff
     from .loading import to_yaml
 
+    if args.data and not args.recipe:
+        raise RoadmapError("--data sets a recipe's data.source: give --recipe too")
     cfg = roadmap.resolve_config(args.upto, args.base, args.patch, args.overrides, args.recipe, args.data)
     if args.diff:
         for key, (before, after) in diff(roadmap.resolve_config(None, args.base), cfg).items():
@@ -154,26 +156,14 @@ def _results_root(args) -> Path:
 
 def cmd_run(args) -> int:
     from . import executors, launch
-    from .executors.slurm import PROFILE_FLAGS
 
-    # an option of another executor would be ignored without a word
-    owner = {**dict.fromkeys(("parallel", "gpus_per_job", "tasks_per_job", "threads_per_job"), "local"),
-             **dict.fromkeys(("cluster", "wait", "timeout_wait", *PROFILE_FLAGS), "slurm")}
-    for flag, executor_kind in owner.items():
-        if getattr(args, flag) not in (None, False) and args.executor != executor_kind:
-            raise RoadmapError(f"--{flag.replace('_', '-')} is for --executor {executor_kind}, not {args.executor}")
-    overrides = [*args.overrides, *([f"train.pretrained={args.pretrained}"] if args.pretrained else [])]
-    args.overrides = overrides
+    exp_dir = _results_root(args) / (args.experiment or f"{args.base}-{Path(str(args.recipe)).stem}")
+    executor = executors.make(args.executor, exp_dir, {name: getattr(args, name) for name in executors.options()})
+    args.overrides = [*args.overrides, *([f"train.pretrained={args.pretrained}"] if args.pretrained else [])]
     variants = _requested(args, recipe=args.recipe, data=args.data)
     if not variants:
         raise RoadmapError("nothing to run: the request names no network")
     first = variants[0].cfg.train.seed
-    experiment = args.experiment or f"{args.base}-{Path(str(args.recipe)).stem}"
-    exp_dir = _results_root(args) / experiment
-    executor = executors.make(args.executor, exp_dir, cluster=args.cluster,
-                              profile_flags={k: getattr(args, k) for k in PROFILE_FLAGS}, parallel=args.parallel,
-                              gpus_per_job=args.gpus_per_job, tasks_per_job=args.tasks_per_job,
-                              threads_per_job=args.threads_per_job)
     return launch.run(variants, list(range(first, first + args.seeds)), exp_dir, executor, base=args.base,
                       recipe=str(args.recipe), device=args.device, force=args.force, dry_run=args.dry_run,
                       wait=args.wait, timeout_wait=args.timeout_wait, tensorboard=args.log == "tensorboard",

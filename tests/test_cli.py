@@ -58,6 +58,7 @@ def test_flops_csv(capsys):
     (["show", "--set", "block.kernel_size=2"], "block.kernel_size"),
     (["flops", "--patch", "no_such.yaml"], "no such file"),
     (["steps", "--base", "foo"], "--base foo: unknown base"),
+    (["show", "--data", "imagefolder:/x"], "--data sets a recipe's data.source: give --recipe too"),
 ])
 def test_user_errors_are_one_line_exit_2(args, words):
     result = run(*args)

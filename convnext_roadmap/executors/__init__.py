@@ -37,6 +37,7 @@ class Executor:
     `blocking` executors return from `submit` only when their jobs have ended."""
 
     kind = ""
+    options: tuple[str, ...] = ()  # the `roadmap run` options (argparse names) that are this executor's
     blocking = True
     processes = 1  # processes (DDP ranks) per job
 
@@ -74,9 +75,20 @@ def _kinds() -> dict[str, type[Executor]]:
     return {cls.kind: cls for cls in (InProcess, Local, Slurm)}
 
 
-def make(kind: str, experiment_dir: Path, **options) -> Executor:
-    """The executor of `--executor KIND`: inprocess, local or slurm."""
-    return _kinds()[kind](experiment_dir, **options)
+def make(kind: str, experiment_dir: Path, options: dict) -> Executor:
+    """The executor of `--executor KIND` (inprocess, local or slurm), given the command line's executor options
+    (None or False where not given): another executor's option is an error, not ignored without a word."""
+    kinds = _kinds()
+    for name, value in options.items():
+        if value not in (None, False) and name not in kinds[kind].options:
+            owner = next(k for k, cls in kinds.items() if name in cls.options)
+            raise RoadmapError(f"--{name.replace('_', '-')} is for --executor {owner}, not {kind}")
+    return kinds[kind](experiment_dir, **{k: v for k, v in options.items() if k in kinds[kind].options})
+
+
+def options() -> list[str]:
+    """Every executor's options, in the order the executors declare them."""
+    return list(dict.fromkeys(name for cls in _kinds().values() for name in cls.options))
 
 
 def states(records: list[dict]) -> dict[str, JobState]:

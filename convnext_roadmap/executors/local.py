@@ -46,6 +46,7 @@ class Local(Executor):
     SLURM); on the CPU, `tasks_per_job` processes and the cores divided between the jobs."""
 
     kind = "local"
+    options = ("parallel", "gpus_per_job", "tasks_per_job", "threads_per_job")
 
     def __init__(self, experiment_dir: Path, parallel: int | None = None, gpus_per_job: int | None = None,
                  tasks_per_job: int | None = None, threads_per_job: int | None = None, poll_s: float = 0.5, **_):

@@ -55,16 +55,17 @@ class Slurm(Executor):
     SLURM has them."""
 
     kind = "slurm"
+    options = ("cluster", *PROFILE_FLAGS, "wait", "timeout_wait")
     blocking = False
 
-    def __init__(self, experiment_dir: Path, cluster: str | None = None, profile_flags: dict | None = None, **_):
-        """`cluster`: the profile (--cluster; default: slurm/default.yaml); `profile_flags`: the command line's
-        overrides of its fields (--partition …, None where not given)."""
+    def __init__(self, experiment_dir: Path, cluster: str | None = None, **flags):
+        """`cluster`: the profile (--cluster; default: slurm/default.yaml); `flags`: the command line's overrides
+        of its fields (--partition …, None where not given). (--wait and --timeout-wait are the launch's.)"""
         if shutil.which("sbatch") is None:
             raise RoadmapError("--executor slurm: no sbatch on PATH (is this a SLURM login node? "
                                "slurm/local-cluster/up.sh brings up a local cluster here)")
         self.experiment_dir = Path(experiment_dir)
-        self.profile, self.source_of = load_profile(cluster or "default", profile_flags or {})
+        self.profile, self.source_of = load_profile(cluster or "default", {k: flags.get(k) for k in PROFILE_FLAGS})
         self.processes = self.profile.nodes * self.profile.tasks()
 
     def describe(self, jobs: int | None = None) -> str:
