@@ -172,12 +172,18 @@ class Data(Section):
     pipeline: Literal["pil", "tensor"] = "pil"
 
     @model_validator(mode="after")
-    def _crop_range(self):
+    def _consistent(self):
         if self.crop_scale[0] > self.crop_scale[1]:
             raise Problem("crop_scale", f"got {self.crop_scale}, expected [min, max] with min ≤ max")
         if self.pipeline == "tensor" and self.color_jitter:
             raise Problem("color_jitter", f"got {self.color_jitter}, expected null with pipeline: tensor "
                                           f"(it has no color jitter; pipeline: pil has timm's)")
+        if self.auto_augment:
+            from .data import augmentation_problem
+
+            problem = augmentation_problem(self)
+            if problem:
+                raise Problem("auto_augment", problem)
         return self
 
 

@@ -92,8 +92,10 @@ def test_dry_run_writes_nothing(tmp_path, data, capsys):
     (["--device", "mps"], "--device mps: expected auto, cpu, cuda or cuda:N"),
     pytest.param(["--device", "cuda"], "--device cuda: no CUDA device is available here",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")),
-    (["--set", "data.auto_augment=rand-m9-zz"], "data.auto_augment: rand-m9-zz: cannot read 'zz'"),
-    (["--set", "data.pipeline=pil", "--set", "data.auto_augment=zzz"], "which timm cannot read"),
+    (["--set", "data.auto_augment=rand-m9-zz"],
+     "--set data.auto_augment=rand-m9-zz: data.auto_augment: got 'rand-m9-zz', whose 'zz' the tensor pipeline"),
+    (["--set", "data.pipeline=pil", "--set", "data.auto_augment=zzz"],
+     "--set data.auto_augment=zzz: data.auto_augment: got 'zzz', which timm cannot read"),
 ])
 def test_bad_input_writes_nothing(tmp_path, data, capsys, extra, words):
     args = ["run", "--recipe", "smoke", "--data", f"imagefolder:{data}", "--results", str(tmp_path), *extra]

@@ -10,26 +10,28 @@ from .images import ImageDataset, eval_transform
 from .sources import (IMAGE_EXTENSIONS, EpochSampler, SkipRecord, Split, find_image, load_splits, make_subset,
                       make_synthetic)
 
-__all__ = ["IMAGE_EXTENSIONS", "EpochSampler", "ImageDataset", "SkipRecord", "Split", "check_augmentations",
+__all__ = ["IMAGE_EXTENSIONS", "EpochSampler", "ImageDataset", "SkipRecord", "Split", "augmentation_problem",
            "eval_transform", "find_image", "load_splits", "make_loaders", "make_subset", "make_synthetic"]
 
 
-def check_augmentations(data_cfg) -> None:
-    """Build the training augmentation once, so that a spec its pipeline cannot read is one line before anything
-    runs, not the failure of every job."""
-    from ..errors import RoadmapError
-
+def augmentation_problem(data_cfg) -> str | None:
+    """What the training augmentation's pipeline cannot read in `data_cfg` (its RandAugment spec), in words; None
+    when it builds. The config schema asks, so that the error names the file or --set it came from."""
     if data_cfg.pipeline == "tensor":
-        from .batches import BatchAugment
+        from .batches import parse_rand_augment
 
-        BatchAugment(data_cfg)  # its own spec reader says what it cannot read
-        return
+        try:
+            parse_rand_augment(data_cfg.auto_augment)
+        except ValueError as e:
+            return str(e)
+        return None
     from .images import transforms
 
     try:
         transforms(data_cfg)
     except (AssertionError, KeyError, ValueError) as e:  # timm's readers assert
-        raise RoadmapError(f"data.auto_augment: got {data_cfg.auto_augment!r}, which timm cannot read ({e})") from None
+        return f"got {data_cfg.auto_augment!r}, which timm cannot read ({e})"
+    return None
 
 
 def make_loaders(data_cfg, train_batch: int, eval_batch: int, seed: int, distributed: tuple[int, int] = (0, 1),

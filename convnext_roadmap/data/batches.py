@@ -101,7 +101,7 @@ def parse_rand_augment(spec: str) -> dict:
     bound mmax, the increasing op set inc, the chance p that each chosen op is applied."""
     parts = spec.split("-")
     if parts[0] != "rand":
-        raise RoadmapError(f"data.auto_augment: {spec}: the tensor pipeline takes RandAugment specs (rand-…)")
+        raise ValueError(f"got {spec!r}, expected a RandAugment spec (rand-…): the tensor pipeline has no other")
     out = {"m": 10.0, "n": 2, "mstd": 0.0, "mmax": 10.0, "inc": 0, "p": 0.5}
     for part in parts[1:]:
         key = next((k for k in ("mstd", "mmax", "inc", "m", "n", "p") if part.startswith(k)), None)
@@ -110,8 +110,8 @@ def parse_rand_augment(spec: str) -> dict:
         except ValueError:
             key = None
         if key is None:
-            raise RoadmapError(f"data.auto_augment: {spec}: cannot read '{part}' (the tensor pipeline takes "
-                               f"m, n, mstd, mmax, inc and p)")
+            raise ValueError(f"got {spec!r}, whose '{part}' the tensor pipeline cannot read (it takes m, n, mstd, "
+                             f"mmax, inc and p)")
     return out
 
 
