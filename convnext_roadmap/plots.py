@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from . import results, stats  # noqa: E402
+from .plan import compared_with  # noqa: E402
 
 # One colour per part of Section 2, as Figure 2 groups its bars.
 GROUP_COLOURS = {
@@ -113,18 +114,6 @@ def fidelity_text(f: dict) -> str:
             f"Spearman ρ {num(f['spearman_rho'])}, {agree}")
 
 
-def arrows(names: list[str], baselines: dict[str, str | None]) -> list[tuple[str, str]]:
-    """(from, to) for each run with a baseline: from its baseline, or from the row before where the baseline is
-    not among `names` (left out by --steps, or not finished)."""
-    out = []
-    for before, name in zip([None, *names], names):
-        base = baselines.get(name)
-        start = base if base in names else before if base is not None else None
-        if start is not None:
-            out.append((start, name))
-    return out
-
-
 def accuracy_vs_flops(df: pd.DataFrame, groups: dict[str, str], baselines: dict[str, str | None], path: Path,
                       title: str) -> None:
     """Top-1 (with the 95% interval of the mean over seeds) against GFLOPs at 224², an arrow from the run each
@@ -133,9 +122,10 @@ def accuracy_vs_flops(df: pd.DataFrame, groups: dict[str, str], baselines: dict[
     half = _ci_half(df)
     fig, ax = plt.subplots(figsize=(7.5, 5))
     points = {row["step"]: (row["gflops_224"], row["top1"]) for _, row in done.iterrows()}
-    for start, end in arrows(list(points), baselines):
-        ax.annotate("", xy=points[end], xytext=points[start],
-                    arrowprops={"arrowstyle": "->", "color": "#999999", "lw": 0.8})
+    for end, start in compared_with(list(points), baselines).items():
+        if start is not None:
+            ax.annotate("", xy=points[end], xytext=points[start],
+                        arrowprops={"arrowstyle": "->", "color": "#999999", "lw": 0.8})
     for i, row in done.iterrows():
         ax.errorbar(row["gflops_224"], row["top1"], yerr=half[i], fmt="o",
                     color=GROUP_COLOURS.get(groups.get(row["step"], ""), "#4c72b0"), ms=6, capsize=2)
