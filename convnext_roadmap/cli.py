@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -359,12 +360,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():  # a kill ends a run as Ctrl-C does, cleaning up
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        return args.func(args) or 0
+        code = args.func(args) or 0
+        sys.stdout.flush()  # here, where a reader that has gone is handled, not at exit
+        return code
     except RoadmapError as e:
         # raised in a data-loader worker, it arrives wrapped: its own line is the last
         line = str(e).strip().splitlines()[-1].split("RoadmapError: ", 1)[-1]
         print(f"roadmap: error: {line}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `roadmap steps | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush cannot fail too
+        return 141  # as a shell reports a process ended by SIGPIPE
 
 
 if __name__ == "__main__":

@@ -96,3 +96,10 @@ def test_a_recipe_without_data_and_a_config_yaml_that_no_longer_fits_are_one_lin
     old.write_text("stem:\n  kind: conv7\n")
     with pytest.raises(RoadmapError, match=r"config\.yaml: stem\.\w+: "):  # the file and the key, one line
         read_config(old)
+
+
+def test_a_reader_that_stops_early_is_no_traceback():
+    # `true` exits without reading: every write of the command meets a closed pipe
+    result = subprocess.run(f"{sys.executable} -m convnext_roadmap.cli steps | true", shell=True,
+                            capture_output=True, text=True)
+    assert result.stderr == ""
