@@ -56,3 +56,81 @@ def test_block_axes_build_what_they_say():
     assert isinstance(block.act1, torch.nn.Identity) and isinstance(block.act_out, torch.nn.Identity)
     assert (block.conv2.out_channels, block.conv3.out_channels) == (768, 192)
     assert block.shortcut.conv.stride == (2, 2)
+
+
+# The CPU's faster convs (model/layers.py) against torch's own nn.Conv2d: the same outputs and gradients, in float64.
+
+def _conv_pair(kind, c, k, stride, padding):
+    from convnext_roadmap.model import layers
+
+    groups = c if kind is layers.DepthwiseConv2d else 1
+    ref = torch.nn.Conv2d(c, c, k, stride, padding=padding, groups=groups).double()
+    fast = kind(c, c, k, stride, padding=padding, groups=groups).double()
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+def _outputs_and_grads(conv, x, grad):
+    x = x.clone().requires_grad_()
+    y = conv(x)
+    return (y, *torch.autograd.grad(y, (x, conv.weight, conv.bias), grad))
+
+
+@pytest.mark.parametrize("k, stride", [(3, 1), (7, 1), (3, 2), (7, 2), (5, 1)])
+@pytest.mark.parametrize("h, w", [(1, 1), (2, 2), (4, 4), (3, 5), (2, 7), (8, 8)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_depthwise_conv_on_small_maps_is_torchs_conv(k, stride, h, w, channels_last):
+    from convnext_roadmap.model.layers import DepthwiseConv2d
+
+    torch.manual_seed(k * 100 + h * 10 + w)
+    ref, fast = _conv_pair(DepthwiseConv2d, 6, k, stride, padding=(k - 1) // 2)
+    x = torch.randn(3, 6, h, w, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(ref(x))
+    expected, got = _outputs_and_grads(ref, x, grad), _outputs_and_grads(fast, x, grad)
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
+    smaller = h < k or w < k  # where the other way is taken: it must be the one tested here
+    assert ("ValidDepthwise" in type(fast(x).grad_fn).__name__) == smaller
+
+
+@pytest.mark.parametrize("h", [1, 2, 8])
+def test_pointwise_conv_on_channels_last_is_torchs_conv(h):
+    from convnext_roadmap.model.layers import PointwiseConv2d
+
+    ref, fast = _conv_pair(PointwiseConv2d, 5, 1, 1, padding=0)
+    x = torch.randn(4, 5, h, h + 1, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(ref(x))
+    for e, g in zip(_outputs_and_grads(ref, x, grad), _outputs_and_grads(fast, x, grad)):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
+    assert "Permute" in type(fast(x).grad_fn).__name__  # the matrix product, not the conv
+
+
+def test_proxy_network_trains_as_with_torchs_convs(monkeypatch):
+    """The CPU proxy's large_kernel network, channels_last at 32² (maps down to 1×1 under a 7×7 kernel): one
+    training step's loss and gradients are those of the same network with plain nn.Conv2d."""
+    from convnext_roadmap.model import layers
+
+    cfg = resolve_config("large_kernel", recipe="cpu_proxy")
+    torch.manual_seed(0)
+    model = build_model(cfg, num_classes=10).double().to(memory_format=torch.channels_last).train()
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    y = torch.tensor([0, 3, 5, 9])
+
+    def step():
+        model.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # BatchNorm's running stats move each step
+    loss, grads = step()
+    model.load_state_dict(state)
+    monkeypatch.setattr(layers.DepthwiseConv2d, "forward", torch.nn.Conv2d.forward)
+    monkeypatch.setattr(layers.PointwiseConv2d, "forward", torch.nn.Conv2d.forward)
+    expected_loss, expected = step()
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-10, atol=1e-10)
+    for g, e in zip(grads, expected):
+        torch.testing.assert_close(g, e, rtol=1e-8, atol=1e-10)
+    assert sum(isinstance(m, layers.DepthwiseConv2d) for m in model.modules()) >= 4
