@@ -60,12 +60,12 @@ def test_block_axes_build_what_they_say():
 
 # The CPU's faster convs (model/layers.py) against torch's own nn.Conv2d: the same outputs and gradients, in float64.
 
-def _conv_pair(kind, c, k, stride, padding):
+def _conv_pair(kind, c, k, stride, padding, bias=True):
     from convnext_roadmap.model import layers
 
     groups = c if kind is layers.DepthwiseConv2d else 1
-    ref = torch.nn.Conv2d(c, c, k, stride, padding=padding, groups=groups).double()
-    fast = kind(c, c, k, stride, padding=padding, groups=groups).double()
+    ref = torch.nn.Conv2d(c, c, k, stride, padding=padding, groups=groups, bias=bias).double()
+    fast = kind(c, c, k, stride, padding=padding, groups=groups, bias=bias).double()
     fast.load_state_dict(ref.state_dict())
     return ref, fast
 
@@ -73,26 +73,51 @@ def _conv_pair(kind, c, k, stride, padding):
 def _outputs_and_grads(conv, x, grad):
     x = x.clone().requires_grad_()
     y = conv(x)
-    return (y, *torch.autograd.grad(y, (x, conv.weight, conv.bias), grad))
+    wrt = (x, conv.weight) + ((conv.bias,) if conv.bias is not None else ())
+    return (y, *torch.autograd.grad(y, wrt, grad))
 
 
-@pytest.mark.parametrize("k, stride", [(3, 1), (7, 1), (3, 2), (7, 2), (5, 1)])
+LAYOUTS = {"nchw": lambda x: x, "nhwc": lambda x: x.contiguous(memory_format=torch.channels_last),
+           "view": lambda x: x.transpose(2, 3).contiguous().transpose(2, 3)}  # neither: a transposed view
+
+
+@pytest.mark.parametrize("k, stride", [(3, 1), (7, 1), (3, 2), (7, 2), (5, 1), (5, 2)])
 @pytest.mark.parametrize("h, w", [(1, 1), (2, 2), (4, 4), (3, 5), (2, 7), (8, 8)])
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_depthwise_conv_on_small_maps_is_torchs_conv(k, stride, h, w, channels_last):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_depthwise_conv_on_small_maps_is_torchs_conv(k, stride, h, w, layout):
     from convnext_roadmap.model.layers import DepthwiseConv2d
 
     torch.manual_seed(k * 100 + h * 10 + w)
-    ref, fast = _conv_pair(DepthwiseConv2d, 6, k, stride, padding=(k - 1) // 2)
-    x = torch.randn(3, 6, h, w, dtype=torch.float64)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    batch, bias = (1, False) if (h + w) % 2 else (3, True)
+    ref, fast = _conv_pair(DepthwiseConv2d, 6, k, stride, padding=(k - 1) // 2, bias=bias)
+    x = LAYOUTS[layout](torch.randn(batch, 6, h, w, dtype=torch.float64))
     grad = torch.randn_like(ref(x))
     expected, got = _outputs_and_grads(ref, x, grad), _outputs_and_grads(fast, x, grad)
     for e, g in zip(expected, got):
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
     smaller = h < k or w < k  # where the other way is taken: it must be the one tested here
     assert ("ValidDepthwise" in type(fast(x).grad_fn).__name__) == smaller
+
+
+def test_depthwise_conv_on_small_maps_under_bf16_autocast():
+    """The network trains under bf16 autocast on the CPU (train.amp): backward runs outside the autocast block, on
+    the fp32 tensors the forward saved; the result is torch's conv to bf16 precision."""
+    from convnext_roadmap.model.layers import DepthwiseConv2d
+
+    ref, fast = _conv_pair(DepthwiseConv2d, 8, 7, 1, padding=3)
+    ref, fast = ref.float(), fast.float()
+    x = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last)
+    results = []
+    for conv in (ref, fast):
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = conv(xi)
+        assert y.dtype == torch.bfloat16
+        y.float().square().sum().backward()
+        results.append((y.float(), xi.grad, conv.weight.grad, conv.bias.grad))
+        assert xi.grad.dtype == conv.weight.grad.dtype == torch.float32
+    for e, g in zip(*results):
+        torch.testing.assert_close(g, e, rtol=0.02, atol=0.02 * e.abs().max().item())
 
 
 @pytest.mark.parametrize("h", [1, 2, 8])
@@ -105,6 +130,15 @@ def test_pointwise_conv_on_channels_last_is_torchs_conv(h):
     for e, g in zip(_outputs_and_grads(ref, x, grad), _outputs_and_grads(fast, x, grad)):
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
     assert "Permute" in type(fast(x).grad_fn).__name__  # the matrix product, not the conv
+
+
+def test_only_ungrouped_1x1_convs_are_matrix_products():
+    from convnext_roadmap.model.layers import PointwiseConv2d, conv
+
+    grouped = conv(8, 8, 1, 1, groups=2)
+    assert not isinstance(grouped, PointwiseConv2d) and isinstance(conv(8, 16, 1), PointwiseConv2d)
+    x = torch.randn(2, 8, 3, 3).contiguous(memory_format=torch.channels_last)
+    assert grouped(x).shape == (2, 8, 3, 3)
 
 
 def test_proxy_network_trains_as_with_torchs_convs(monkeypatch):

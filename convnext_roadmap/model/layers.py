@@ -23,9 +23,14 @@ def make_act(kind: str) -> nn.Module:
 
 def conv(c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1, norm_after: str = "none") -> nn.Conv2d:
     """A conv padded to keep the size (up to the stride); none when its patches do not overlap (kernel ≤ stride).
-    A BatchNorm right after it makes a bias redundant."""
+    A BatchNorm right after it makes a bias redundant. Depthwise and 1×1 convs are the subclasses below, which
+    compute the same thing faster on the CPU."""
     padding = 0 if kernel <= stride else (kernel - 1) // 2
-    kind = DepthwiseConv2d if groups == c_in == c_out > 1 else PointwiseConv2d if kernel == stride == 1 else nn.Conv2d
+    kind = nn.Conv2d
+    if groups == c_in == c_out > 1:
+        kind = DepthwiseConv2d
+    elif kernel == stride == groups == 1:
+        kind = PointwiseConv2d
     return kind(c_in, c_out, kernel, stride, padding=padding, groups=groups, bias=norm_after != "batchnorm")
 
 
@@ -46,9 +51,14 @@ class DepthwiseConv2d(nn.Conv2d):
     only the taps that can reach the map are computed (the others only ever multiply padding), and their backward
     is a conv with the flipped kernel for the input and a sum of shifted products for the weight."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # the other way knows what conv() builds: zero padding given in pixels, no dilation
+        self.small_maps_ok = self.dilation == (1, 1) and self.padding_mode == "zeros" and not isinstance(self.padding, str)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (h, w), (k_h, k_w) = x.shape[-2:], self.kernel_size
-        if x.device.type != "cpu" or (h >= k_h and w >= k_w) or torch.jit.is_tracing():
+        if x.device.type != "cpu" or (h >= k_h and w >= k_w) or not self.small_maps_ok or torch.jit.is_tracing():
             return super().forward(x)
         (rows, taps_h), (cols, taps_w) = (_reach(*a) for a in zip((h, w), self.kernel_size, self.padding, self.stride))
         padded = F.pad(x, (self.padding[1], self.padding[1], self.padding[0], self.padding[0]))
@@ -65,20 +75,24 @@ def _reach(n: int, k: int, pad: int, stride: int) -> tuple[slice, slice]:
 
 
 def _layout(x: torch.Tensor) -> torch.memory_format:
+    """The memory format to keep: channels_last where x is laid out NHWC (and not also NCHW), else NCHW."""
     nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     return torch.channels_last if nhwc else torch.contiguous_format
 
 
 class _ValidDepthwise(torch.autograd.Function):
-    """An unpadded depthwise conv whose backward avoids torch's depthwise backward kernels."""
+    """An unpadded depthwise conv whose backward avoids torch's depthwise backward kernels. Under bf16 autocast
+    the backward runs under it too (custom_bwd), as the forward's conv did."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")
     def forward(ctx, x, weight, bias, stride):
         ctx.save_for_backward(x, weight)
         ctx.stride, ctx.has_bias = stride, bias is not None
         return F.conv2d(x, weight, bias, stride, groups=len(weight))
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         (s_h, s_w), (k_h, k_w), (o_h, o_w) = ctx.stride, weight.shape[2:], grad.shape[2:]
