@@ -54,7 +54,8 @@ class DepthwiseConv2d(nn.Conv2d):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # the other way knows what conv() builds: zero padding given in pixels, no dilation
-        self.small_maps_ok = self.dilation == (1, 1) and self.padding_mode == "zeros" and not isinstance(self.padding, str)
+        self.small_maps_ok = (self.dilation == (1, 1) and self.padding_mode == "zeros"
+                              and not isinstance(self.padding, str))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (h, w), (k_h, k_w) = x.shape[-2:], self.kernel_size
