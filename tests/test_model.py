@@ -120,12 +120,12 @@ def test_depthwise_conv_on_small_maps_under_bf16_autocast():
         torch.testing.assert_close(g, e, rtol=0.02, atol=0.02 * e.abs().max().item())
 
 
-@pytest.mark.parametrize("h", [1, 2, 8])
+@pytest.mark.parametrize("h", [1, 2, 4])
 def test_pointwise_conv_on_channels_last_is_torchs_conv(h):
     from convnext_roadmap.model.layers import PointwiseConv2d
 
     ref, fast = _conv_pair(PointwiseConv2d, 5, 1, 1, padding=0)
-    x = torch.randn(4, 5, h, h + 1, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(4, 5, h, max(h - 1, 1), dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     grad = torch.randn_like(ref(x))
     for e, g in zip(_outputs_and_grads(ref, x, grad), _outputs_and_grads(fast, x, grad)):
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
