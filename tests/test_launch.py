@@ -166,11 +166,13 @@ def test_a_killed_local_run_takes_its_jobs_with_it_and_resumes(tmp_path):
             f"imagefolder:{data}", "--results", str(tmp_path / "r"), "--experiment", "k", "--executor", "local"]
     first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run = tmp_path / "r" / "k" / "resnet50" / "seed0"
-    deadline = time.time() + 120
-    while not (run / "checkpoint.pt").exists() and time.time() < deadline:
+    deadline = time.time() + 300  # planning, a job's start and one epoch; minutes where CI's machine is busy
+    while not (run / "checkpoint.pt").exists() and time.time() < deadline and first.poll() is None:
         time.sleep(0.2)
     first.send_signal(signal.SIGTERM)
-    assert first.wait(timeout=60) == 143
+    code = first.wait(timeout=60)
+    assert (run / "checkpoint.pt").exists(), f"no checkpoint to resume from; the run said:\n{first.stdout.read()}"
+    assert code == 143
 
     def trainers():
         mine = []
