@@ -189,7 +189,7 @@ def test_a_killed_local_run_takes_its_jobs_with_it_and_resumes(tmp_path):
         time.sleep(0.5)
     assert trainers() == []  # no job left training behind the killed command
     again = subprocess.run([*args, "--dry-run"], capture_output=True, text=True, timeout=120)
-    assert "seed0: resume" in again.stdout  # from its checkpoint, next time
+    assert "seed0: resume" in again.stdout, again.stdout  # from its checkpoint, next time
 
 
 def test_a_controller_that_does_not_answer_is_not_an_unknown_partition(tmp_path, monkeypatch, capsys):
