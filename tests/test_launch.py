@@ -162,7 +162,7 @@ def test_a_killed_local_run_takes_its_jobs_with_it_and_resumes(tmp_path):
 
     data = make_imagefolder(tmp_path / "data")
     args = [sys.executable, "-m", "convnext_roadmap.cli", "run", "--steps", "resnet50", "--recipe", "smoke",
-            "--set", "train.epochs=200", "--set", "train.batch_size=4", "--seeds", "1", "--data",
+            "--set", "train.epochs=5000", "--set", "train.batch_size=4", "--seeds", "1", "--data",
             f"imagefolder:{data}", "--results", str(tmp_path / "r"), "--experiment", "k", "--executor", "local"]
     first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run = tmp_path / "r" / "k" / "resnet50" / "seed0"
