@@ -79,6 +79,36 @@ def test_two_jobs_at_once_give_what_one_at_a_time_gives(tmp_path):
             [(m["train_loss"], m["val_loss"], m["top1"]) for m in b]
 
 
+def test_the_workers_share_one_queue_and_claim_each_run_once(tmp_path):
+    from convnext_roadmap.executors.local import Queue
+
+    a, b = Queue([None] * 5, tmp_path, slot=0), Queue([None] * 5, tmp_path, slot=1)
+    # each worker looks past the run it last had: a has 0, b skips it; a (after 0) skips b's 1 and 2 …
+    assert [a._claim_after(-1), b._claim_after(-1), b._claim_after(1), a._claim_after(0), a._claim_after(3),
+            b._claim_after(2)] == [0, 1, 2, 3, 4, None]
+    assert [(tmp_path / str(i)).read_text() for i in range(5)] == ["0", "1", "1", "0", "0"]
+
+
+def test_one_worker_trains_every_run_and_a_failed_run_does_not_stop_it(tmp_path):
+    import pandas as pd
+
+    data = make_imagefolder(tmp_path / "data")
+    exp = tmp_path / "r" / "q"
+    broken = exp / "resnet50" / "seed0"
+    broken.mkdir(parents=True)
+    (broken / "checkpoint.pt").write_bytes(b"not a checkpoint")  # resuming from it fails
+    assert main(["run", "--steps", "resnet50,patchify_stem", "--recipe", "smoke", "--set", "train.batch_size=8",
+                 "--seeds", "1", "--data", f"imagefolder:{data}", "--results", str(tmp_path / "r"),
+                 "--experiment", "q", "--executor", "local", "--parallel", "1"]) == 1
+    table = pd.read_csv(exp / "table.csv")
+    assert dict(zip(table.step, table.status)) == {"resnet50": "failed", "patchify_stem": "completed"}
+    workers = [p.name for p in (exp / "local").iterdir() if p.name.isdigit()]
+    assert len(workers) == 1  # one process trained both runs, one after the other
+    records = json.loads((exp / "jobs.json").read_text())["jobs"]
+    assert sorted(r["job_id"] for r in records) == [f"{workers[0]}_0", f"{workers[0]}_1"]
+    assert all(r["workers"] == workers and workers[0] in r["stdout"] for r in records)
+
+
 def test_the_cores_are_divided_between_the_jobs(tmp_path):
     from convnext_roadmap.executors.local import Local
 

@@ -4,6 +4,7 @@ one place that knows the kinds; what a job does inside is `train.run_job`, the s
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,32 +207,39 @@ def outcome_line(job: Job, seconds: float) -> str:
             f"{summary['gflops_224']:.2f} GFLOPs at 224², {summary['params'] / 1e6:.1f} M params, {seconds:.0f} s")
 
 
+@contextlib.contextmanager
+def process_group():
+    """torch.distributed from submitit's environment for the length of the block when the job has several tasks;
+    yields whether it has."""
+    import submitit
+    import torch
+
+    distributed = submitit.JobEnvironment().num_tasks > 1
+    if distributed:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        # a finite timeout: a rank that dies must not leave the others waiting for the backend's default 30 min
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                             timeout=datetime.timedelta(minutes=10))
+    try:
+        yield distributed
+    finally:
+        if distributed:
+            torch.distributed.destroy_process_group()
+
+
 class SubmittedRun:
-    """What a submitit job calls (on SLURM or on this machine): torch.distributed from submitit's environment when
-    the job has several tasks, then `run_job`. On a time-out or preemption submitit calls `checkpoint`, which
-    requeues the same call: `run_job` resumes from the run's last checkpoint."""
+    """What a submitit job calls (on SLURM or on this machine): `run_job` inside the job's process group. On a
+    time-out or preemption submitit calls `checkpoint`, which requeues the same call: `run_job` resumes from the
+    run's last checkpoint."""
 
     def __init__(self, job: Job):
         self.job = job
 
     def __call__(self) -> dict:
-        import submitit
-        import torch
-
         from ..train import run_job
 
-        env = submitit.JobEnvironment()
-        distributed = env.num_tasks > 1
-        if distributed:
-            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-            # a finite timeout: a rank that dies must not leave the others waiting for the backend's default 30 min
-            torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
-                                                 timeout=datetime.timedelta(minutes=10))
-        try:
+        with process_group():
             return run_job(self.job)
-        finally:
-            if distributed:
-                torch.distributed.destroy_process_group()
 
     def checkpoint(self, *args, **kwargs):
         import submitit

@@ -1,17 +1,19 @@
-"""Jobs on this machine: one after another in this process, or up to N at once as submitit's local jobs, each
-pinned to its own GPUs (CUDA_VISIBLE_DEVICES) or, on the CPU, to its share of the cores."""
+"""Jobs on this machine: one after another in this process, or up to N at once by N submitit local jobs that take
+them from one queue, each worker pinned to its own GPUs (CUDA_VISIBLE_DEVICES) or, on the CPU, to its share of the
+cores."""
 
 from __future__ import annotations
 
 import math
 import os
+import signal
 import time
 from pathlib import Path
 
 from .. import results
 from ..errors import RoadmapError
 from ..job import Job
-from . import Executor, JobState, SubmittedRun, outcome_line, record, settle_one
+from . import Executor, JobState, outcome_line, process_group, record, settle_one
 
 A_WEEK_MIN = 7 * 24 * 60
 
@@ -41,9 +43,11 @@ class InProcess(Executor):
 
 
 class Local(Executor):
-    """Up to `parallel` jobs at once through submitit's LocalExecutor, this process scheduling them. With GPUs,
-    each job gets `gpus_per_job` of its own (one task each, DDP across them through submitit's environment, as on
-    SLURM); on the CPU, `tasks_per_job` processes and the cores divided between the jobs."""
+    """Up to `parallel` jobs at once: as many workers, submitit local jobs that take the runs from one queue
+    (`Queue`), longest first, this process following them. With GPUs, each worker gets `gpus_per_job` of its own
+    (one task each, DDP across them through submitit's environment, as on SLURM); on the CPU, `tasks_per_job`
+    processes and the cores divided between the workers. A run's job id is `PID_PLACE`, the first worker's pid and
+    the run's place in the queue, as a SLURM array task's is `ARRAY_TASK`."""
 
     kind = "local"
     options = ("parallel", "gpus_per_job", "tasks_per_job", "threads_per_job")
@@ -80,37 +84,62 @@ class Local(Executor):
 
     def submit(self, jobs: list[Job]) -> list[dict]:
         # the longest first, so that no core idles at the end waiting for one run
-        queue = sorted(jobs, key=lambda j: -_work(j))
-        total, done, began = sum(_work(j) for j in jobs), 0.0, time.time()
-        running, records, seen = {}, [], {}
-        free, threads = list(range(self.slots(len(jobs)))), self.threads(len(jobs))
+        order = sorted(jobs, key=lambda j: -_work(j))
+        claims = self.experiment_dir / "local" / f"queue-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        claims.mkdir(parents=True)
+        slots, threads = self.slots(len(jobs)), self.threads(len(jobs))
+        handles = []
         try:
-            while queue or running:
-                while queue and free:
-                    slot, job = free.pop(0), queue.pop(0)
-                    handle = self._start(job, slot, threads)
-                    records.append(record(job, handle, self.kind))
-                    results.record_jobs(self.experiment_dir, [records[-1]])
-                    running[slot] = (job, handle, time.time(), records[-1])
-                    seen[job.run_dir] = 0
-                time.sleep(self.poll_s)
-                for slot, (job, handle, start, rec) in list(running.items()):
-                    seen[job.run_dir] = _print_new_epochs(job, seen[job.run_dir])
-                    if handle.done():
-                        del running[slot]
-                        free.append(slot)
-                        settle_one(rec, handle.state)  # died without a summary: killed, out of memory
-                        done += _work(job)
-                        print(outcome_line(job, time.time() - start) + _progress(len(records) - len(running),
-                              len(jobs), done, total, time.time() - began), flush=True)
+            for slot in range(slots):
+                handles.append(self._start(Queue(order, claims, slot), slot, threads))
+            workers = [str(h.job_id) for h in handles]
+            records = [{**record(job, handles[0], self.kind), "job_id": f"{workers[0]}_{i}", "workers": workers,
+                        "claim": str(claims / str(i))} for i, job in enumerate(order)]
+            results.record_jobs(self.experiment_dir, records)
+            self._follow(order, records, handles, claims)
         except BaseException:  # interrupted (Ctrl-C, kill): the jobs started here end too; they resume next time
-            for _, handle, _, _ in running.values():
+            for handle in handles:
                 handle.cancel(check=False)
             raise
         return records
 
-    def _start(self, job: Job, slot: int, threads: int):
-        """The job as a submitit local job, on the GPUs of its slot (none on the CPU) with `threads` threads."""
+    def _follow(self, order: list[Job], records: list[dict], handles: list, claims: Path) -> None:
+        """Print each run's epochs and its outcome as the workers get through the queue; a run whose worker died
+        under it, or that no worker reached, gets a failed summary with the worker's end."""
+        total, done, began = sum(_work(j) for j in order), 0.0, time.time()
+        started: dict[int, tuple[int, float]] = {}  # queue position → (the worker's slot, when it was seen claimed)
+        shown, ended = {}, set()
+        while len(ended) < len(order):
+            time.sleep(self.poll_s)
+            over = [h.done() for h in handles]  # before the claims: a worker's last claim is then seen with it
+            for i in range(len(order)):
+                slot = None if i in started else _claimant(claims / str(i))
+                if slot is not None:
+                    started[i], shown[i] = (slot, time.time()), 0
+                    records[i] = {**record(order[i], handles[slot], self.kind), **{
+                        k: records[i][k] for k in ("job_id", "workers", "claim")}}
+                    results.record_jobs(self.experiment_dir, [records[i]])
+            latest = {}
+            for i, (slot, _) in started.items():
+                latest[slot] = max(latest.get(slot, -1), i)
+            for i, (slot, since) in sorted(started.items()):
+                if i in ended:
+                    continue
+                shown[i] = _print_new_epochs(order[i], shown[i])
+                if latest[slot] > i or over[slot]:  # its worker has moved on, or has ended
+                    ended.add(i)
+                    settle_one(records[i], handles[slot].state)  # died without a summary: killed, out of memory
+                    done += _work(order[i])
+                    print(outcome_line(order[i], time.time() - since) + _progress(len(ended), len(order), done,
+                          total, time.time() - began), flush=True)
+            if all(over):
+                for i in sorted(set(range(len(order))) - set(started)):
+                    ended.add(i)
+                    line = settle_one(records[i], handles[0].state)
+                    print(line or outcome_line(order[i], 0), flush=True)
+
+    def _start(self, work, slot: int, threads: int):
+        """`work` as a submitit local job, on the GPUs of its slot (none on the CPU) with `threads` threads."""
         import submitit
 
         executor = submitit.LocalExecutor(folder=self.experiment_dir / "local" / "%j")
@@ -122,7 +151,7 @@ class Local(Executor):
         previous = os.environ.get("OMP_NUM_THREADS")
         os.environ["OMP_NUM_THREADS"] = str(threads)
         try:
-            return executor.submit(SubmittedRun(job))
+            return executor.submit(work)
         finally:
             if previous is None:
                 del os.environ["OMP_NUM_THREADS"]
@@ -131,27 +160,81 @@ class Local(Executor):
 
     @staticmethod
     def states(records: list[dict]) -> dict[str, JobState]:
-        """A job whose controller process still lives is running; otherwise its summary says how it ended."""
+        """A run not yet claimed from a live queue is pending; one that trains (its lock held), or that a live
+        worker has claimed and not ended, is running; otherwise its summary says how it ended."""
         out = {}
         for r in records:
-            if _alive(r["job_id"]):
-                out[r["job_id"]] = JobState("RUNNING")
-                continue
-            summary = results.read_json(Path(r["run_dir"]) / "summary.json") or {}
-            out[r["job_id"]] = JobState({"completed": "COMPLETED", "failed": "FAILED"}.get(summary.get("status"),
-                                                                                            "UNKNOWN"))
+            run = Path(r["run_dir"])
+            alive = any(_alive(w) for w in r.get("workers", [r["job_id"]]))
+            claimed = Path(r["claim"]).exists() if r.get("claim") else True
+            status = (results.read_json(run / "summary.json") or {}).get("status")
+            if alive and not claimed:
+                state = "PENDING"
+            elif results.lock_holder(run) is not None or (alive and status not in ("completed", "failed")):
+                state = "RUNNING"
+            else:
+                state = {"completed": "COMPLETED", "failed": "FAILED"}.get(status, "UNKNOWN")
+            out[r["job_id"]] = JobState(state)
         return out
 
     @staticmethod
     def cancel(records: list[dict]) -> list[str]:
-        import signal
+        """Interrupt the workers of these runs (submitit's controller ends its tasks on SIGINT)."""
+        stopped = set()
+        for w in {w for r in records for w in r.get("workers", [r["job_id"]])}:
+            if _alive(w):
+                os.kill(int(w), signal.SIGINT)
+                stopped.add(w)
+        return [r["job_id"] for r in records if stopped & set(r.get("workers", [r["job_id"]]))]
 
-        cancelled = []
-        for r in records:
-            if _alive(r["job_id"]):
-                os.kill(int(r["job_id"]), signal.SIGINT)
-                cancelled.append(r["job_id"])
-        return cancelled
+
+class Queue:
+    """What each worker of a local launch runs: the launch's runs in order, each trained by the first worker to
+    claim it (a claim file, created once, that names the worker's slot). A worker pays the start of Python with
+    torch and timm (~7 s on a 2-core machine) once, not once per run. A run that fails is in its summary, and the
+    worker goes on to the next; under DDP it ends instead, since its other ranks cannot tell where it stopped."""
+
+    def __init__(self, jobs: list[Job], claims: Path, slot: int):
+        self.jobs, self.claims, self.slot = jobs, claims, slot
+
+    def __call__(self) -> None:
+        import torch
+
+        from ..train import run_job
+
+        with process_group() as distributed:
+            rank, index = torch.distributed.get_rank() if distributed else 0, -1
+            while True:
+                chosen = [self._claim_after(index) if rank == 0 else None]
+                if distributed:
+                    torch.distributed.broadcast_object_list(chosen, src=0)
+                if chosen[0] is None:
+                    return
+                index = chosen[0]
+                try:
+                    run_job(self.jobs[index])
+                except Exception:  # noqa: BLE001 - the run's summary has its root cause; the queue goes on
+                    if distributed:
+                        raise
+
+    def _claim_after(self, index: int) -> int | None:
+        for i in range(index + 1, len(self.jobs)):
+            try:
+                fd = os.open(self.claims / str(i), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(self.slot))
+            return i
+        return None
+
+
+def _claimant(claim: Path) -> int | None:
+    """The slot of the worker that claimed a queue position, or None while nobody has (or is still writing it)."""
+    try:
+        return int(claim.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _work(job: Job) -> float:
