@@ -183,18 +183,22 @@ def test_the_root_cause_in_a_jobs_log_is_not_a_warning(tmp_path):
     assert last_error_line(str(log)).startswith("slurmstepd: error: *** JOB 12 ON node1 CANCELLED")
 
 
-def test_a_killed_local_run_takes_its_jobs_with_it_and_resumes(tmp_path):
+@pytest.mark.parametrize("sigint", ["handled", "ignored"])
+def test_a_killed_local_run_takes_its_jobs_with_it_and_resumes(tmp_path, sigint):
     import signal
     import subprocess
     import sys
     import time
     from pathlib import Path
 
+    # "ignored": as a command started in a script's background (`roadmap run … &`) is, and its children would be
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint == "ignored" else None
+
     data = make_imagefolder(tmp_path / "data")
     args = [sys.executable, "-m", "convnext_roadmap.cli", "run", "--steps", "resnet50", "--recipe", "smoke",
             "--set", "train.epochs=5000", "--set", "train.batch_size=4", "--seeds", "1", "--data",
             f"imagefolder:{data}", "--results", str(tmp_path / "r"), "--experiment", "k", "--executor", "local"]
-    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=ignore)
     run = tmp_path / "r" / "k" / "resnet50" / "seed0"
     deadline = time.time() + 300  # planning, a job's start and one epoch; minutes where CI's machine is busy
     while not (run / "checkpoint.pt").exists() and time.time() < deadline and first.poll() is None:

@@ -150,9 +150,16 @@ class Local(Executor):
         # job's handle and its controller, and cancelling the handle would then leave the job training
         previous = os.environ.get("OMP_NUM_THREADS")
         os.environ["OMP_NUM_THREADS"] = str(threads)
+        # a launch from a script's background ignores SIGINT, and its children would inherit that; but SIGINT is
+        # how a submitit controller is cancelled, so the job is started with Python's own handler in its place
+        ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        if ignored:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             return executor.submit(work)
         finally:
+            if ignored:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
             if previous is None:
                 del os.environ["OMP_NUM_THREADS"]
             else:
