@@ -84,9 +84,76 @@ def test_the_workers_share_one_queue_and_claim_each_run_once(tmp_path):
 
     a, b = Queue([None] * 5, tmp_path, slot=0), Queue([None] * 5, tmp_path, slot=1)
     # each worker looks past the run it last had: a has 0, b skips it; a (after 0) skips b's 1 and 2 …
-    assert [a._claim_after(-1), b._claim_after(-1), b._claim_after(1), a._claim_after(0), a._claim_after(3),
-            b._claim_after(2)] == [0, 1, 2, 3, 4, None]
-    assert [(tmp_path / str(i)).read_text() for i in range(5)] == ["0", "1", "1", "0", "0"]
+    assert [a._claim_after(-1, "11"), b._claim_after(-1, "12"), b._claim_after(1, "12"), a._claim_after(0, "11"),
+            a._claim_after(3, "11"), b._claim_after(2, "12")] == [0, 1, 2, 3, 4, None]
+    assert [(tmp_path / str(i)).read_text() for i in range(5)] == ["0 11", "1 12", "1 12", "0 11", "0 11"]
+
+
+def test_a_queued_runs_state_comes_from_its_claim_its_worker_and_its_summary(tmp_path, monkeypatch):
+    from convnext_roadmap.executors import local
+
+    monkeypatch.setattr(local, "_alive", lambda pid: pid == "11")  # worker 11 lives, worker 12 has ended
+    killed = []
+    monkeypatch.setattr(local.os, "kill", lambda pid, sig: killed.append(pid))
+    claims = tmp_path / "queue"
+    claims.mkdir()
+
+    def queued(i, claim=None, status=None):
+        run = tmp_path / f"run{i}"
+        run.mkdir()
+        if status:
+            (run / "summary.json").write_text(json.dumps({"status": status}))
+        if claim:
+            (claims / str(i)).write_text(claim)
+        return {"name": f"r{i}", "seed": 0, "job_id": f"11_{i}", "executor": "local", "run_dir": str(run),
+                "workers": ["11", "12"], "claim": str(claims / str(i))}
+
+    records = [queued(0, "0 11"), queued(1, "0 11", "completed"), queued(2, "1 12"), queued(3, "1 12", "failed"),
+               queued(4)]
+    # a record from before the queue: the job itself, here ended, its run completed
+    before = {"name": "old", "seed": 0, "job_id": "12", "executor": "local", "run_dir": str(tmp_path / "run1")}
+    states = local.Local.states([*records, before])
+    assert [states[r["job_id"]].state for r in [*records, before]] == [
+        "RUNNING", "COMPLETED", "UNKNOWN", "FAILED", "PENDING", "COMPLETED"]
+    assert local.Local.cancel([records[0], records[4]]) == ["11_0", "11_4"] and killed == [11]
+
+
+def test_a_worker_killed_in_a_run_is_replaced_and_the_queue_goes_on(tmp_path):
+    import signal
+    import threading
+    import time
+
+    import pandas as pd
+
+    data = make_imagefolder(tmp_path / "data")
+    exp = tmp_path / "r" / "w"
+    killed = []
+
+    def kill_the_first_trainer():  # as the kernel's OOM killer would: the worker's process, mid-run
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            for lock in exp.glob("*/seed0/run.lock"):
+                try:
+                    pid = json.loads(lock.read_text())["pid"]
+                except (OSError, ValueError):
+                    continue
+                os.kill(pid, signal.SIGKILL)
+                killed.append(lock.parent.parent.name)
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=kill_the_first_trainer, daemon=True)
+    watcher.start()
+    assert main(["run", "--steps", "resnet50,patchify_stem", "--recipe", "smoke", "--set", "train.batch_size=8",
+                 "--set", "train.epochs=20", "--seeds", "1", "--data", f"imagefolder:{data}", "--results",
+                 str(tmp_path / "r"), "--experiment", "w", "--executor", "local", "--parallel", "1"]) == 1
+    watcher.join(timeout=5)
+    assert len(killed) == 1
+    other = ({"resnet50", "patchify_stem"} - set(killed)).pop()
+    table = pd.read_csv(exp / "table.csv").set_index("step")
+    assert table.status.to_dict() == {killed[0]: "failed", other: "completed"}
+    assert isinstance(table.error[killed[0]], str) and table.error[killed[0]]  # how its worker ended
+    assert len([p for p in (exp / "local").iterdir() if p.name.isdigit()]) == 2  # the killed worker, its successor
 
 
 def test_one_worker_trains_every_run_and_a_failed_run_does_not_stop_it(tmp_path):
@@ -105,7 +172,9 @@ def test_one_worker_trains_every_run_and_a_failed_run_does_not_stop_it(tmp_path)
     workers = [p.name for p in (exp / "local").iterdir() if p.name.isdigit()]
     assert len(workers) == 1  # one process trained both runs, one after the other
     records = json.loads((exp / "jobs.json").read_text())["jobs"]
-    assert sorted(r["job_id"] for r in records) == [f"{workers[0]}_0", f"{workers[0]}_1"]
+    # the failed run came first (the larger at this scale), so the queue went on past a failure
+    assert {r["name"]: r["job_id"] for r in records} == {"resnet50": f"{workers[0]}_0",
+                                                         "patchify_stem": f"{workers[0]}_1"}
     assert all(r["workers"] == workers and workers[0] in r["stdout"] for r in records)
 
 
@@ -123,11 +192,13 @@ def test_the_cores_are_divided_between_the_jobs(tmp_path):
 
 def test_a_local_job_can_train_data_parallel(tmp_path):
     data = make_imagefolder(tmp_path / "data")
-    assert main(["run", "--steps", "resnet50", "--recipe", "smoke", "--set", "train.batch_size=4", "--seeds", "1",
-                 "--data", f"imagefolder:{data}", "--results", str(tmp_path / "r"), "--experiment", "ddp",
-                 "--executor", "local", "--tasks-per-job", "2"]) == 0
-    summary = json.loads((tmp_path / "r" / "ddp" / "resnet50" / "seed0" / "summary.json").read_text())
-    assert summary["processes"] == 2 and summary["effective_batch"] == 8
+    # two runs on one worker (--parallel 1): rank 0 claims each from the queue and its other rank follows
+    assert main(["run", "--steps", "resnet50,patchify_stem", "--recipe", "smoke", "--set", "train.batch_size=4",
+                 "--seeds", "1", "--data", f"imagefolder:{data}", "--results", str(tmp_path / "r"), "--experiment",
+                 "ddp", "--executor", "local", "--tasks-per-job", "2", "--parallel", "1"]) == 0
+    for step in ("resnet50", "patchify_stem"):
+        summary = json.loads((tmp_path / "r" / "ddp" / step / "seed0" / "summary.json").read_text())
+        assert summary["processes"] == 2 and summary["effective_batch"] == 8
 
 
 def test_the_time_left_is_extrapolated_from_the_work_done():

@@ -172,18 +172,22 @@ def settle_one(record: dict, state: str) -> str | None:
     run = Path(record["run_dir"])
     if (run / "summary.json").exists() or results.lock_holder(run) is not None:
         return None
-    error = f"{state}: {last_error_line(record.get('stderr')) or 'no error output'}"
+    error = f"{state}: {last_error_line(record.get('stderr'), record.get('stderr_from', 0)) or 'no error output'}"
     results.write_failure(run, record["name"], record["seed"], error)
     return f"✗ {record['name']} seed{record['seed']}: job {record['job_id']} {error}"
 
 
-def last_error_line(stderr: str | None) -> str | None:
-    """The root cause in a job's error log: its last line that names an error, else its last line; warnings (an
-    image left out names its UnidentifiedImageError) are not causes."""
+def last_error_line(stderr: str | None, start: int = 0) -> str | None:
+    """The root cause in a job's error log (from byte `start` on: a local worker's log holds the runs before this
+    one too): its last line that names an error, else its last line; warnings (an image left out names its
+    UnidentifiedImageError) are not causes."""
     path = Path(stderr) if stderr else None
     if path is None or not path.exists():
         return None
-    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()
+    with open(path, "rb") as f:
+        f.seek(start)
+        text = f.read().decode(errors="replace")
+    lines = [ln.strip() for ln in text.splitlines()
              if ln.strip() and "warn" not in ln.lower() and "skipping" not in ln]
     errors = [ln for ln in lines if "Error" in ln or "error" in ln]
     return (errors or lines or [None])[-1]
@@ -216,7 +220,9 @@ def process_group():
 
     distributed = submitit.JobEnvironment().num_tasks > 1
     if distributed:
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        if torch.cuda.is_available():  # NCCL's collectives use the current device: each rank its own
+            torch.cuda.set_device(env.local_rank)
         # a finite timeout: a rank that dies must not leave the others waiting for the backend's default 30 min
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
                                              timeout=datetime.timedelta(minutes=10))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -85,39 +86,42 @@ class Local(Executor):
     def submit(self, jobs: list[Job]) -> list[dict]:
         # the longest first, so that no core idles at the end waiting for one run
         order = sorted(jobs, key=lambda j: -_work(j))
-        claims = self.experiment_dir / "local" / f"queue-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-        claims.mkdir(parents=True)
+        (self.experiment_dir / "local").mkdir(parents=True, exist_ok=True)
+        claims = Path(tempfile.mkdtemp(prefix="queue-", dir=self.experiment_dir / "local"))
         slots, threads = self.slots(len(jobs)), self.threads(len(jobs))
-        handles = []
+        handles: dict[int, object] = {}
         try:
             for slot in range(slots):
-                handles.append(self._start(Queue(order, claims, slot), slot, threads))
-            workers = [str(h.job_id) for h in handles]
+                handles[slot] = self._start(Queue(order, claims, slot), slot, threads, len(order))
+            workers = [str(h.job_id) for h in handles.values()]
             records = [{**record(job, handles[0], self.kind), "job_id": f"{workers[0]}_{i}", "workers": workers,
                         "claim": str(claims / str(i))} for i, job in enumerate(order)]
             results.record_jobs(self.experiment_dir, records)
-            self._follow(order, records, handles, claims)
+            self._follow(order, records, handles, claims, threads)
         except BaseException:  # interrupted (Ctrl-C, kill): the jobs started here end too; they resume next time
-            for handle in handles:
+            for handle in handles.values():
                 handle.cancel(check=False)
             raise
         return records
 
-    def _follow(self, order: list[Job], records: list[dict], handles: list, claims: Path) -> None:
-        """Print each run's epochs and its outcome as the workers get through the queue; a run whose worker died
-        under it, or that no worker reached, gets a failed summary with the worker's end."""
+    def _follow(self, order: list[Job], records: list[dict], handles: dict, claims: Path, threads: int) -> None:
+        """Print each run's epochs and its outcome as the workers get through the queue. A run whose worker died
+        under it gets a failed summary with the worker's end, and a fresh worker takes that one's place while
+        runs wait; a run that no worker reached, when they have all ended, gets one that says so."""
         total, done, began = sum(_work(j) for j in order), 0.0, time.time()
-        started: dict[int, tuple[int, float]] = {}  # queue position → (the worker's slot, when it was seen claimed)
+        started: dict[int, tuple[int, float]] = {}  # queue place → (the worker's slot, when it was seen claimed)
         shown, ended = {}, set()
         while len(ended) < len(order):
             time.sleep(self.poll_s)
-            over = [h.done() for h in handles]  # before the claims: a worker's last claim is then seen with it
+            over = {slot: h.done() for slot, h in handles.items()}  # before the claims: a last claim is then seen
             for i in range(len(order)):
-                slot = None if i in started else _claimant(claims / str(i))
-                if slot is not None:
+                claimant = None if i in started else _claimant(claims / str(i))
+                if claimant is not None:
+                    slot = claimant[0]
                     started[i], shown[i] = (slot, time.time()), 0
-                    records[i] = {**record(order[i], handles[slot], self.kind), **{
-                        k: records[i][k] for k in ("job_id", "workers", "claim")}}
+                    log = record(order[i], handles[slot], self.kind)
+                    records[i] = {**records[i], "stdout": log["stdout"], "stderr": log["stderr"],
+                                  "stderr_from": _size(log["stderr"])}  # its worker's log, from this run on
                     results.record_jobs(self.experiment_dir, [records[i]])
             latest = {}
             for i, (slot, _) in started.items():
@@ -132,29 +136,44 @@ class Local(Executor):
                     done += _work(order[i])
                     print(outcome_line(order[i], time.time() - since) + _progress(len(ended), len(order), done,
                           total, time.time() - began), flush=True)
-            if all(over):
+            waiting, replaced = len(order) > len(started), False
+            # a worker that ended in a run (killed, out of memory, a failed DDP run) is replaced while runs wait;
+            # one that ended before it claimed any would only end again. Each replacement costs a run: bounded.
+            for slot, handle in list(handles.items()):
+                if over[slot] and waiting and any(c == (slot, str(handle.job_id)) for c in map(
+                        _claimant, claims.iterdir())):
+                    handles[slot], replaced = self._start(Queue(order, claims, slot), slot, threads, len(order)), True
+                    workers = [str(h.job_id) for h in handles.values()]
+                    for r in records:
+                        r["workers"] = workers
+                    results.record_jobs(self.experiment_dir, records)
+            if waiting and not replaced and all(over.values()):
                 for i in sorted(set(range(len(order))) - set(started)):
                     ended.add(i)
-                    line = settle_one(records[i], handles[0].state)
-                    print(line or outcome_line(order[i], 0), flush=True)
+                    job = order[i]
+                    results.write_failure(Path(job.run_dir), job.name, job.seed,
+                                          f"not started: the queue's workers ended (their logs: {claims.parent})")
+                    print(outcome_line(job, 0), flush=True)
 
-    def _start(self, work, slot: int, threads: int):
+    def _start(self, work, slot: int, threads: int, runs: int):
         """`work` as a submitit local job, on the GPUs of its slot (none on the CPU) with `threads` threads."""
         import submitit
 
         executor = submitit.LocalExecutor(folder=self.experiment_dir / "local" / "%j")
         gpus = list(range(slot * self.gpus_per_job, (slot + 1) * self.gpus_per_job))
-        executor.update_parameters(timeout_min=A_WEEK_MIN, tasks_per_node=self.tasks, gpus_per_node=len(gpus),
-                                   visible_gpus=gpus)
+        # a worker may train every run of the queue: a week for each (submitit's local jobs need a limit)
+        executor.update_parameters(timeout_min=A_WEEK_MIN * runs, tasks_per_node=self.tasks,
+                                   gpus_per_node=len(gpus), visible_gpus=gpus)
         # through the environment the job inherits, not submitit's `setup` lines: those put a shell between the
         # job's handle and its controller, and cancelling the handle would then leave the job training
         previous = os.environ.get("OMP_NUM_THREADS")
         os.environ["OMP_NUM_THREADS"] = str(threads)
         # a launch from a script's background ignores SIGINT, and its children would inherit that; but SIGINT is
-        # how a submitit controller is cancelled, so the job is started with Python's own handler in its place
+        # how a submitit controller is cancelled. A handler that does nothing is not inherited (exec resets it),
+        # so the controller starts with Python's own, and this process goes on ignoring Ctrl-C meanwhile.
         ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
         if ignored:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGINT, lambda *_: None)
         try:
             return executor.submit(work)
         finally:
@@ -167,17 +186,16 @@ class Local(Executor):
 
     @staticmethod
     def states(records: list[dict]) -> dict[str, JobState]:
-        """A run not yet claimed from a live queue is pending; one that trains (its lock held), or that a live
-        worker has claimed and not ended, is running; otherwise its summary says how it ended."""
+        """A run not yet claimed from a live queue is pending; one whose worker (the one that claimed it) lives
+        and that has not ended is running; otherwise its summary says how it ended."""
         out = {}
         for r in records:
-            run = Path(r["run_dir"])
-            alive = any(_alive(w) for w in r.get("workers", [r["job_id"]]))
-            claimed = Path(r["claim"]).exists() if r.get("claim") else True
-            status = (results.read_json(run / "summary.json") or {}).get("status")
-            if alive and not claimed:
+            claimant = _claimant(Path(r["claim"])) if r.get("claim") else (0, r["job_id"])  # before the queue
+            alive = any(_alive(w) for w in ([claimant[1]] if claimant else r["workers"]))
+            status = (results.read_json(Path(r["run_dir"]) / "summary.json") or {}).get("status")
+            if alive and claimant is None:
                 state = "PENDING"
-            elif results.lock_holder(run) is not None or (alive and status not in ("completed", "failed")):
+            elif alive and status not in ("completed", "failed"):
                 state = "RUNNING"
             else:
                 state = {"completed": "COMPLETED", "failed": "FAILED"}.get(status, "UNKNOWN")
@@ -197,22 +215,26 @@ class Local(Executor):
 
 class Queue:
     """What each worker of a local launch runs: the launch's runs in order, each trained by the first worker to
-    claim it (a claim file, created once, that names the worker's slot). A worker pays the start of Python with
-    torch and timm (~7 s on a 2-core machine) once, not once per run. A run that fails is in its summary, and the
-    worker goes on to the next; under DDP it ends instead, since its other ranks cannot tell where it stopped."""
+    claim it (a claim file, created once, that names the worker's slot and job id). A worker pays the start of
+    Python with torch and timm (~8 s on a 2-core machine) once, not once per run. A run that fails is in its
+    summary, and the worker goes on to the next; under DDP it ends instead (a rank may have failed inside a
+    collective, and the process group cannot be trusted after it), and the launch starts a fresh worker."""
 
     def __init__(self, jobs: list[Job], claims: Path, slot: int):
         self.jobs, self.claims, self.slot = jobs, claims, slot
 
     def __call__(self) -> None:
+        import submitit
         import torch
 
         from ..train import run_job
 
+        worker = submitit.JobEnvironment().job_id
         with process_group() as distributed:
-            rank, index = torch.distributed.get_rank() if distributed else 0, -1
+            rank = torch.distributed.get_rank() if distributed else 0
+            index = -1
             while True:
-                chosen = [self._claim_after(index) if rank == 0 else None]
+                chosen = [self._claim_after(index, worker) if rank == 0 else None]
                 if distributed:
                     torch.distributed.broadcast_object_list(chosen, src=0)
                 if chosen[0] is None:
@@ -224,24 +246,32 @@ class Queue:
                     if distributed:
                         raise
 
-    def _claim_after(self, index: int) -> int | None:
+    def _claim_after(self, index: int, worker: str = "") -> int | None:
         for i in range(index + 1, len(self.jobs)):
             try:
                 fd = os.open(self.claims / str(i), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
                 continue
             with os.fdopen(fd, "w") as f:
-                f.write(str(self.slot))
+                f.write(f"{self.slot} {worker}")
             return i
         return None
 
 
-def _claimant(claim: Path) -> int | None:
-    """The slot of the worker that claimed a queue position, or None while nobody has (or is still writing it)."""
+def _claimant(claim: Path) -> tuple[int, str] | None:
+    """(slot, job id) of the worker that claimed a queue place, or None while nobody has (or is still writing)."""
     try:
-        return int(claim.read_text())
+        slot, worker = claim.read_text().split(" ")
+        return int(slot), worker
     except (OSError, ValueError):
         return None
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _work(job: Job) -> float:
