@@ -34,10 +34,19 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> dict | None:
+    """A JSON object this tool wrote, or None where there is no file. Every write is atomic, so a file that is not
+    a JSON object was changed by hand or damaged: one line naming it, not a traceback further on."""
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        text = Path(path).read_text()
+    except OSError:
         return None
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise RoadmapError(f"{path}: not JSON ({e}); the file was changed by hand or damaged") from None
+    if not isinstance(data, dict):
+        raise RoadmapError(f"{path}: not a JSON object; the file was changed by hand or damaged")
+    return data
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -84,7 +93,13 @@ def count_requeue(path: Path) -> None:
 
 def read_jobs(experiment_dir: Path) -> list[dict]:
     """The submitted jobs of an experiment, as kept in its jobs.json."""
-    return (read_json(Path(experiment_dir) / "jobs.json") or {}).get("jobs", [])
+    path = Path(experiment_dir) / "jobs.json"
+    jobs = (read_json(path) or {}).get("jobs", [])
+    if not isinstance(jobs, list) or not all(isinstance(r, dict) and {"name", "seed", "job_id", "run_dir"} <= set(r)
+                                             for r in jobs):
+        raise RoadmapError(f"{path}: not a list of job records (each with name, seed, job_id and run_dir); the file "
+                           f"was changed by hand or damaged")
+    return jobs
 
 
 @contextlib.contextmanager

@@ -141,6 +141,25 @@ def test_a_damaged_result_file_is_one_line_naming_it(tmp_path, data, capsys):
     assert main(["table", "t", "--results", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{metrics}: line 3: not JSON" in err  # SMOKE trains 2 epochs
-    (tmp_path / "t" / "plan.json").write_text("[]")
+    metrics.write_text(metrics.read_text().rsplit("\n", 1)[0] + "\n")  # the damaged line gone again
+    summary = tmp_path / "t" / "resnet50" / "seed0" / "summary.json"
+    kept = summary.read_text()
+    summary.write_text("[]")
+    assert main(["table", "t", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{summary}: not a JSON object" in err
+    summary.write_text('{"status": "completed"')
+    assert main(["table", "t", "--results", str(tmp_path)]) == 2
+    assert f"{summary}: not JSON" in capsys.readouterr().err
+    (tmp_path / "t" / "jobs.json").write_text('{"jobs": [{"name": "resnet50"}]}')
+    assert main(["status", "t", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "jobs.json: not a list of job records" in err
+    (tmp_path / "t" / "jobs.json").unlink()
+    summary.write_text(kept)
+    (tmp_path / "t" / "plan.json").write_text('{"runs": 3}')
     assert main(["plot", "t", "--results", str(tmp_path)]) == 2
     assert "plan.json: not a plan" in capsys.readouterr().err
+    (tmp_path / "t" / "plan.json").write_text("[]")
+    assert main(["plot", "t", "--results", str(tmp_path)]) == 2
+    assert "plan.json: not a JSON object" in capsys.readouterr().err
