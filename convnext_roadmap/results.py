@@ -34,8 +34,8 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> dict | None:
-    """A JSON object this tool wrote, or None where there is no file. Every write is atomic, so a file that is not
-    a JSON object was changed by hand or damaged: one line naming it, not a traceback further on."""
+    """A JSON object this tool wrote, or None where the file cannot be read (there is none). Every write is atomic,
+    so a file that is not a JSON object was changed by hand or damaged: one line naming it, not a traceback later."""
     try:
         text = Path(path).read_text()
     except OSError:
@@ -43,9 +43,11 @@ def read_json(path: Path) -> dict | None:
     try:
         data = json.loads(text)
     except ValueError as e:
-        raise RoadmapError(f"{path}: not JSON ({e}); the file was changed by hand or damaged") from None
+        raise RoadmapError(f"{path}: not JSON ({e}); the file was changed by hand or damaged (restore or "
+                           f"delete it)") from None
     if not isinstance(data, dict):
-        raise RoadmapError(f"{path}: not a JSON object; the file was changed by hand or damaged")
+        raise RoadmapError(f"{path}: not a JSON object; the file was changed by hand or damaged (restore or "
+                           f"delete it)")
     return data
 
 
@@ -95,10 +97,10 @@ def read_jobs(experiment_dir: Path) -> list[dict]:
     """The submitted jobs of an experiment, as kept in its jobs.json."""
     path = Path(experiment_dir) / "jobs.json"
     jobs = (read_json(path) or {}).get("jobs", [])
-    if not isinstance(jobs, list) or not all(isinstance(r, dict) and {"name", "seed", "job_id", "run_dir"} <= set(r)
-                                             for r in jobs):
-        raise RoadmapError(f"{path}: not a list of job records (each with name, seed, job_id and run_dir); the file "
-                           f"was changed by hand or damaged")
+    keys = {"name", "seed", "job_id", "run_dir"}
+    if not isinstance(jobs, list) or not all(isinstance(r, dict) and keys <= set(r) for r in jobs):
+        raise RoadmapError(f"{path}: not a list of job records (each with {', '.join(sorted(keys))}); the file was "
+                           f"changed by hand or damaged")
     return jobs
 
 

@@ -118,6 +118,28 @@ def test_a_queued_runs_state_comes_from_its_claim_its_worker_and_its_summary(tmp
     assert local.Local.cancel([records[0], records[4]]) == ["11_0", "11_4"] and killed == [11]
 
 
+def test_a_queued_run_no_worker_reached_is_missing_not_failed(tmp_path):
+    from convnext_roadmap import executors, results
+
+    exp = tmp_path / "exp"
+    (exp / "queue").mkdir(parents=True)
+    log = tmp_path / "worker.err"
+    log.write_text("Traceback …\nRuntimeError: the first run's own failure\n")
+    (exp / "queue" / "0").write_text("0 999999999")  # claimed by a worker that has ended (no such process)
+
+    def queued(i):
+        return {"name": f"r{i}", "seed": 0, "job_id": f"999999999_{i}", "executor": "local",
+                "run_dir": str(exp / f"r{i}" / "seed0"), "stdout": "", "stderr": str(log), "stderr_from": 0,
+                "workers": ["999999999"], "claim": str(exp / "queue" / str(i))}
+
+    results.record_jobs(exp, [queued(0), queued(1)])  # the launch was interrupted before a worker reached r1
+    lines = executors.settle(exp)
+    # the last line that names an error (last_error_line): r0's own cause
+    assert lines == ["✗ r0 seed0: job 999999999_0 UNKNOWN: RuntimeError: the first run's own failure"]
+    assert results.read_json(exp / "r0" / "seed0" / "summary.json")["status"] == "failed"
+    assert not (exp / "r1" / "seed0" / "summary.json").exists()
+
+
 def test_a_worker_killed_in_a_run_is_replaced_and_the_queue_goes_on(tmp_path):
     import signal
     import threading

@@ -129,7 +129,7 @@ def status(experiment_dir: Path) -> list[dict]:
                      "epoch": metrics[-1]["epoch"] if metrics else 0,
                      "top1": round(metrics[-1]["top1"], 1) if metrics else None,
                      "error": (results.read_json(run / "summary.json") or {}).get("error", ""),
-                     "stdout": r["stdout"], "stderr": r["stderr"]})
+                     "stdout": r.get("stdout", ""), "stderr": r.get("stderr", "")})
     return rows
 
 
@@ -172,6 +172,8 @@ def settle_one(record: dict, state: str) -> str | None:
     run = Path(record["run_dir"])
     if (run / "summary.json").exists() or results.lock_holder(run) is not None:
         return None
+    if record.get("claim") and not Path(record["claim"]).exists():  # queued, never reached: missing, not failed
+        return None
     error = f"{state}: {last_error_line(record.get('stderr'), record.get('stderr_from', 0)) or 'no error output'}"
     results.write_failure(run, record["name"], record["seed"], error)
     return f"✗ {record['name']} seed{record['seed']}: job {record['job_id']} {error}"
@@ -201,7 +203,10 @@ def record(job: Job, handle, kind: str) -> dict:
 
 def outcome_line(job: Job, seconds: float) -> str:
     """One line for a job that ended: its top-1 and size, its error, or who else trains its run."""
-    summary = results.read_json(Path(job.run_dir) / "summary.json") or {}
+    try:
+        summary = results.read_json(Path(job.run_dir) / "summary.json") or {}
+    except RoadmapError as e:  # a line for this run, not the end of the launch that follows the others
+        return f"✗ {job.name} seed{job.seed}: {e}"
     holder = results.lock_holder(Path(job.run_dir))
     if summary.get("status") != "completed" and holder is not None:
         return f"= {job.name} seed{job.seed}: {results.describe_holder(holder)}"

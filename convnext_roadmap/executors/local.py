@@ -1,6 +1,7 @@
-"""Jobs on this machine: one after another in this process, or up to N at once by N submitit local jobs that take
-them from one queue, each worker pinned to its own GPUs (CUDA_VISIBLE_DEVICES) or, on the CPU, to its share of the
-cores."""
+"""Jobs on this machine: in this process one after another, or N workers sharing one queue.
+
+The workers are submitit local jobs, each pinned to its own GPUs (CUDA_VISIBLE_DEVICES) or, on the CPU, to its share
+of the cores. A launch's claim files stay under `local/queue-*/` after it: `roadmap status` reads them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import signal
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from .. import results
@@ -113,7 +115,8 @@ class Local(Executor):
         shown, ended = {}, set()
         while len(ended) < len(order):
             time.sleep(self.poll_s)
-            over = {slot: h.done() for slot, h in handles.items()}  # before the claims: a last claim is then seen
+            # read before the claims, so that every claim a worker made before it ended is seen in this pass
+            over = {slot: h.done() for slot, h in handles.items()}
             for i in range(len(order)):
                 claimant = None if i in started else _claimant(claims / str(i))
                 if claimant is not None:
@@ -132,7 +135,8 @@ class Local(Executor):
                 shown[i] = _print_new_epochs(order[i], shown[i])
                 if latest[slot] > i or over[slot]:  # its worker has moved on, or has ended
                     ended.add(i)
-                    settle_one(records[i], handles[slot].state)  # died without a summary: killed, out of memory
+                    # left without a summary: its worker was killed (out of memory), or it failed before training
+                    settle_one(records[i], "FAILED" if latest[slot] > i else handles[slot].state)
                     done += _work(order[i])
                     print(outcome_line(order[i], time.time() - since) + _progress(len(ended), len(order), done,
                           total, time.time() - began), flush=True)
@@ -140,8 +144,8 @@ class Local(Executor):
             # a worker that ended in a run (killed, out of memory, a failed DDP run) is replaced while runs wait;
             # one that ended before it claimed any would only end again. Each replacement costs a run: bounded.
             for slot, handle in list(handles.items()):
-                if over[slot] and waiting and any(c == (slot, str(handle.job_id)) for c in map(
-                        _claimant, claims.iterdir())):
+                if over[slot] and waiting and any(_claimant(claims / str(i)) == (slot, str(handle.job_id))
+                                                  for i in started):
                     handles[slot], replaced = self._start(Queue(order, claims, slot), slot, threads, len(order)), True
                     workers = [str(h.job_id) for h in handles.values()]
                     for r in records:
@@ -191,8 +195,11 @@ class Local(Executor):
         out = {}
         for r in records:
             claimant = _claimant(Path(r["claim"])) if r.get("claim") else (0, r["job_id"])  # before the queue
-            alive = any(_alive(w) for w in ([claimant[1]] if claimant else r["workers"]))
-            status = (results.read_json(Path(r["run_dir"]) / "summary.json") or {}).get("status")
+            alive = any(_alive(w) for w in ([claimant[1]] if claimant else r.get("workers", [r["job_id"]])))
+            try:
+                status = (results.read_json(Path(r["run_dir"]) / "summary.json") or {}).get("status")
+            except RoadmapError:  # a damaged summary must not stop `status` or `cancel`; the table names it
+                status = None
             if alive and claimant is None:
                 state = "PENDING"
             elif alive and status not in ("completed", "failed"):
@@ -216,7 +223,7 @@ class Local(Executor):
 class Queue:
     """What each worker of a local launch runs: the launch's runs in order, each trained by the first worker to
     claim it (a claim file, created once, that names the worker's slot and job id). A worker pays the start of
-    Python with torch and timm (~8 s on a 2-core machine) once, not once per run. A run that fails is in its
+    Python with torch and timm (~8 s on a 2017 2-core EPYC) once, not once per run. A run that fails is in its
     summary, and the worker goes on to the next; under DDP it ends instead (a rank may have failed inside a
     collective, and the process group cannot be trusted after it), and the launch starts a fresh worker."""
 
@@ -242,20 +249,27 @@ class Queue:
                 index = chosen[0]
                 try:
                     run_job(self.jobs[index])
-                except Exception:  # noqa: BLE001 - the run's summary has its root cause; the queue goes on
+                except Exception:  # noqa: BLE001 - a failed run's summary has its root cause; the queue goes on
+                    traceback.print_exc()  # and the log has the whole of it, also of a failure before training
                     if distributed:
                         raise
 
     def _claim_after(self, index: int, worker: str = "") -> int | None:
-        for i in range(index + 1, len(self.jobs)):
-            try:
-                fd = os.open(self.claims / str(i), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{self.slot} {worker}")
-            return i
-        return None
+        """The first place after `index` that no worker has claimed, now claimed by this one; None when none is
+        left. Looking only past its own last place skips nothing: each place before it was taken when it looked.
+        The claim is written whole, then linked into place, which fails if another worker's is already there."""
+        mine = self.claims / f".claim.{self.slot}.{os.getpid()}"
+        mine.write_text(f"{self.slot} {worker}")
+        try:
+            for i in range(index + 1, len(self.jobs)):
+                try:
+                    os.link(mine, self.claims / str(i))
+                except FileExistsError:
+                    continue
+                return i
+            return None
+        finally:
+            mine.unlink()
 
 
 def _claimant(claim: Path) -> tuple[int, str] | None:
