@@ -111,7 +111,7 @@ class Local(Executor):
         under it gets a failed summary with the worker's end, and a fresh worker takes that one's place while
         runs wait; a run that no worker reached, when they have all ended, gets one that says so."""
         total, done, began = sum(_work(j) for j in order), 0.0, time.time()
-        started: dict[int, tuple[int, float]] = {}  # queue place → (the worker's slot, when it was seen claimed)
+        started: dict[int, tuple[int, str, float]] = {}  # queue place → (its worker's slot, its worker, seen when)
         shown, ended = {}, set()
         while len(ended) < len(order):
             time.sleep(self.poll_s)
@@ -121,15 +121,15 @@ class Local(Executor):
                 claimant = None if i in started else _claimant(claims / str(i))
                 if claimant is not None:
                     slot = claimant[0]
-                    started[i], shown[i] = (slot, time.time()), 0
+                    started[i], shown[i] = (*claimant, time.time()), 0
                     log = record(order[i], handles[slot], self.kind)
                     records[i] = {**records[i], "stdout": log["stdout"], "stderr": log["stderr"],
                                   "stderr_from": _size(log["stderr"])}  # its worker's log, from this run on
                     results.record_jobs(self.experiment_dir, [records[i]])
             latest = {}
-            for i, (slot, _) in started.items():
+            for i, (slot, _, _) in started.items():
                 latest[slot] = max(latest.get(slot, -1), i)
-            for i, (slot, since) in sorted(started.items()):
+            for i, (slot, _, since) in sorted(started.items()):
                 if i in ended:
                     continue
                 shown[i] = _print_new_epochs(order[i], shown[i])
@@ -144,8 +144,7 @@ class Local(Executor):
             # a worker that ended in a run (killed, out of memory, a failed DDP run) is replaced while runs wait;
             # one that ended before it claimed any would only end again. Each replacement costs a run: bounded.
             for slot, handle in list(handles.items()):
-                if over[slot] and waiting and any(_claimant(claims / str(i)) == (slot, str(handle.job_id))
-                                                  for i in started):
+                if over[slot] and waiting and str(handle.job_id) in {w for _, w, _ in started.values()}:
                     handles[slot], replaced = self._start(Queue(order, claims, slot), slot, threads, len(order)), True
                     workers = [str(h.job_id) for h in handles.values()]
                     for r in records:
