@@ -248,9 +248,17 @@ def run_job(job: Job) -> dict:
     out = Path(job.run_dir)
     rank, world = _distributed()
     lock = results.RunLock(out)
-    decision = [_claim(out, lock) if rank == 0 else None]
+    decision = [None]
+    if rank == 0:
+        try:
+            decision[0] = _claim(out, lock)
+        except Exception as e:  # noqa: BLE001 - every rank must hear of it, or the others wait at the broadcast
+            lock.release()  # if it was taken: a damaged summary read after the lock
+            decision[0] = e
     if world > 1:
         torch.distributed.broadcast_object_list(decision, src=0)
+    if isinstance(decision[0], Exception):
+        raise decision[0]
     if decision[0] == "done":
         return results.read_json(out / "summary.json")
     if decision[0] is not None:

@@ -223,6 +223,37 @@ def test_a_local_job_can_train_data_parallel(tmp_path):
         assert summary["processes"] == 2 and summary["effective_batch"] == 8
 
 
+_RANK = """
+import sys, datetime, torch.distributed as dist
+from convnext_roadmap.job import Job
+from convnext_roadmap.train import run_job
+rank, init, run_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=datetime.timedelta(seconds=90))
+try:
+    run_job(Job(run_dir=run_dir, name="resnet50", cfg={}))
+except Exception as e:
+    print(type(e).__name__, e)
+"""
+
+
+def test_every_rank_hears_that_rank_0_could_not_claim_the_run(tmp_path):
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "resnet50" / "seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text('{"status": "compl')  # damaged by hand between the plan and the claim
+    ranks = [subprocess.Popen([sys.executable, "-c", _RANK, str(rank), f"file://{tmp_path / 'pg'}", str(run_dir)],
+                              stdout=subprocess.PIPE, text=True) for rank in (0, 1)]
+    # rank 0 fails before the broadcast that tells the other ranks whether to train: they must not wait for it
+    try:
+        outs = [r.communicate(timeout=60)[0] for r in ranks]
+    finally:
+        for r in ranks:
+            r.kill()
+    assert all(f"RoadmapError {run_dir / 'summary.json'}: not JSON" in out for out in outs), outs
+
+
 def test_the_time_left_is_extrapolated_from_the_work_done():
     from convnext_roadmap.executors.local import _progress
 
