@@ -20,6 +20,7 @@ def test_local_executor_runs_the_same_job(tmp_path):
     assert json.loads((exp / "resnet50" / "seed0" / "summary.json").read_text())["status"] == "completed"
     assert json.loads((exp / "jobs.json").read_text())["jobs"][0]["executor"] == "local"
     assert (exp / "table.csv").exists()
+    assert not (exp / "local" / "%j").exists()  # submitit's unexpanded folder template is not left behind
 
 
 def test_no_sbatch_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
@@ -87,6 +88,37 @@ def test_the_workers_share_one_queue_and_claim_each_run_once(tmp_path):
     assert [a._claim_after(-1, "11"), b._claim_after(-1, "12"), b._claim_after(1, "12"), a._claim_after(0, "11"),
             a._claim_after(3, "11"), b._claim_after(2, "12")] == [0, 1, 2, 3, 4, None]
     assert [(tmp_path / str(i)).read_text() for i in range(5)] == ["0 11", "1 12", "1 12", "0 11", "0 11"]
+
+
+_ORPHAN = """
+import os, sys, time
+from pathlib import Path
+from convnext_roadmap.executors.local import Queue
+claims = Path(sys.argv[1])
+queue = Queue([None] * 2, claims, slot=0)
+queue.parent = os.getppid()  # as a worker does when it starts: its controller
+(claims / "ready").touch()
+deadline = time.time() + 30
+while os.getppid() == queue.parent and time.time() < deadline:
+    time.sleep(0.05)
+(claims / "after.tmp").write_text(repr(queue._claim_after(-1, "11")))
+os.rename(claims / "after.tmp", claims / "after")
+"""
+
+
+def test_a_worker_whose_controller_died_claims_no_more_runs(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    # a shell stands in for the controller: it starts the worker and ends (killed, say) once the worker is ready
+    subprocess.run(["sh", "-c", '"$0" -c "$2" "$1" & while [ ! -e "$1/ready" ]; do sleep 0.05; done',
+                    sys.executable, str(tmp_path), _ORPHAN], timeout=60, check=True)
+    deadline = time.time() + 60
+    while not (tmp_path / "after").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert (tmp_path / "after").read_text() == "None"
+    assert not (tmp_path / "0").exists()  # the run is left for a worker the launch watches
 
 
 def test_a_queued_runs_state_comes_from_its_claim_its_worker_and_its_summary(tmp_path, monkeypatch):

@@ -104,6 +104,11 @@ class Local(Executor):
             for handle in handles.values():
                 handle.cancel(check=False)
             raise
+        finally:
+            try:  # submitit's folder template, `%j` unexpanded, is left empty: each worker's logs are in its own
+                (self.experiment_dir / "local" / "%j").rmdir()
+            except OSError:
+                pass
         return records
 
     def _follow(self, order: list[Job], records: list[dict], handles: dict, claims: Path, threads: int) -> None:
@@ -228,6 +233,7 @@ class Queue:
 
     def __init__(self, jobs: list[Job], claims: Path, slot: int):
         self.jobs, self.claims, self.slot = jobs, claims, slot
+        self.parent: int | None = None  # submitit's controller, which the launch watches and cancels
 
     def __call__(self) -> None:
         import submitit
@@ -236,6 +242,7 @@ class Queue:
         from ..train import run_job
 
         worker = submitit.JobEnvironment().job_id
+        self.parent = os.getppid()
         with process_group() as distributed:
             rank = torch.distributed.get_rank() if distributed else 0
             index = -1
@@ -256,7 +263,10 @@ class Queue:
     def _claim_after(self, index: int, worker: str = "") -> int | None:
         """The first place after `index` that no worker has claimed, now claimed by this one; None when none is
         left. Looking only past its own last place skips nothing: each place before it was taken when it looked.
-        The claim is written whole, then linked into place, which fails if another worker's is already there."""
+        The claim is written whole, then linked into place, which fails if another worker's is already there.
+        A worker whose controller has died claims nothing more: the launch counts it as ended."""
+        if self.parent is not None and os.getppid() != self.parent:
+            return None
         mine = self.claims / f".claim.{self.slot}.{os.getpid()}"
         mine.write_text(f"{self.slot} {worker}")
         try:
