@@ -10,7 +10,8 @@ import torch
 
 from . import results
 from .config import Config
-from .data import IMAGE_EXTENSIONS, ImageDataset, Split, eval_transform, find_image, load_splits
+from .data import (IMAGE_EXTENSIONS, ImageDataset, Split, eval_transform, find_image, load_splits,
+                   training_classes)
 from .errors import RoadmapError
 from .loading import read_config
 
@@ -88,8 +89,14 @@ def test_images(spec: str) -> list[tuple[str, Path]]:
 
 
 def predict(path: Path, spec: str, out: Path, device: torch.device, flip: bool = False) -> int:
-    """Write `id,label` for every test image, labels named as in the training data; returns the row count."""
+    """Write `id,label` for every test image, labels named as in the training data; returns the row count. Where
+    `spec` has a training split, its classes must be the run's: a run trained on other data would write a file of
+    its own class names that looks like a submission."""
     cfg, model, classes = load_run(path, device)
+    named = training_classes(spec)
+    if named is not None and named[1] != classes:
+        raise RoadmapError(f"--data {spec}: {named[0]} names the classes {_few(named[1])}, but {path} was trained "
+                           f"on {_few(classes)}: predict with a run trained on this data")
     items = test_images(spec)
     split = Split([(p, 0) for _, p in items], classes)
     probs = _logits(model, _loader(cfg, split, cfg.train.batch_size * 2), device, flip)
@@ -100,3 +107,7 @@ def predict(path: Path, spec: str, out: Path, device: torch.device, flip: bool =
         writer.writerow([image_id, classes[k]])
     results.write_text(out, buffer.getvalue())
     return len(items)
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" … ({len(names)})" if len(names) > 5 else "")

@@ -57,6 +57,14 @@ def test_finetune_a_reference_from_a_local_file_then_eval_and_predict(tmp_path, 
     assert main(["predict", str(run), "--data", f"csv:{kaggle}", "--out", str(tmp_path / "again.csv"),
                  "--flip"]) == 0
     assert (tmp_path / "again.csv").read_text() == out.read_text()
+    capsys.readouterr()
+
+    # another competition's data: this run's class names would make a file that only looks like a submission
+    other = make_csv_dataset(tmp_path / "other", classes=("ant", "bee", "cat"), per_class=2, tests=2)
+    assert main(["predict", str(run), "--data", f"csv:{other}", "--out", str(tmp_path / "wrong.csv")]) == 2
+    err = capsys.readouterr().err
+    assert f"{other / 'train.csv'} names the classes ant, bee, cat, but {run} was trained on cat, dog, owl" in err
+    assert err.count("\n") == 1 and not (tmp_path / "wrong.csv").exists()
 
 
 def test_roadmap_end_finetunes_from_timm_weights(tmp_path, kaggle):

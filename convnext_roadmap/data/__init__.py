@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from .images import ImageDataset, eval_transform
 from .sources import (IMAGE_EXTENSIONS, EpochSampler, SkipRecord, Split, find_image, load_splits, make_subset,
-                      make_synthetic)
+                      make_synthetic, training_classes)
 
 __all__ = ["IMAGE_EXTENSIONS", "EpochSampler", "ImageDataset", "SkipRecord", "Split", "augmentation_problem",
-           "eval_transform", "find_image", "load_splits", "make_loaders", "make_subset", "make_synthetic"]
+           "eval_transform", "find_image", "load_splits", "make_loaders", "make_subset", "make_synthetic",
+           "training_classes"]
 
 
 def augmentation_problem(data_cfg) -> str | None:

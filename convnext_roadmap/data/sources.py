@@ -149,6 +149,18 @@ def _scan_folder(root: Path, classes: list[str] | None = None) -> Split:
     return Split(samples, found)
 
 
+def training_classes(spec: str) -> tuple[Path, list[str]] | None:
+    """(the file or folder that names them, the class names) of a `--data` spec's training split, in the order a
+    run trained on them, read without scanning images; None where the spec has no training split."""
+    kind, _, arg = spec.partition(":")
+    root = Path(arg).expanduser()
+    if kind == "csv" and (root / "train.csv").is_file():
+        return root / "train.csv", sorted({label for _, label in _read_csv(root / "train.csv")})
+    if kind == "imagefolder" and (root / "train").is_dir():
+        return root / "train", sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    return None
+
+
 def find_image(folder: Path, image_id: str) -> Path:
     path = folder / image_id
     if path.suffix.lower() in IMAGE_EXTENSIONS:
