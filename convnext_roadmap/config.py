@@ -135,7 +135,8 @@ class Train(Section):
     @model_validator(mode="after")
     def _warmup_within_training(self):
         if self.warmup_epochs >= self.epochs:
-            raise Problem("warmup_epochs", f"got {self.warmup_epochs}, expected fewer than epochs ({self.epochs})")
+            raise Problem("warmup_epochs", f"got {self.warmup_epochs}, expected fewer than epochs ({self.epochs})",
+                          against="epochs")
         if self.target_batch is not None and self.accum_steps != 1:
             raise Problem("accum_steps", f"got {self.accum_steps} beside target_batch {self.target_batch}, "
                                          f"expected one of the two (target_batch picks accum_steps)")

@@ -87,6 +87,9 @@ def test_error_names_the_file_that_set_the_key(tmp_path: Path):
     # a rule between two keys names where each came from
     with pytest.raises(RoadmapError, match=r"resnet50\.yaml: stages\.widths: .* \(stages\.depths: --set stages"):
         resolve_config(overrides=["stages.depths=[1,2]"])
+    with pytest.raises(RoadmapError, match=r"finetune\.yaml: train\.warmup_epochs: got 1, expected fewer than epochs "
+                                           r"\(1\) \(train\.epochs: --set train\.epochs=1\)"):
+        resolve_config(recipe="finetune", overrides=["train.epochs=1"])
 
 
 @pytest.mark.parametrize("kwargs, words", [
