@@ -52,13 +52,15 @@ def check_training(variants: list[Variant], processes: int) -> None:
 
 def check_conflicts(jobs: list[Job], force: bool = False) -> None:
     """A run's seeds share one config (its row averages them): refuse a request that would mix what is on disk
-    with another config. `--force` trains the requested seeds again, so only the run's other seeds must agree."""
+    with another config. `--force` trains the requested seeds again, so only the run's other seeds must agree. A
+    seed that holds nothing trained (it failed or was stopped before its first checkpoint, and nobody holds it)
+    binds nothing: it is trained afresh with the config asked for."""
     requested = {Path(j.run_dir) for j in jobs}
     for job in jobs:
         new = Config.model_validate(job.cfg)
         for folder in sorted(Path(job.run_dir).parent.glob("seed*")):
             path = folder / "config.yaml"
-            if not path.exists() or (force and folder in requested):
+            if not path.exists() or (force and folder in requested) or _nothing_trained(folder):
                 continue
             changes = diff(read_config(path), new)
             if not changes:
@@ -70,6 +72,11 @@ def check_conflicts(jobs: list[Job], force: bool = False) -> None:
             raise RoadmapError(f"{path}: {folder.name} of {job.name} was made with another config ({key}: {old} → "
                                f"{value}), and a run's seeds share one; ask for that seed too (--seeds), or use "
                                f"another --experiment")
+
+
+def _nothing_trained(folder: Path) -> bool:
+    return (not (folder / "checkpoint.pt").exists() and not results.is_done(folder)
+            and results.lock_holder(folder) is None)
 
 
 def pending(jobs: list[Job], finished: set[tuple[str, int]], live: dict[tuple[str, int], str],

@@ -63,6 +63,19 @@ def test_conflicting_config_is_refused_and_force_trains_again(tmp_path, data, ca
     assert "kernel_size: 5" in (run / "config.yaml").read_text()  # nothing touched
 
 
+def test_a_run_that_failed_before_training_takes_a_fixed_config_without_force(tmp_path, data, capsys):
+    base = ["run", "--steps", "resnet50", *SMOKE, "--data", f"imagefolder:{data}", "--results", str(tmp_path),
+            "--experiment", "f"]
+    assert main([*base, "--set", "train.batch_size=1000"]) == 1  # more than the training images: fails at once
+    run = tmp_path / "f" / "resnet50" / "seed0"
+    assert json.loads((run / "summary.json").read_text())["status"] == "failed"
+    assert not (run / "checkpoint.pt").exists() and "batch_size: 1000" in (run / "config.yaml").read_text()
+    capsys.readouterr()
+    assert main([*base, "--set", "train.batch_size=4"]) == 0  # nothing was trained under the old config
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+    assert "batch_size: 4" in (run / "config.yaml").read_text()
+
+
 def test_a_run_asked_for_again_keeps_its_place_and_its_baseline(tmp_path, data):
     from convnext_roadmap.plan import save
 
