@@ -162,8 +162,8 @@ def find_experiment(results: Path, name: str | None) -> Path:
 # --------------------------------------------------------------------------------------------------- the table
 
 def collect(experiment_dir: Path) -> list[dict]:
-    """One record per (run, seed) of the plan, finished or not: status is completed, failed, interrupted or
-    missing."""
+    """One record per (run, seed) of the plan, finished or not: status is completed, failed, running (a live
+    process holds it), interrupted (epochs but no summary) or missing."""
     plan = load_plan(experiment_dir)
     records = []
     for run in plan["runs"]:
@@ -171,7 +171,8 @@ def collect(experiment_dir: Path) -> list[dict]:
             path = run_dir(experiment_dir, run["name"], seed)
             summary = read_json(path / "summary.json") or {}
             metrics = read_metrics(path)
-            status = summary.get("status") or ("interrupted" if metrics else "missing")
+            status = (summary.get("status") or ("running" if lock_holder(path) else None)
+                      or ("interrupted" if metrics else "missing"))
             records.append({**run, "seed": seed, "dir": str(path), "status": status, "summary": summary,
                             "metrics": metrics})
     return records
