@@ -210,6 +210,42 @@ def test_a_worker_killed_in_a_run_is_replaced_and_the_queue_goes_on(tmp_path):
     assert len([p for p in (exp / "local").iterdir() if p.name.isdigit()]) == 2  # the killed worker, its successor
 
 
+def test_roadmap_cancel_ends_a_local_launch_and_no_worker_replaces_the_cancelled_one(tmp_path, capfd):
+    import threading
+    import time
+
+    import pandas as pd
+
+    data = make_imagefolder(tmp_path / "data")
+    exp = tmp_path / "r" / "c"
+    said = []
+
+    def cancel_once_a_run_trains():  # as a user would from another terminal
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if list(exp.glob("*/seed0/checkpoint.pt")):
+                said.append(main(["cancel", "c", "--results", str(tmp_path / "r")]))
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=cancel_once_a_run_trains, daemon=True)
+    watcher.start()
+    start = time.time()
+    assert main(["run", "--steps", "resnet50,patchify_stem", "--recipe", "smoke", "--set", "train.batch_size=4",
+                 "--set", "train.epochs=500", "--seeds", "1", "--data", f"imagefolder:{data}", "--results",
+                 str(tmp_path / "r"), "--experiment", "c", "--executor", "local", "--parallel", "1"]) == 1
+    watcher.join(timeout=5)
+    assert said == [0] and time.time() - start < 200  # not the 500 epochs of the other run
+    out, err = capfd.readouterr()
+    assert "cancelled 2 job(s)" in out
+    # the controller's own KeyboardInterrupt is in its log, not on the user's terminal
+    assert "Traceback" not in err and "KeyboardInterrupt" in (exp / "local" / "controllers.log").read_text()
+    table = pd.read_csv(exp / "table.csv").set_index("step")
+    first = table.status[table.status != "missing"].index.tolist()
+    assert len(first) == 1 and table.status[first[0]] == "failed" and table.error[first[0]].startswith("CANCELLED")
+    assert len([p for p in (exp / "local").iterdir() if p.name.isdigit()]) == 1  # nobody replaced the worker
+
+
 def test_one_worker_trains_every_run_and_a_failed_run_does_not_stop_it(tmp_path):
     import pandas as pd
 

@@ -1,13 +1,16 @@
 """Jobs on this machine: in this process one after another, or N workers sharing one queue.
 
 The workers are submitit local jobs, each pinned to its own GPUs (CUDA_VISIBLE_DEVICES) or, on the CPU, to its share
-of the cores. A launch's claim files stay under `local/queue-*/` after it: `roadmap status` reads them."""
+of the cores. A launch's claim files stay under `local/queue-*/` after it: `roadmap status` reads them. What
+submitit's controllers print goes to `local/controllers.log`; each worker's own logs are in `local/<pid>/`."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
+import sys
 import tempfile
 import time
 import traceback
@@ -19,6 +22,8 @@ from ..job import Job
 from . import Executor, JobState, outcome_line, process_group, record, settle_one
 
 A_WEEK_MIN = 7 * 24 * 60
+CANCELLED = "cancelled"  # in a queue's folder: `roadmap cancel` ended it
+CONTROLLERS_LOG = "controllers.log"  # what submitit's controllers print (in `local/`)
 
 
 class InProcess(Executor):
@@ -114,12 +119,14 @@ class Local(Executor):
     def _follow(self, order: list[Job], records: list[dict], handles: dict, claims: Path, threads: int) -> None:
         """Print each run's epochs and its outcome as the workers get through the queue. A run whose worker died
         under it gets a failed summary with the worker's end, and a fresh worker takes that one's place while
-        runs wait; a run that no worker reached, when they have all ended, gets one that says so."""
+        runs wait; a run that no worker reached, when they have all ended, gets one that says so. After `roadmap
+        cancel` (its mark in the queue's folder) no worker is replaced, and the runs not reached stay missing."""
         total, done, began = sum(_work(j) for j in order), 0.0, time.time()
         started: dict[int, tuple[int, str, float]] = {}  # queue place → (its worker's slot, its worker, seen when)
         shown, ended = {}, set()
         while len(ended) < len(order):
             time.sleep(self.poll_s)
+            cancelled = (claims / CANCELLED).exists()  # before the workers: cancel marks first, then interrupts
             # read before the claims, so that every claim a worker made before it ended is seen in this pass
             over = {slot: h.done() for slot, h in handles.items()}
             for i in range(len(order)):
@@ -141,7 +148,8 @@ class Local(Executor):
                 if latest[slot] > i or over[slot]:  # its worker has moved on, or has ended
                     ended.add(i)
                     # left without a summary: its worker was killed (out of memory), or it failed before training
-                    settle_one(records[i], "FAILED" if latest[slot] > i else handles[slot].state)
+                    settle_one(records[i], "FAILED" if latest[slot] > i else
+                               "CANCELLED" if cancelled else handles[slot].state)
                     done += _work(order[i])
                     print(outcome_line(order[i], time.time() - since) + _progress(len(ended), len(order), done,
                           total, time.time() - began), flush=True)
@@ -149,7 +157,8 @@ class Local(Executor):
             # a worker that ended in a run (killed, out of memory, a failed DDP run) is replaced while runs wait;
             # one that ended before it claimed any would only end again. Each replacement costs a run: bounded.
             for slot, handle in list(handles.items()):
-                if over[slot] and waiting and str(handle.job_id) in {w for _, w, _ in started.values()}:
+                if over[slot] and waiting and not cancelled and str(handle.job_id) in {w for _, w, _ in
+                                                                            started.values()}:
                     handles[slot], replaced = self._start(Queue(order, claims, slot), slot, threads, len(order)), True
                     workers = [str(h.job_id) for h in handles.values()]
                     for r in records:
@@ -159,6 +168,9 @@ class Local(Executor):
                 for i in sorted(set(range(len(order))) - set(started)):
                     ended.add(i)
                     job = order[i]
+                    if cancelled:
+                        print(f"- {job.name} seed{job.seed}: cancelled before it started", flush=True)
+                        continue
                     results.write_failure(Path(job.run_dir), job.name, job.seed,
                                           f"not started: the queue's workers ended (their logs: {claims.parent})")
                     print(outcome_line(job, 0), flush=True)
@@ -183,7 +195,10 @@ class Local(Executor):
         if ignored:
             signal.signal(signal.SIGINT, lambda *_: None)
         try:
-            return executor.submit(work)
+            # the controller writes to the stderr it inherits: on a cancel or Ctrl-C, a KeyboardInterrupt traceback
+            # of its own that is no run's error; into a log, not the terminal (each run's errors are in its logs)
+            with _stderr_into(self.experiment_dir / "local" / CONTROLLERS_LOG):
+                return executor.submit(work)
         finally:
             if ignored:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -215,7 +230,11 @@ class Local(Executor):
 
     @staticmethod
     def cancel(records: list[dict]) -> list[str]:
-        """Interrupt the workers of these runs (submitit's controller ends its tasks on SIGINT)."""
+        """Interrupt the workers of these runs (submitit's controller ends its tasks on SIGINT), once their queue
+        is marked cancelled: the launch that follows it must not start workers in their place."""
+        for claims in {Path(r["claim"]).parent for r in records if r.get("claim")}:
+            if claims.is_dir():
+                results.write_text(claims / CANCELLED, "")
         stopped = set()
         for w in {w for r in records for w in r.get("workers", [r["job_id"]])}:
             if _alive(w):
@@ -264,8 +283,9 @@ class Queue:
         """The first place after `index` that no worker has claimed, now claimed by this one; None when none is
         left. Looking only past its own last place skips nothing: each place before it was taken when it looked.
         The claim is written whole, then linked into place, which fails if another worker's is already there.
-        A worker whose controller has died claims nothing more: the launch counts it as ended."""
-        if self.parent is not None and os.getppid() != self.parent:
+        A worker whose controller has died claims nothing more: the launch counts it as ended; nor does one of a
+        cancelled queue."""
+        if (self.parent is not None and os.getppid() != self.parent) or (self.claims / CANCELLED).exists():
             return None
         mine = self.claims / f".claim.{self.slot}.{os.getpid()}"
         mine.write_text(f"{self.slot} {worker}")
@@ -279,6 +299,20 @@ class Queue:
             return None
         finally:
             mine.unlink()
+
+
+@contextlib.contextmanager
+def _stderr_into(path: Path):
+    """File descriptor 2 appends to `path` for the block: what a process started in it inherits."""
+    sys.stderr.flush()
+    saved, fd = os.dup(2), os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(fd, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(fd)
+        os.close(saved)
 
 
 def _claimant(claim: Path) -> tuple[int, str] | None:
