@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from . import results, stats  # noqa: E402
@@ -63,8 +64,9 @@ def figure2(df: pd.DataFrame, groups: dict[str, str], path: Path, title: str, fi
             bar.set_edgecolor("white")
     done = top1.dropna()
     lo = max(0.0, (done - half).min() - 4) if len(done) else 0.0
-    hi = min(100.0, (done + half).max() + 12) if len(done) else 100.0
+    hi = (done + half).max() + 12 if len(done) else 100.0  # room for the value and verdict, also beside 100%
     ax.set_xlim(lo, hi)
+    ax.set_xticks([t for t in ax.get_xticks() if lo <= t <= 100])
     for yi, (_, row), h in zip(y, df.iterrows(), half):
         if pd.isna(row["top1"]):
             ax.text(lo + 0.3, yi, f"{row['status']}", va="center", fontsize=8, color="#b22222")
@@ -97,7 +99,8 @@ def figure2(df: pd.DataFrame, groups: dict[str, str], path: Path, title: str, fi
     subtitle = f"\n{fidelity_text(fidelity)}" if fidelity else ""
     fig.suptitle(title + subtitle, fontsize=9.5)
     fig.subplots_adjust(left=0.17, right=0.97, top=1 - 0.75 / fig.get_figheight(), bottom=0.9 / fig.get_figheight())
-    results.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=150))
+    # a long label (a patched run's name) reaches past the left margin: the image grows to hold it
+    results.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=150, bbox_inches="tight"))
     plt.close(fig)
 
 
@@ -154,6 +157,7 @@ def curves(records: list[dict], path: Path, title: str) -> None:
     loss.set(xlabel="epoch", ylabel="training loss")
     for ax in (acc, loss):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     if acc.lines:
         acc.legend(fontsize=7, ncol=2)
     fig.suptitle(title, fontsize=10)
