@@ -59,7 +59,7 @@ def _print_frame(df, fmt: str) -> None:
     elif fmt == "md":
         print(df.to_markdown(index=False))
     else:
-        print(df.to_string(index=False))
+        print(df.to_string(index=False, na_rep=""))  # an empty cell, as the README shows, not NaN
 
 
 def _names(text: str | None) -> list[str]:
@@ -158,6 +158,8 @@ def _results_root(args) -> Path:
 def cmd_run(args) -> int:
     from . import executors, launch
 
+    if args.log_every is not None and args.log is None:
+        raise RoadmapError("--log-every: only with --log tensorboard (what it spaces are TensorBoard's points)")
     exp_dir = _results_root(args) / (args.experiment or f"{args.base}-{Path(str(args.recipe)).stem}")
     executor = executors.make(args.executor, exp_dir, {name: getattr(args, name) for name in executors.options()})
     args.overrides = [*args.overrides, *([f"train.pretrained={args.pretrained}"] if args.pretrained else [])]
@@ -168,7 +170,7 @@ def cmd_run(args) -> int:
     return launch.run(variants, list(range(first, first + args.seeds)), exp_dir, executor, base=args.base,
                       recipe=str(args.recipe), device=args.device, force=args.force, dry_run=args.dry_run,
                       wait=args.wait, timeout_wait=args.timeout_wait, tensorboard=args.log == "tensorboard",
-                      log_every=args.log_every)
+                      log_every=args.log_every or 50)
 
 
 def _experiment(args) -> Path:
@@ -285,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train every step (up to --upto), then write the table and the plots")
     _selection(p, "train the path up to this step (default: all of it)", modes=True)
     p.add_argument("--recipe", default="cpu_proxy", metavar="NAME|FILE",
-                   help="how to train: cpu_proxy (default), paper_in1k, smoke, or a YAML file")
+                   help=f"how to train: {', '.join(roadmap.recipes())} (default: cpu_proxy), or a YAML file")
     p.add_argument("--data", metavar="SPEC", help="synthetic (the recipe's default), imagefolder:PATH or csv:PATH")
     p.add_argument("--seeds", type=positive, default=3, help="seeds per run (default 3, as the paper reports)")
     p.add_argument("--experiment", metavar="NAME", help="results/NAME (default: BASE-RECIPE)")
@@ -311,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads-per-job", type=positive, metavar="N",
                    help="--executor local: CPU threads per process (default: the cores divided between the jobs)")
     p.add_argument("--log", choices=["tensorboard"], help="also write TensorBoard scalars into each run's folder")
-    p.add_argument("--log-every", type=positive, default=50, metavar="STEPS",
+    p.add_argument("--log-every", type=positive, metavar="STEPS",
                    help="with --log: a training-loss point every this many optimizer steps (default 50)")
     p.add_argument("--cluster", metavar="PROFILE",
                    help="a cluster profile: slurm/PROFILE.yaml or a YAML file (default: slurm/default.yaml)")

@@ -100,14 +100,18 @@ def patch_file(patch: str | Path, base: str) -> Path:
     raise RoadmapError(f"--patch {patch}: unknown step or patch file (steps: {', '.join(by_name)})")
 
 
+def recipes() -> list[str]:
+    """The recipes under ablations/recipes/, by name."""
+    return sorted(p.stem for p in (ABLATIONS / "recipes").glob("*.yaml"))
+
+
 def recipe_files(recipe: str | Path) -> list[Path]:
     """A recipe's file and the files it inherits from, the most general first."""
     path, named = Path(recipe), ABLATIONS / "recipes" / f"{recipe}.yaml"
     if not path.suffix and named.is_file():
         path = named
     elif not path.is_file():
-        known = ", ".join(sorted(p.stem for p in (ABLATIONS / "recipes").glob("*.yaml")))
-        raise RoadmapError(f"--recipe {recipe}: no such recipe or file (recipes: {known})")
+        raise RoadmapError(f"--recipe {recipe}: no such recipe or file (recipes: {', '.join(recipes())})")
     chain = [path]
     while "inherit" in (doc := load_yaml(chain[0])):
         parent = doc["inherit"]

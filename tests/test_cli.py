@@ -59,6 +59,7 @@ def test_flops_csv(capsys):
     (["flops", "--patch", "no_such.yaml"], "no such file"),
     (["steps", "--base", "foo"], "--base foo: unknown base"),
     (["show", "--data", "imagefolder:/x"], "--data sets a recipe's data.source: give --recipe too"),
+    (["run", "--log-every", "5", "--dry-run"], "--log-every: only with --log tensorboard"),
 ])
 def test_user_errors_are_one_line_exit_2(args, words):
     result = run(*args)

@@ -115,7 +115,7 @@ def test_split_dataclass_is_plain():
 
 
 @pytest.mark.parametrize("pipeline,workers", [("pil", 1), ("tensor", 0)])
-def test_a_runs_summary_counts_the_images_it_left_out(tmp_path, monkeypatch, pipeline, workers):
+def test_a_runs_summary_counts_the_images_it_left_out(tmp_path, monkeypatch, capsys, pipeline, workers):
     # a loader worker is a process of its own: what it skips must still reach the run's summary, once per image
     root = make_imagefolder(tmp_path / "d")
     bad = root / "train" / "dog" / "3.png"
@@ -128,5 +128,6 @@ def test_a_runs_summary_counts_the_images_it_left_out(tmp_path, monkeypatch, pip
     summary = json.loads((run / "summary.json").read_text())
     assert summary["skipped_images"] == 1
     assert any("1 image(s) left out" in note for note in summary["notes"])
+    assert "1 image(s) left out (skipped.txt)" in capsys.readouterr().out  # the run's line says so too
     lines = (run / "skipped.txt").read_text().splitlines()
     assert {line.split("\t")[0] for line in lines} == {str(bad)}  # two epochs, one image
