@@ -159,6 +159,9 @@ def describe(variants: list[Variant], jobs: list[Job], rows: list[dict]) -> str:
                     else f"(compared with {v.baseline}, which this request leaves out)")
         if compared is not None and compared != previous:
             what = f"against {compared}: {what}"
+        if v.baseline is not None and compared is not None and compared != v.baseline:
+            what += f"\n    its Δ in the table is against {v.baseline}, which this request leaves out: none unless " \
+                    f"the experiment has it"
         twin = seen.setdefault(v.cfg.model_dump_json(), v.name)
         if twin != v.name:  # e.g. a step left out whose change a later step makes anyway
             what += f"\n    the same network as {twin}"

@@ -232,6 +232,10 @@ def test_the_dry_run_shows_each_change_against_the_run_it_is_measured_against(tm
         "block.groups: 1 → depthwise; block.kernel_size: 3 → 7; block.layout: bottleneck → dw_first; "
         "stages.widths: [64, 128, 256, 512] → [96, 192, 384, 768]; stem.act: relu → none; stem.kernel_size: 7 → 4; "
         "stem.pool: max → none; stem.stride: 2 → 4; stem.width: 64 → 96")
+    # … and said to have no Δ there: the table's is against the run's own baseline, never the row before
+    assert out.split("large_kernel ", 1)[1].splitlines()[2].strip() == (
+        "its Δ in the table is against move_up_dwconv, which this request leaves out: none unless the experiment "
+        "has it")
 
 
 def test_the_figures_arrows_come_from_what_each_run_is_compared_with():
