@@ -139,7 +139,8 @@ class Train(Section):
                           against="epochs")
         if self.target_batch is not None and self.accum_steps != 1:
             raise Problem("accum_steps", f"got {self.accum_steps} beside target_batch {self.target_batch}, "
-                                         f"expected one of the two (target_batch picks accum_steps)")
+                                         f"expected one of the two (target_batch picks accum_steps)",
+                          against="target_batch")
         return self
 
     def accumulation(self, processes: int) -> int:

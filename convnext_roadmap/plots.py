@@ -66,7 +66,7 @@ def figure2(df: pd.DataFrame, groups: dict[str, str], path: Path, title: str, fi
     lo = max(0.0, (done - half).min() - 4) if len(done) else 0.0
     hi = (done + half).max() + 12 if len(done) else 100.0  # room for the value and verdict, also beside 100%
     ax.set_xlim(lo, hi)
-    ax.set_xticks([t for t in ax.get_xticks() if lo <= t <= 100])
+    ax.set_xticks([t for t in ax.get_xticks() if lo <= t <= min(hi, 100)])
     for yi, (_, row), h in zip(y, df.iterrows(), half):
         if pd.isna(row["top1"]):
             ax.text(lo + 0.3, yi, f"{row['status']}", va="center", fontsize=8, color="#b22222")

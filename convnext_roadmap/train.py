@@ -248,15 +248,20 @@ def run_job(job: Job) -> dict:
     out = Path(job.run_dir)
     rank, world = _distributed()
     lock = results.RunLock(out)
-    decision = [None]
+    decision, failure = [None], None
     if rank == 0:
         try:
             decision[0] = _claim(out, lock)
         except Exception as e:  # noqa: BLE001 - every rank must hear of it, or the others wait at the broadcast
             lock.release()  # if it was taken: a damaged summary read after the lock
-            decision[0] = e
+            failure = e
+            # the others get a copy that pickles whatever the original holds
+            decision[0] = (RoadmapError(str(e)) if isinstance(e, RoadmapError)
+                           else RuntimeError(f"{type(e).__name__}: {e}"))
     if world > 1:
         torch.distributed.broadcast_object_list(decision, src=0)
+    if failure is not None:
+        raise failure
     if isinstance(decision[0], Exception):
         raise decision[0]
     if decision[0] == "done":
@@ -332,8 +337,9 @@ def _train(job: Job, out: Path, rank: int, world: int) -> dict:
         trainer.load_state(state)
         history, best, start = state["history"], state["best_top1"], state["epoch"] + 1
         _say(rank, f"  resuming {job.name} seed{job.seed} after epoch {start}/{t.epochs}")
-    elif rank == 0 and (out / "metrics.jsonl").exists():
-        (out / "metrics.jsonl").unlink()  # lines of a run that never reached its first checkpoint
+    elif rank == 0:  # what a run that never reached its first checkpoint wrote: another config's, maybe other data
+        for stale in (out / "metrics.jsonl", out / "skipped.txt"):
+            stale.unlink(missing_ok=True)
     if rank == 0 and start == 0:
         _say(rank, f"  {job.name} seed{job.seed}: batch {t.batch_size} × {world} process(es) × {trainer.accum} "
                    f"accumulation step(s) = {trainer.effective_batch}"

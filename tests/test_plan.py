@@ -71,9 +71,11 @@ def test_a_run_that_failed_before_training_takes_a_fixed_config_without_force(tm
     assert json.loads((run / "summary.json").read_text())["status"] == "failed"
     assert not (run / "checkpoint.pt").exists() and "batch_size: 1000" in (run / "config.yaml").read_text()
     capsys.readouterr()
+    (run / "skipped.txt").write_text(f"{data}/elsewhere.png\tcannot identify image file\n")  # as other data left
     assert main([*base, "--set", "train.batch_size=4"]) == 0  # nothing was trained under the old config
-    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
-    assert "batch_size: 4" in (run / "config.yaml").read_text()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["skipped_images"] == 0  # not the first attempt's
+    assert "batch_size: 4" in (run / "config.yaml").read_text() and not (run / "skipped.txt").exists()
 
 
 def test_a_run_asked_for_again_keeps_its_place_and_its_baseline(tmp_path, data):

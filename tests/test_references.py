@@ -57,6 +57,10 @@ def test_finetune_a_reference_from_a_local_file_then_eval_and_predict(tmp_path, 
     assert main(["predict", str(run), "--data", f"csv:{kaggle}", "--out", str(tmp_path / "again.csv"),
                  "--flip"]) == 0
     assert (tmp_path / "again.csv").read_text() == out.read_text()
+    # the same folder as an image folder: its train/ is flat (the images of train.csv) and names no classes
+    assert main(["predict", str(run), "--data", f"imagefolder:{kaggle}", "--out", str(tmp_path / "flat.csv"),
+                 "--flip"]) == 0
+    assert (tmp_path / "flat.csv").read_text() == out.read_text()
     capsys.readouterr()
 
     # another competition's data: this run's class names would make a file that only looks like a submission

@@ -157,7 +157,8 @@ def training_classes(spec: str) -> tuple[Path, list[str]] | None:
     if kind == "csv" and (root / "train.csv").is_file():
         return root / "train.csv", sorted({label for _, label in _read_csv(root / "train.csv")})
     if kind == "imagefolder" and (root / "train").is_dir():
-        return root / "train", sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+        found = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+        return (root / "train", found) if found else None  # flat, as beside a train.csv: no class folders
     return None
 
 

@@ -212,7 +212,7 @@ def outcome_line(job: Job, seconds: float) -> str:
         return f"= {job.name} seed{job.seed}: {results.describe_holder(holder)}"
     if summary.get("status") != "completed":
         return f"✗ {job.name} seed{job.seed}: {summary.get('error') or 'ended without a summary'}"
-    left_out = summary.get("skipped_images") or 0  # unreadable images: each named in the run's skipped.txt
+    left_out = summary.get("skipped_images") or 0  # on the line a user reads: few open skipped.txt unprompted
     return (f"✓ {job.name} seed{job.seed}: top-1 {summary['final_top1']:.1f}% (best {summary['best_top1']:.1f}), "
             f"{summary['gflops_224']:.2f} GFLOPs at 224², {summary['params'] / 1e6:.1f} M params, {seconds:.0f} s"
             + (f", {left_out} image(s) left out (skipped.txt)" if left_out else ""))

@@ -303,9 +303,20 @@ class Queue:
 
 @contextlib.contextmanager
 def _stderr_into(path: Path):
-    """File descriptor 2 appends to `path` for the block: what a process started in it inherits."""
+    """File descriptor 2 appends to `path` for the block: what a process started in it inherits. Where that cannot
+    be arranged (the log cannot be opened, no fd 2), the block runs as it would have without."""
     sys.stderr.flush()
-    saved, fd = os.dup(2), os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = saved = None
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        saved = os.dup(2)
+    except OSError:
+        pass
+    if saved is None:
+        if fd is not None:
+            os.close(fd)
+        yield
+        return
     try:
         os.dup2(fd, 2)
         yield
