@@ -293,6 +293,11 @@ def _claim(out: Path, lock: results.RunLock):
     if holder is None:  # a failed attempt's summary and traceback would speak for this one while it trains
         for stale in (out / "summary.json", out / "error.txt", *out.glob("error.rank*.txt")):
             stale.unlink(missing_ok=True)
+        # nothing to resume: the epochs and the images left out by an attempt that never reached its first
+        # checkpoint (another config's, maybe other data) are not this run's
+        if not (out / "checkpoint.pt").exists():
+            for stale in (out / "metrics.jsonl", out / "skipped.txt"):
+                stale.unlink(missing_ok=True)
     return holder
 
 
@@ -337,9 +342,6 @@ def _train(job: Job, out: Path, rank: int, world: int) -> dict:
         trainer.load_state(state)
         history, best, start = state["history"], state["best_top1"], state["epoch"] + 1
         _say(rank, f"  resuming {job.name} seed{job.seed} after epoch {start}/{t.epochs}")
-    elif rank == 0:  # what a run that never reached its first checkpoint wrote: another config's, maybe other data
-        for stale in (out / "metrics.jsonl", out / "skipped.txt"):
-            stale.unlink(missing_ok=True)
     if rank == 0 and start == 0:
         _say(rank, f"  {job.name} seed{job.seed}: batch {t.batch_size} × {world} process(es) × {trainer.accum} "
                    f"accumulation step(s) = {trainer.effective_batch}"
