@@ -130,10 +130,20 @@ class SkipRecord:
 
 # ---------------------------------------------------------------------------------------------------- sources
 
+def _class_folders(root: Path) -> list[str]:
+    """An image folder's classes, in the order a run indexes them."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir())
+
+
+def _csv_classes(rows: list[tuple[str, str]]) -> list[str]:
+    """A CSV's classes (its labels), in the order a run indexes them."""
+    return sorted({label for _, label in rows})
+
+
 def _scan_folder(root: Path, classes: list[str] | None = None) -> Split:
     if not root.is_dir():
         raise RoadmapError(f"{root}: no such folder (expected <class>/<image> folders)")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir())
+    found = _class_folders(root)
     if not found:
         raise RoadmapError(f"{root}: no class folders")
     if classes is not None and found != classes:
@@ -155,9 +165,9 @@ def training_classes(spec: str) -> tuple[Path, list[str]] | None:
     kind, _, arg = spec.partition(":")
     root = Path(arg).expanduser()
     if kind == "csv" and (root / "train.csv").is_file():
-        return root / "train.csv", sorted({label for _, label in _read_csv(root / "train.csv")})
+        return root / "train.csv", _csv_classes(_read_csv(root / "train.csv"))
     if kind == "imagefolder" and (root / "train").is_dir():
-        found = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+        found = _class_folders(root / "train")
         return (root / "train", found) if found else None  # flat, as beside a train.csv: no class folders
     return None
 
@@ -207,7 +217,7 @@ def load_splits(spec: str) -> tuple[Split, Split]:
         if not table.is_file():
             raise RoadmapError(f"--data {spec}: {table} not found (expected train.csv with id,label and train/)")
         rows = _read_csv(table)
-        classes = sorted({label for _, label in rows})
+        classes = _csv_classes(rows)
         index = {c: i for i, c in enumerate(classes)}
         images = root / "train"
         if (root / "val.csv").is_file():
