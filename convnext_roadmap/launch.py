@@ -29,7 +29,10 @@ def run(variants: list[Variant], seeds: list[int], experiment_dir: Path, executo
     jobs = plan.make_jobs(variants, seeds, experiment_dir, device,
                           {"base": base, "experiment": experiment_dir.name, "recipe": recipe}, measures,
                           tensorboard=tensorboard, log_every=log_every)
-    plan.check_conflicts(jobs, force)
+    recorded = results.read_jobs(experiment_dir)
+    live = executors.live(recorded, jobs)  # queued or running: left alone, and what they train binds the request
+    plan.check_conflicts(jobs, force, {(r["name"], r["seed"]): (r["cfg"], live[(r["name"], r["seed"])])
+                                       for r in recorded if (r["name"], r["seed"]) in live and "cfg" in r})
     rows = plan.entries(variants, measures)
     if dry_run:
         print(f"# {experiment_dir}: {len(variants)} run(s) × {len(seeds)} seed(s), nothing is written (dry run)")
@@ -38,8 +41,7 @@ def run(variants: list[Variant], seeds: list[int], experiment_dir: Path, executo
         return 0
     plan.save(experiment_dir, base, recipe, seeds, rows)
     keys = {(j.name, j.seed) for j in jobs}
-    recorded = [r for r in results.read_jobs(experiment_dir) if (r["name"], r["seed"]) in keys]
-    live = executors.live(recorded, jobs)
+    recorded = [r for r in recorded if (r["name"], r["seed"]) in keys]
     finished = {(j.name, j.seed) for j in jobs if results.is_done(Path(j.run_dir))}
     todo, skipped = plan.pending(jobs, finished, live, force)
     print(f"# {experiment_dir}: {len(variants)} run(s) × {len(seeds)} seed(s); "

@@ -50,14 +50,22 @@ def check_training(variants: list[Variant], processes: int) -> None:
         v.cfg.train.accumulation(processes)
 
 
-def check_conflicts(jobs: list[Job], force: bool = False) -> None:
-    """A run's seeds share one config (its row averages them): refuse a request that would mix what is on disk
-    with another config. `--force` trains the requested seeds again, so only the run's other seeds must agree. A
-    seed that holds nothing trained (it failed or was stopped before its first checkpoint, and nobody holds it)
-    binds nothing: it is trained afresh with the config asked for."""
+def check_conflicts(jobs: list[Job], force: bool = False,
+                    queued: dict[tuple[str, int], tuple[dict, str]] | None = None) -> None:
+    """A run's seeds share one config (its row averages them): refuse a request that would mix what is on disk, or
+    what is queued to train (`queued`: (run, seed) → (the config its live job will train, where it is)), with
+    another config. `--force` trains the requested seeds again, so only the run's other seeds must agree; a live
+    job is never forced. A seed that holds nothing trained (it failed or was stopped before its first checkpoint,
+    and nobody holds it) binds nothing: it is trained afresh with the config asked for."""
     requested = {Path(j.run_dir) for j in jobs}
     for job in jobs:
         new = Config.model_validate(job.cfg)
+        for (name, seed), (cfg, where) in sorted((queued or {}).items()):
+            if name == job.name and (changes := diff(cfg, new)):
+                key, (old, value) = next(iter(changes.items()))
+                raise RoadmapError(f"{job.name} seed{seed} is {where} with another config ({key}: {old} → {value}), "
+                                   f"and a run's seeds share one; cancel it first (roadmap cancel "
+                                   f"{Path(job.run_dir).parent.parent.name}), or use another --experiment")
         for folder in sorted(Path(job.run_dir).parent.glob("seed*")):
             path = folder / "config.yaml"
             if not path.exists() or (force and folder in requested) or _nothing_trained(folder):

@@ -12,8 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
-from convnext_roadmap import plots
+from convnext_roadmap import executors, plots
 from convnext_roadmap.cli import main
+from convnext_roadmap.executors import JobState
+from convnext_roadmap.loading import read_config
 from convnext_roadmap.plan import pending
 from convnext_roadmap.results import read_metrics
 from convnext_roadmap.job import Job
@@ -61,6 +63,28 @@ def test_conflicting_config_is_refused_and_force_trains_again(tmp_path, data, ca
     err = capsys.readouterr().err
     assert "seed1 of resnet50 was made with another config (block.kernel_size: 5 → 7)" in err
     assert "kernel_size: 5" in (run / "config.yaml").read_text()  # nothing touched
+
+
+def test_a_seed_queued_under_another_config_binds_the_run(tmp_path, data, capsys, monkeypatch):
+    """A job that waits in the queue has written nothing in its run's folder yet: the config kept with it in
+    jobs.json is what a later request must agree with, or the row would average two networks."""
+    base = ["run", "--steps", "resnet50", *SMOKE, "--data", f"imagefolder:{data}", "--results", str(tmp_path)]
+    assert main([*base, "--experiment", "x"]) == 0
+    cfg = read_config(tmp_path / "x" / "resnet50" / "seed0" / "config.yaml").model_dump()
+    (tmp_path / "q").mkdir()
+    record = {"name": "resnet50", "seed": 1, "job_id": "77", "executor": "slurm", "cfg": cfg,
+              "run_dir": str(tmp_path / "q" / "resnet50" / "seed1"), "stdout": "", "stderr": ""}
+    (tmp_path / "q" / "jobs.json").write_text(json.dumps({"jobs": [record]}))
+    monkeypatch.setattr(executors, "states", lambda records: {"77": JobState("PENDING")})
+    capsys.readouterr()
+    for force in ([], ["--force"]):  # --force trains again what is on disk, never what waits to train
+        assert main([*base, "--experiment", "q", "--seeds", "2", "--set", "block.kernel_size=5", *force]) == 2
+        err = capsys.readouterr().err
+        assert "resnet50 seed1 is pending already (job 77) with another config (block.kernel_size: 3 → 5)" in err
+        assert not (tmp_path / "q" / "resnet50").exists()  # nothing written
+    assert main([*base, "--experiment", "q", "--seeds", "2"]) == 0  # the same config: seed1 is left to its job
+    assert "= resnet50 seed1: pending already (job 77)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "q" / "resnet50" / "seed0" / "summary.json").read_text())["status"] == "completed"
 
 
 def test_a_run_that_failed_before_training_takes_a_fixed_config_without_force(tmp_path, data, capsys):

@@ -196,9 +196,11 @@ def last_error_line(stderr: str | None, start: int = 0) -> str | None:
 
 
 def record(job: Job, handle, kind: str) -> dict:
-    """What jobs.json keeps of a submitted job: its run, its id, its executor and its logs."""
+    """What jobs.json keeps of a submitted job: its run, its id, its executor, its logs, and the config it will
+    train (a later request compares its own with it before the job has written the run's config.yaml)."""
     return {"name": job.name, "seed": job.seed, "job_id": str(handle.job_id), "executor": kind,
-            "run_dir": job.run_dir, "stdout": str(handle.paths.stdout), "stderr": str(handle.paths.stderr)}
+            "run_dir": job.run_dir, "stdout": str(handle.paths.stdout), "stderr": str(handle.paths.stderr),
+            "cfg": job.cfg}
 
 
 def outcome_line(job: Job, seconds: float) -> str:
