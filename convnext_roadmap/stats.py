@@ -34,10 +34,12 @@ def sign_flip_p(d) -> float:
     return float(np.mean(np.abs(sums) >= abs(d.sum()) - 1e-12 * len(d)))
 
 
-def paired(a, b, alpha: float = ALPHA) -> dict:
+def paired(a, b, alpha: float = ALPHA, family: int = 1) -> dict:
     """Row a against row b, seed by seed: the mean Δ, its CI, the paired t-test and exact sign-flip p-values, and
-    the smallest |Δ| these seeds could resolve (the CI's half-width: a smaller mean Δ cannot reach p < alpha
-    before any correction for the number of rows). With one pair there is a Δ but no interval and no test."""
+    the smallest |Δ| these seeds resolve among `family` rows tested together: the paired t half-width at
+    alpha / family, where p ≤ alpha / family passes every step of Holm's correction, so a mean Δ larger than
+    this is always called better or worse (one row: the CI's half-width). With one pair there is a Δ but no
+    interval and no test."""
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     n = len(d)
     out = {"n": n, "delta": float(d.mean()) if n else math.nan, "ci_low": math.nan, "ci_high": math.nan,
@@ -47,7 +49,8 @@ def paired(a, b, alpha: float = ALPHA) -> dict:
         return out
     sd = d.std(ddof=1)
     half = mean_half_width(sd, n, alpha)
-    out.update(resolvable=float(half), p_sign_flip=sign_flip_p(d) if n <= 20 else math.nan)
+    out.update(resolvable=mean_half_width(sd, n, alpha / family),
+               p_sign_flip=sign_flip_p(d) if n <= 20 else math.nan)
     if sd <= 1e-9 * max(1.0, abs(d.mean())):
         # every seed moved by the same amount (top-1 on a small set moves in steps): no spread to measure noise by,
         # so no interval and no resolvable Δ; the t-test would call anything certain, so the exact sign-flip test
@@ -87,12 +90,12 @@ def verdict(delta: float, p_holm: float, alpha: float = ALPHA) -> str:
 def compare(top1: dict[str, dict[int, float]], baselines: dict[str, str | None], alpha: float = ALPHA) -> dict:
     """Every row against its baseline (the row before it on the path; the full path for leave-one-out), over the
     seeds both finished: name → `paired` statistics with `p_holm` (Holm across the rows) and `verdict`."""
-    out = {}
-    for name, base in baselines.items():
-        if base is None or base not in top1 or name not in top1:
-            continue
-        seeds = sorted(set(top1[name]) & set(top1[base]))
-        out[name] = paired([top1[name][s] for s in seeds], [top1[base][s] for s in seeds], alpha)
+    seeds = {name: sorted(set(top1[name]) & set(top1[base])) for name, base in baselines.items()
+             if base is not None and base in top1 and name in top1}
+    tested = sum(len(s) > 1 for s in seeds.values())  # the rows with a p-value: Holm's family
+    out = {name: paired([top1[name][s] for s in seeds[name]], [top1[baselines[name]][s] for s in seeds[name]],
+                        alpha, max(tested, 1))
+           for name in seeds}
     adjusted = holm([r["p_t"] for r in out.values()])
     for r, p in zip(out.values(), adjusted):
         r["p_holm"] = p
