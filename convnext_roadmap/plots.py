@@ -95,7 +95,8 @@ def figure2(df: pd.DataFrame, groups: dict[str, str], path: Path, title: str, fi
     if any(noise):
         handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="#999999", hatch="///", edgecolor="white"))
         names.append("Δ within noise")
-    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 5), fontsize=7, frameon=False)
+    if names:  # none when every row's group is one of a user's own and no step is within noise
+        fig.legend(handles, names, loc="lower center", ncol=min(len(names), 5), fontsize=7, frameon=False)
     subtitle = f"\n{fidelity_text(fidelity)}" if fidelity else ""
     fig.suptitle(title + subtitle, fontsize=9.5)
     fig.subplots_adjust(left=0.17, right=0.97, top=1 - 0.75 / fig.get_figheight(), bottom=0.9 / fig.get_figheight())

@@ -61,8 +61,24 @@ def _delta(r: dict | None) -> str:
     if r is None or math.isnan(r["delta"]):
         return ""
     if math.isnan(r["ci_low"]):
-        return f"{r['delta']:+.1f}".replace("-", "−") + f" ({r['ci_method']})"
-    return f"{r['delta']:+.1f} [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]".replace("-", "−")
+        return f"{_signed(r['delta'])} ({r['ci_method']})"
+    return f"{_signed(r['delta'])} [{_signed(r['ci_low'])}, {_signed(r['ci_high'])}]"
+
+
+def _signed(v: float) -> str:
+    return f"{round(v, 1) + 0.0:+.1f}".replace("-", "−")  # + 0.0: −0.04 is +0.0, not −0.0
+
+
+def not_levelled_off(experiment_dir: Path) -> str:
+    """A line naming the finished runs whose top-1 had not levelled off (their last epochs' mean more than
+    results.LEVEL_MARGIN points below their best: still climbing, or fallen back), or ""."""
+    runs = [f"{r['name']} seed{r['seed']} ({r['summary']['last_epochs_below_best']:.1f})"
+            for r in results.collect(experiment_dir) if r["summary"].get("levelled_off") is False]
+    if not runs:
+        return ""
+    return (f"! not levelled off (the mean top-1 of the last {results.LEVEL_EPOCHS} epochs more than "
+            f"{results.LEVEL_MARGIN:g} points below the best): {', '.join(runs)}; their rows rank how fast the "
+            f"networks learn, not what they reach: train longer (train.epochs)")
 
 
 def _no_nan(d: dict) -> dict:
@@ -87,9 +103,12 @@ def write(experiment_dir: Path, quiet: bool = False):
                        {name: {**_no_nan(r), "baseline": baselines[name]} for name, r in compared.items()})
     paths = plots.plot_experiment(experiment_dir, table, fid)
     fidelity_line = f"fidelity to the paper: {plots.fidelity_text(fid)} (fidelity.json)"
+    climbing = not_levelled_off(experiment_dir)
     if not quiet:
         print(pretty.to_string(index=False))
         print(fidelity_line)
+        if climbing:
+            print(climbing)
         print(f"wrote {experiment_dir / 'table.csv'}, table.md, stats.json, fidelity.json, "
               + ", ".join(p.name for p in paths))
     return pretty, paths, fidelity_line

@@ -76,6 +76,24 @@ def is_done(path: Path) -> bool:
     return bool(summary) and summary.get("status") == "completed"
 
 
+LEVEL_EPOCHS, LEVEL_MARGIN = 3, 1.5  # a run levelled off: its last 3 epochs' mean top-1 within 1.5 of its best
+
+
+def below_best(top1: list[float]) -> float | None:
+    """How far the mean top-1 of a run's last LEVEL_EPOCHS epochs falls below its best epoch (None: too few epochs
+    to tell); more than LEVEL_MARGIN, and the run had not levelled off."""
+    return max(top1) - sum(top1[-LEVEL_EPOCHS:]) / LEVEL_EPOCHS if len(top1) >= LEVEL_EPOCHS else None
+
+
+def epoch_times(m: dict) -> str:
+    """Where an epoch's time went (a metrics line): training steps, waiting for data, evaluation; "" for a line
+    without them."""
+    if not {"train_s", "data_s", "epoch_s"} <= set(m):
+        return ""
+    return (f"{m['epoch_s']:.1f} s = steps {m['train_s'] - m['data_s']:.1f} + data {m['data_s']:.1f} "
+            f"+ eval {m['epoch_s'] - m['train_s']:.1f}")
+
+
 def write_failure(path: Path, name: str, seed: int, error: str, meta: dict | None = None) -> None:
     """A failed run's summary: its error's root cause, one line, for the table."""
     write_json(Path(path) / "summary.json", {"status": "failed", "name": name, "seed": seed, "error": error,

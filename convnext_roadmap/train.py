@@ -371,8 +371,8 @@ def _train(job: Job, out: Path, rank: int, world: int) -> dict:
                 results.write_text(out / "metrics.jsonl", "".join(_json_line(m) for m in history))
             if board is not None:
                 board.epoch(metrics)
-            _say(rank, f"    epoch {epoch + 1}/{t.epochs}  loss {trained['train_loss']:.3f}  top-1 {metrics['top1']:.1f}%  "
-                       f"top-5 {metrics['top5']:.1f}%  ({metrics['epoch_s']:.0f} s)")
+            _say(rank, f"    epoch {epoch + 1}/{t.epochs}  loss {trained['train_loss']:.3f}  "
+                       f"top-1 {metrics['top1']:.1f}%  top-5 {metrics['top5']:.1f}%  ({results.epoch_times(metrics)})")
             if job.stop_after is not None and epoch + 1 - start >= job.stop_after and epoch + 1 < t.epochs:
                 return {"status": "interrupted", "epoch": epoch + 1}
     finally:
@@ -422,10 +422,12 @@ def _summary(job: Job, cfg: Config, trainer: Trainer, history: list[dict], best:
     over = sorted(m["train_s"] / max(m["train_s"] - m["data_s"], 1e-9) for m in later if "data_s" in m)
     notes = [*trainer.notes, *([f"{skipped} image(s) left out: unreadable or could not be augmented (skipped.txt)"]
                                if skipped else [])]
+    below = results.below_best([m["top1"] for m in history])
     return {
         "status": "completed", "name": job.name, "seed": job.seed, **job.meta, **job.measures,
         "final_top1": last["top1"], "final_top5": last["top5"], "best_top1": best,
         "final_ema_top1": last.get("ema_top1"), "epochs": len(history),
+        "last_epochs_below_best": below, "levelled_off": None if below is None else below <= results.LEVEL_MARGIN,
         "train_img_s": speeds[len(speeds) // 2], "epoch_over_step": over[len(over) // 2] if over else None,
         "img_size": cfg.data.img_size,
         "effective_batch": trainer.effective_batch, "accum_steps": trainer.accum, "lr": trainer.lr,

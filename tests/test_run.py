@@ -36,6 +36,7 @@ def test_run_two_steps_end_to_end(tmp_path, data, capsys):
                 "git_commit", "versions", "effective_batch", "lr_rule"):
         assert key in summary
     assert [m["epoch"] for m in read_metrics(run)] == [1, 2]
+    assert summary["levelled_off"] is None  # two epochs cannot tell
     assert (run / "config.yaml").exists() and (run / "checkpoint.pt").exists() and (run / "best.pt").exists()
     capsys.readouterr()
     assert main(args) == 0  # again: nothing to train
@@ -61,6 +62,9 @@ def test_resume_gives_the_same_run(tmp_path, data):
         assert x["train_loss"] == pytest.approx(y["train_loss"], abs=1e-6)
         assert x["top1"] == y["top1"] and x["val_loss"] == pytest.approx(y["val_loss"], abs=1e-6)
     assert straight["final_top1"] == resumed["final_top1"]
+    top1 = [m["top1"] for m in a]  # three epochs: whether they levelled off, from the curve by hand
+    below = max(top1) - sum(top1) / 3
+    assert straight["last_epochs_below_best"] == pytest.approx(below) and straight["levelled_off"] == (below <= 1.5)
 
 
 def test_failed_run_is_a_failed_row(tmp_path, data, capsys):

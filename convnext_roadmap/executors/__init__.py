@@ -217,7 +217,9 @@ def outcome_line(job: Job, seconds: float) -> str:
     left_out = summary.get("skipped_images") or 0  # on the line a user reads: few open skipped.txt unprompted
     return (f"✓ {job.name} seed{job.seed}: top-1 {summary['final_top1']:.1f}% (best {summary['best_top1']:.1f}), "
             f"{summary['gflops_224']:.2f} GFLOPs at 224², {summary['params'] / 1e6:.1f} M params, {seconds:.0f} s"
-            + (f", {left_out} image(s) left out (skipped.txt)" if left_out else ""))
+            + (f", {left_out} image(s) left out (skipped.txt)" if left_out else "")
+            + (f"; not levelled off (its last epochs {summary['last_epochs_below_best']:.1f} below its best)"
+               if summary.get("levelled_off") is False else ""))
 
 
 @contextlib.contextmanager

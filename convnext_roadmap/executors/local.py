@@ -359,8 +359,9 @@ def _print_new_epochs(job: Job, shown: int) -> int:
     metrics = results.read_metrics(Path(job.run_dir))
     total = job.cfg["train"]["epochs"]
     for m in metrics[shown:]:
+        times = results.epoch_times(m)
         print(f"  {job.name} seed{job.seed}: epoch {m['epoch']}/{total}  loss {m['train_loss']:.3f}  "
-              f"top-1 {m['top1']:.1f}%", flush=True)
+              f"top-1 {m['top1']:.1f}%" + (f"  ({times})" if times else ""), flush=True)
     return max(shown, len(metrics))
 
 
