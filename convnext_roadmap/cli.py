@@ -194,13 +194,13 @@ def cmd_table(args) -> None:
     from . import report
 
     exp_dir = _settled(args)
-    table, _, fidelity = report.write(exp_dir, quiet=True)
+    table, _, under = report.write(exp_dir, quiet=True)
     if args.format == "table":
         print(table.to_string(index=False))
-        print(fidelity)
+        print(under)
     else:  # stdout stays the file's text, for a pipe
         print((exp_dir / f"table.{args.format}").read_text(), end="")
-        print(fidelity, file=sys.stderr)
+        print(under, file=sys.stderr)
 
 
 def cmd_plot(args) -> None:

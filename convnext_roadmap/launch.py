@@ -30,9 +30,16 @@ def run(variants: list[Variant], seeds: list[int], experiment_dir: Path, executo
                           {"base": base, "experiment": experiment_dir.name, "recipe": recipe}, measures,
                           tensorboard=tensorboard, log_every=log_every)
     recorded = results.read_jobs(experiment_dir)
-    live = executors.live(recorded, jobs)  # queued or running: left alone, and what they train binds the request
+    try:
+        now = executors.states(recorded)
+    except executors.SchedulerSilent as e:
+        if not dry_run:
+            raise
+        print(f"! {e.args[0]}: the dry run does not know which jobs are queued", flush=True)
+        now = {}
+    live = executors.live(recorded, jobs, now)  # queued or running: left alone, and what they train binds the request
     plan.check_conflicts(jobs, force, {(r["name"], r["seed"]): (r["cfg"], live[(r["name"], r["seed"])])
-                                       for r in recorded if (r["name"], r["seed"]) in live and "cfg" in r})
+                                       for r in executors.unfinished(recorded, now) if "cfg" in r})
     rows = plan.entries(variants, measures)
     if dry_run:
         print(f"# {experiment_dir}: {len(variants)} run(s) × {len(seeds)} seed(s), nothing is written (dry run)")

@@ -87,8 +87,8 @@ def _no_nan(d: dict) -> dict:
 
 def write(experiment_dir: Path, quiet: bool = False):
     """Build the table once, with its statistics, and draw the figures from that same table, so that both say
-    the same of every run; print the table, the fidelity line and what was written unless `quiet`. Returns the
-    table for people, the figures' paths and the fidelity line."""
+    the same of every run; print the table, the lines under it (fidelity; runs not levelled off) and what was
+    written unless `quiet`. Returns the table for people, the figures' paths and the lines under it."""
     plan = results.load_plan(experiment_dir)
     baselines = {r["name"]: r.get("baseline") for r in plan["runs"]}
     groups = {r["name"]: r.get("group", "") for r in plan["runs"]}
@@ -102,13 +102,11 @@ def write(experiment_dir: Path, quiet: bool = False):
     results.write_json(Path(experiment_dir) / "stats.json",
                        {name: {**_no_nan(r), "baseline": baselines[name]} for name, r in compared.items()})
     paths = plots.plot_experiment(experiment_dir, table, fid)
-    fidelity_line = f"fidelity to the paper: {plots.fidelity_text(fid)} (fidelity.json)"
-    climbing = not_levelled_off(experiment_dir)
+    under = "\n".join(filter(None, [f"fidelity to the paper: {plots.fidelity_text(fid)} (fidelity.json)",
+                                     not_levelled_off(experiment_dir)]))
     if not quiet:
         print(pretty.to_string(index=False))
-        print(fidelity_line)
-        if climbing:
-            print(climbing)
+        print(under)
         print(f"wrote {experiment_dir / 'table.csv'}, table.md, stats.json, fidelity.json, "
               + ", ".join(p.name for p in paths))
-    return pretty, paths, fidelity_line
+    return pretty, paths, under

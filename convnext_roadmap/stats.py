@@ -35,10 +35,10 @@ def sign_flip_p(d) -> float:
 
 
 def paired(a, b, alpha: float = ALPHA, family: int = 1) -> dict:
-    """Row a against row b, seed by seed: the mean Δ, its CI, the paired t-test and exact sign-flip p-values, and
-    the smallest |Δ| these seeds resolve among `family` rows tested together: the paired t half-width at
-    alpha / family, where p ≤ alpha / family passes every step of Holm's correction, so a mean Δ larger than
-    this is always called better or worse (one row: the CI's half-width). With one pair there is a Δ but no
+    """Row a against row b, seed by seed: the mean Δ, its CI, the paired t-test and exact sign-flip p-values, and how
+    large a Δ these seeds always resolve among `family` rows tested together, the paired t half-width at alpha /
+    family: a mean Δ larger than this has p < alpha / family, which passes every step of Holm's correction, so it is
+    always called better or worse (one row: the paired t interval's half-width). With one pair there is a Δ but no
     interval and no test."""
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     n = len(d)

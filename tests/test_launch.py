@@ -434,3 +434,17 @@ def test_a_controller_that_does_not_answer_is_not_an_unknown_partition(tmp_path,
     assert main(["run", "--steps", "resnet50", "--recipe", "smoke", "--executor", "slurm", "--dry-run",
                  "--results", str(tmp_path / "r")]) == 2
     assert "partition: the default partition: sinfo knows no such partition" in capsys.readouterr().err
+
+
+def test_a_finished_runs_line_says_when_it_had_not_levelled_off(tmp_path):
+    from convnext_roadmap.executors import outcome_line
+    from convnext_roadmap.job import Job
+
+    job = Job(run_dir=str(tmp_path), name="widen", cfg={}, seed=1)
+    summary = {"status": "completed", "final_top1": 52.04, "best_top1": 54.4, "gflops_224": 4.2, "params": 28.6e6,
+               "levelled_off": False, "last_epochs_below_best": 1.9}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert outcome_line(job, 71.2) == ("✓ widen seed1: top-1 52.0% (best 54.4), 4.20 GFLOPs at 224², 28.6 M params, "
+                                       "71 s; not levelled off (its last epochs 1.9 below its best)")
+    (tmp_path / "summary.json").write_text(json.dumps({**summary, "levelled_off": True}))
+    assert outcome_line(job, 71.2).endswith("28.6 M params, 71 s")

@@ -87,6 +87,46 @@ def test_a_seed_queued_under_another_config_binds_the_run(tmp_path, data, capsys
     assert json.loads((tmp_path / "q" / "resnet50" / "seed0" / "summary.json").read_text())["status"] == "completed"
 
 
+def test_only_a_job_that_has_not_ended_binds_by_its_record(tmp_path, data, capsys, monkeypatch):
+    """A recorded job that ended binds nothing by its record, even while another process holds its run (that
+    holder's config.yaml speaks for it); a record from before jobs.json kept configs binds nothing; and a dry run
+    goes on, saying so, when the scheduler does not answer."""
+    from convnext_roadmap.results import RunLock
+
+    base = ["run", "--steps", "resnet50", *SMOKE, "--data", f"imagefolder:{data}", "--results", str(tmp_path)]
+    assert main([*base, "--experiment", "x"]) == 0
+    old = read_config(tmp_path / "x" / "resnet50" / "seed0" / "config.yaml").model_dump()
+    seed1 = tmp_path / "q" / "resnet50" / "seed1"
+    seed1.mkdir(parents=True)
+    records = [{"name": "resnet50", "seed": 1, "job_id": "77", "executor": "slurm", "cfg": old,
+                "run_dir": str(seed1), "stdout": "", "stderr": ""},
+               {"name": "resnet50", "seed": 2, "job_id": "78", "executor": "slurm",  # no cfg: an older version's
+                "run_dir": str(tmp_path / "q" / "resnet50" / "seed2"), "stdout": "", "stderr": ""}]
+    (tmp_path / "q" / "jobs.json").write_text(json.dumps({"jobs": records}))
+    new = (tmp_path / "x" / "resnet50" / "seed0" / "config.yaml").read_text().replace("kernel_size: 3",
+                                                                                      "kernel_size: 5")
+    (seed1 / "config.yaml").write_text(new)  # the config the holder below trains
+    lock = RunLock(seed1)
+    assert lock.acquire() is None
+    try:
+        monkeypatch.setattr(executors, "states", lambda records: {"77": JobState("FAILED"),
+                                                                  "78": JobState("PENDING")})
+        capsys.readouterr()
+        assert main([*base, "--experiment", "q", "--seeds", "3", "--set", "block.kernel_size=5"]) == 0
+        out = capsys.readouterr().out
+        assert "= resnet50 seed1: running in pid" in out and "= resnet50 seed2: pending already (job 78)" in out
+    finally:
+        lock.release()
+
+    def silent(records):
+        raise executors.SchedulerSilent("sacct did not answer")
+
+    monkeypatch.setattr(executors, "states", silent)
+    assert main([*base, "--experiment", "s", "--dry-run"]) == 0
+    assert "! sacct did not answer: the dry run does not know which jobs are queued" in capsys.readouterr().out
+    assert main([*base, "--experiment", "s"]) == 2 and not (tmp_path / "s" / "plan.json").exists()
+
+
 def test_a_run_that_failed_before_training_takes_a_fixed_config_without_force(tmp_path, data, capsys):
     base = ["run", "--steps", "resnet50", *SMOKE, "--data", f"imagefolder:{data}", "--results", str(tmp_path),
             "--experiment", "f"]

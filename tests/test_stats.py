@@ -159,7 +159,7 @@ def test_report_of_three_seeds_by_hand(tmp_path, monkeypatch):
             results.write_json(run / "summary.json", {"status": "completed", "name": name, "seed": seed,
                                                       "final_top1": v, "train_img_s": 100.0,
                                                       "levelled_off": not climbing,
-                                                      "last_epochs_below_best": 2.25 if climbing else 0.5})
+                                                      "last_epochs_below_best": 2.3 if climbing else 0.5})
     from matplotlib.container import BarContainer
 
     from convnext_roadmap import plots
@@ -213,13 +213,21 @@ def test_report_of_three_seeds_by_hand(tmp_path, monkeypatch):
     assert y0 == 2 and (x0, x1) == pytest.approx((213.5 / 3 - 3.125804, 213.5 / 3 + 3.125804), abs=1e-5)
     assert theirs.collections[0].get_offsets().tolist() == [[78.82, 2], [79.36, 1], [79.51, 0]]
     line = report.not_levelled_off(tmp_path)
-    assert line.startswith("! not levelled off") and line.count("seed") == 1 and "stage_ratio seed2 (2.2)" in line
+    assert line.startswith("! not levelled off") and line.count("seed") == 1 and "stage_ratio seed2 (2.3)" in line
     # with only seed 0 finished there is a Δ (71.0 − 70.0) but no interval to print
     for name in top1:
         for seed in (1, 2):
             shutil.rmtree(results.run_dir(tmp_path, name, seed))
     report.write(tmp_path, quiet=True)
     assert "+1.0 (one seed: no interval)" in (tmp_path / "table.md").read_text()
+
+
+def test_a_rounded_delta_is_never_minus_zero():
+    from convnext_roadmap.report import _delta
+
+    assert _delta({"delta": -0.04, "ci_low": -1.26, "ci_high": 0.04}) == "+0.0 [−1.3, +0.0]"
+    assert _delta({"delta": -0.06, "ci_low": float("nan"), "ci_method": "one seed: no interval"}) == \
+        "−0.1 (one seed: no interval)"
 
 
 def test_levelled_off_by_hand():

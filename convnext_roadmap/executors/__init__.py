@@ -104,8 +104,7 @@ def states(records: list[dict]) -> dict[str, JobState]:
 
 def cancel(records: list[dict]) -> list[str]:
     """Cancel every recorded job that has not ended; returns their ids."""
-    now = states(records)  # one query for all of them
-    live = [r for r in records if now.get(r["job_id"], JobState("UNKNOWN")).state not in TERMINAL]
+    live = unfinished(records, states(records))  # one query for all of them
     cancelled = []
     for kind, cls in _kinds().items():
         cancelled += cls.cancel([r for r in live if r.get("executor") == kind])
@@ -133,15 +132,18 @@ def status(experiment_dir: Path) -> list[dict]:
     return rows
 
 
-def live(records: list[dict], jobs: list[Job]) -> dict[tuple[str, int], str]:
-    """(run, seed) → where it is queued or running: a recorded job that has not ended, or a live holder of the
-    run's lock (another `roadmap run`, in any executor)."""
-    now = states(records)
+def unfinished(records: list[dict], now: dict[str, JobState]) -> list[dict]:
+    """The recorded jobs that have not ended, by their states `now`."""
+    return [r for r in records if r["job_id"] in now and now[r["job_id"]].state not in TERMINAL]
+
+
+def live(records: list[dict], jobs: list[Job], now: dict[str, JobState] | None = None) -> dict[tuple[str, int], str]:
+    """(run, seed) → where it is queued or running: a recorded job that has not ended (by its states `now`, asked
+    here when not given), or a live holder of the run's lock (another `roadmap run`, in any executor)."""
+    now = states(records) if now is None else now
     out = {}
-    for r in records:
-        s = now.get(r["job_id"])
-        if s is not None and s.state not in TERMINAL:
-            out[(r["name"], r["seed"])] = f"{s.state.lower()} already (job {r['job_id']})"
+    for r in unfinished(records, now):
+        out[(r["name"], r["seed"])] = f"{now[r['job_id']].state.lower()} already (job {r['job_id']})"
     for job in jobs:
         holder = results.lock_holder(Path(job.run_dir))
         if holder is not None:
