@@ -61,11 +61,13 @@ def check_conflicts(jobs: list[Job], force: bool = False,
     for job in jobs:
         new = Config.model_validate(job.cfg)
         for (name, seed), (cfg, where) in sorted((queued or {}).items()):
+            if name != job.name:
+                continue
             try:  # through the schema, so that a field added since it was queued takes its default on both sides
                 recorded = Config.model_validate(cfg)
             except ValueError:  # queued by a version whose configs this one cannot read: it will fail on its own
                 continue
-            if name == job.name and (changes := diff(recorded, new)):
+            if changes := diff(recorded, new):
                 key, (old, value) = next(iter(changes.items()))
                 raise RoadmapError(f"{job.name} seed{seed} is {where} with another config ({key}: {old} → {value}), "
                                    f"and a run's seeds share one; cancel that job first (`roadmap cancel "
