@@ -266,8 +266,8 @@ class ClusterProfile(Section):
         return self.tasks_per_node or max(self.gpus_per_node, 1)
 
 
-def diff(a: BaseModel | dict, b: BaseModel | dict) -> dict[str, tuple[Any, Any]]:
-    """Dotted keys whose values differ between two configs (or their `model_dump()`s), with (a's value, b's)."""
+def diff(a: BaseModel, b: BaseModel) -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose values differ between two configs, with (a's value, b's value)."""
     out: dict[str, tuple[Any, Any]] = {}
 
     def walk(x: Any, y: Any, prefix: str) -> None:
@@ -277,5 +277,5 @@ def diff(a: BaseModel | dict, b: BaseModel | dict) -> dict[str, tuple[Any, Any]]
         elif x != y:
             out[prefix[:-1]] = (x, y)
 
-    walk(*(c if isinstance(c, dict) else c.model_dump() for c in (a, b)), "")
+    walk(a.model_dump(), b.model_dump(), "")
     return dict(sorted(out.items()))

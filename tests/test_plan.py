@@ -65,12 +65,17 @@ def test_conflicting_config_is_refused_and_force_trains_again(tmp_path, data, ca
     assert "kernel_size: 5" in (run / "config.yaml").read_text()  # nothing touched
 
 
+def _trained_config(base, tmp_path):
+    """The config a request of `base` trains, as its run wrote it (experiment x)."""
+    assert main([*base, "--experiment", "x"]) == 0
+    return read_config(tmp_path / "x" / "resnet50" / "seed0" / "config.yaml")
+
+
 def test_a_seed_queued_under_another_config_binds_the_run(tmp_path, data, capsys, monkeypatch):
     """A job that waits in the queue has written nothing in its run's folder yet: the config kept with it in
     jobs.json is what a later request must agree with, or the row would average two networks."""
     base = ["run", "--steps", "resnet50", *SMOKE, "--data", f"imagefolder:{data}", "--results", str(tmp_path)]
-    assert main([*base, "--experiment", "x"]) == 0
-    cfg = read_config(tmp_path / "x" / "resnet50" / "seed0" / "config.yaml").model_dump()
+    cfg = _trained_config(base, tmp_path).model_dump()
     del cfg["train"]["sched"]  # as if queued before the field existed: its default fills in, no difference
     (tmp_path / "q").mkdir()
     record = {"name": "resnet50", "seed": 1, "job_id": "77", "executor": "slurm", "cfg": cfg,
@@ -95,8 +100,7 @@ def test_only_a_job_that_has_not_ended_binds_by_its_record(tmp_path, data, capsy
     from convnext_roadmap.results import RunLock
 
     base = ["run", "--steps", "resnet50", *SMOKE, "--data", f"imagefolder:{data}", "--results", str(tmp_path)]
-    assert main([*base, "--experiment", "x"]) == 0
-    old = read_config(tmp_path / "x" / "resnet50" / "seed0" / "config.yaml").model_dump()
+    old = _trained_config(base, tmp_path).model_dump()
     seed1 = tmp_path / "q" / "resnet50" / "seed1"
     seed1.mkdir(parents=True)
     records = [{"name": "resnet50", "seed": 1, "job_id": "77", "executor": "slurm", "cfg": old,
@@ -104,9 +108,8 @@ def test_only_a_job_that_has_not_ended_binds_by_its_record(tmp_path, data, capsy
                {"name": "resnet50", "seed": 2, "job_id": "78", "executor": "slurm",  # no cfg: an older version's
                 "run_dir": str(tmp_path / "q" / "resnet50" / "seed2"), "stdout": "", "stderr": ""}]
     (tmp_path / "q" / "jobs.json").write_text(json.dumps({"jobs": records}))
-    new = (tmp_path / "x" / "resnet50" / "seed0" / "config.yaml").read_text().replace("kernel_size: 3",
-                                                                                      "kernel_size: 5")
-    (seed1 / "config.yaml").write_text(new)  # the config the holder below trains
+    new = (tmp_path / "x" / "resnet50" / "seed0" / "config.yaml").read_text()
+    (seed1 / "config.yaml").write_text(new.replace("kernel_size: 3", "kernel_size: 5"))  # what the holder trains
     lock = RunLock(seed1)
     assert lock.acquire() is None
     try:

@@ -137,10 +137,9 @@ def unfinished(records: list[dict], now: dict[str, JobState]) -> list[dict]:
     return [r for r in records if r["job_id"] in now and now[r["job_id"]].state not in TERMINAL]
 
 
-def live(records: list[dict], jobs: list[Job], now: dict[str, JobState] | None = None) -> dict[tuple[str, int], str]:
-    """(run, seed) → where it is queued or running: a recorded job that has not ended (by its states `now`, asked
-    here when not given), or a live holder of the run's lock (another `roadmap run`, in any executor)."""
-    now = states(records) if now is None else now
+def live(records: list[dict], jobs: list[Job], now: dict[str, JobState]) -> dict[tuple[str, int], str]:
+    """(run, seed) → where it is queued or running: a recorded job that has not ended (by its states `now`), or a
+    live holder of the run's lock (another `roadmap run`, in any executor)."""
     out = {}
     for r in unfinished(records, now):
         out[(r["name"], r["seed"])] = f"{now[r['job_id']].state.lower()} already (job {r['job_id']})"
