@@ -139,7 +139,7 @@ def cmd_bench(args) -> None:
     import pandas as pd
 
     from .measure import bench
-    from .train import pick_device
+    from .device import pick_device
 
     pick_device(args.device)  # one line here, not a traceback from the first model moved there
     rows = bench(_requested(args), roadmap.timm_models(args.base), batch_size=args.batch_size,
@@ -228,7 +228,7 @@ def cmd_cancel(args) -> None:
 
 def cmd_eval(args) -> None:
     from .predict import evaluate_run, find_run
-    from .train import pick_device
+    from .device import pick_device
 
     path = find_run(_results_root(args), args.run)
     m = evaluate_run(path, args.data, pick_device(args.device), args.flip)
@@ -237,7 +237,7 @@ def cmd_eval(args) -> None:
 
 def cmd_predict(args) -> None:
     from .predict import find_run, predict
-    from .train import pick_device
+    from .device import pick_device
 
     path = find_run(_results_root(args), args.run)
     n = predict(path, args.data, Path(args.out), pick_device(args.device), args.flip)

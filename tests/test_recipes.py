@@ -217,7 +217,7 @@ class _Broken(torch.utils.data.Dataset):
 
 
 def test_the_root_cause_of_a_worker_failure_is_the_original_error():
-    from convnext_roadmap.train import root_cause
+    from convnext_roadmap.train.job import root_cause
 
     with pytest.raises(Exception) as caught:
         next(iter(torch.utils.data.DataLoader(_Broken(), batch_size=2, num_workers=1)))

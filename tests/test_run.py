@@ -125,7 +125,7 @@ def test_table_and_plot_commands(tmp_path, data, capsys):
 
 def test_a_retried_run_does_not_keep_the_failed_attempts_summary(tmp_path):
     from convnext_roadmap import results
-    from convnext_roadmap.train import _claim
+    from convnext_roadmap.train.job import claim as _claim
 
     run = tmp_path / "gelu" / "seed0"
     results.write_failure(run, "gelu", 0, "RuntimeError: out of memory")

@@ -63,7 +63,7 @@ class Executor:
     def check(self, device: str) -> None:
         """Refuse, before anything runs, what could never run where the jobs go (one RoadmapError line); jobs on
         this machine: a device it has not."""
-        from ..train import pick_device
+        from ..device import pick_device
 
         pick_device(device)
 

@@ -76,7 +76,7 @@ class Slurm(Executor):
     def check(self, device: str) -> None:
         """Refuse, before anything is submitted, a request that the partition could never run (the device is the
         nodes', not this machine's)."""
-        from ..train import parse_device
+        from ..device import parse_device
 
         p, limits = self.profile, partition_limits(self.profile.partition)
         if limits is None:

@@ -3,7 +3,7 @@
 
 def __getattr__(name):
     # torch is imported only when a network is asked for: the config's validators use the geometry alone
-    if name in ("Network", "build_model"):
+    if name in ("Network", "build_model", "input_size_note"):
         from . import network
 
         return getattr(network, name)
@@ -14,4 +14,4 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["Network", "build_model", "load_timm_state_dict"]
+__all__ = ["Network", "build_model", "input_size_note", "load_timm_state_dict"]

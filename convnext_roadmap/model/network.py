@@ -123,3 +123,10 @@ def fixed_input_size(name: str) -> int | None:
 def adapts_input_size(cfg: Config) -> bool:
     """Whether timm is asked to build a model made for one input size for another (`timm.img_size`)."""
     return bool(cfg.timm.img_size) and fixed_input_size(cfg.timm.name) is not None
+
+
+def input_size_note(cfg: Config) -> str | None:
+    """What a run says when timm builds its model for another input size than the one it was made for."""
+    if cfg.timm is not None and adapts_input_size(cfg):
+        return f"timm adapted {cfg.timm.name} to {cfg.timm.img_size}×{cfg.timm.img_size} input"
+    return None

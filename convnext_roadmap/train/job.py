@@ -1,0 +1,171 @@
+"""One (config, seed) to completion: claim the run folder, train it epoch by epoch with checkpoints, write its
+summary, or leave the root cause of its failure. The same call runs in-process, on a local worker or on a SLURM
+node; it never knows how it was launched."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from .. import results, rng
+from ..config import Config
+from ..device import pick_device
+from ..errors import RoadmapError
+from ..job import Job
+from ..loading import to_yaml
+from . import provenance, state
+from .loop import TensorBoard, Trainer, progress_bar
+
+
+def run_job(job: Job) -> dict:
+    """Train one (config, seed) to completion, resuming from its checkpoint; return its summary. A finished run
+    is not trained again, and a run that another live process holds (run.lock) is left to it: "skipped". A run
+    that fails leaves a summary with status "failed" and the root cause, error.txt with the traceback, and
+    raises. Rank 0 decides for every rank whether to train."""
+    out = Path(job.run_dir)
+    rank, world = _distributed()
+    lock = results.RunLock(out)
+    decision, failure = [None], None
+    if rank == 0:
+        try:
+            decision[0] = claim(out, lock)
+        except Exception as e:  # noqa: BLE001 - every rank must hear of it, or the others wait at the broadcast
+            lock.release()  # if it was taken: a damaged summary read after the lock
+            failure = e
+            # the others get a copy that pickles whatever the original holds
+            decision[0] = (RoadmapError(str(e)) if isinstance(e, RoadmapError)
+                           else RuntimeError(f"{type(e).__name__}: {e}"))
+    if world > 1:
+        torch.distributed.broadcast_object_list(decision, src=0)
+    if failure is not None:
+        raise failure
+    if isinstance(decision[0], Exception):
+        raise decision[0]
+    if decision[0] == "done":
+        return results.read_json(out / "summary.json")
+    if decision[0] is not None:
+        _say(rank, f"= {job.name} seed{job.seed}: {results.describe_holder(decision[0])}")
+        return {"status": "skipped", "holder": decision[0]}
+    try:
+        return _train(job, out, rank, world)
+    except Exception as e:
+        results.write_text(out / ("error.txt" if rank == 0 else f"error.rank{rank}.txt"), traceback.format_exc())
+        if rank == 0:
+            results.write_failure(out, job.name, job.seed, root_cause(e), job.meta)
+        raise
+    finally:
+        if rank == 0:
+            lock.release()
+
+
+def claim(out: Path, lock: results.RunLock):
+    """None when this process now owns the run; "done" when it is finished (looked at again once the lock is
+    ours: another process may have finished it meanwhile); else the live holder."""
+    if results.is_done(out):
+        return "done"
+    holder = lock.acquire()
+    if holder is None and results.is_done(out):
+        lock.release()
+        return "done"
+    if holder is None:  # a failed attempt's summary and traceback would speak for this one while it trains
+        for stale in (out / "summary.json", out / "error.txt", *out.glob("error.rank*.txt")):
+            stale.unlink(missing_ok=True)
+        # nothing to resume: the epochs and the images left out by an attempt that never reached its first
+        # checkpoint (another config's, maybe other data) are not this run's
+        if not (out / "checkpoint.pt").exists():
+            for stale in (out / "metrics.jsonl", out / "skipped.txt"):
+                stale.unlink(missing_ok=True)
+    return holder
+
+
+def root_cause(e: BaseException) -> str:
+    """The original error in one line: the innermost explicitly chained exception, its type and the first line of
+    its message; for a DataLoader worker's wrapper ("Caught ValueError in DataLoader worker process 1 …
+    Original Traceback …"), the traceback's last line, where it keeps the error it caught."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if "Original Traceback" in str(e):  # a worker's wrapped traceback: its last line is the original's
+        return lines[-1]
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def _distributed() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _train(job: Job, out: Path, rank: int, world: int) -> dict:
+    cfg = Config.model_validate(job.cfg)
+    if cfg.train is None or cfg.data is None:
+        raise RoadmapError(f"{job.name}: the config has no recipe (train and data sections)")
+    device = pick_device(job.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    t = cfg.train
+    rng.seed_all(job.seed + rank)
+    if rank == 0:
+        results.write_text(out / "config.yaml", to_yaml(cfg))
+    from ..data import SkipRecord
+
+    skipped = SkipRecord(out / "skipped.txt")
+    trainer = Trainer(cfg, job.seed, device, rank, world, skipped, say=lambda text: _say(rank, text))
+    history, best, start = [], -1.0, 0
+    checkpoint = out / "checkpoint.pt"
+    if checkpoint.exists():
+        saved = state.load(checkpoint, device)
+        state.restore(trainer, saved)
+        history, best, start = saved["history"], saved["best_top1"], saved["epoch"] + 1
+        _say(rank, f"  resuming {job.name} seed{job.seed} after epoch {start}/{t.epochs}")
+    if rank == 0 and start == 0:
+        _say(rank, f"  {job.name} seed{job.seed}: batch {t.batch_size} × {world} process(es) × {trainer.accum} "
+                   f"accumulation step(s) = {trainer.effective_batch}"
+                   f", lr {t.lr:g} × {trainer.effective_batch}/{t.base_batch_size} = {trainer.lr:.3g} "
+                   f"(linear scaling), {len(trainer.classes)} classes, {device}")
+    board = TensorBoard(out, job.log_every) if job.tensorboard and rank == 0 else None
+    started = time.time()
+    try:
+        for epoch in range(start, t.epochs):
+            tick = time.time()
+            with progress_bar(len(trainer.train_loader), f"{job.name} s{job.seed} {epoch + 1}/{t.epochs}") as bar:
+                trained = trainer.train_epoch(epoch, bar, board.step if board else None)
+            metrics = {"epoch": epoch + 1, **trained, **trainer.evaluate(trainer.model),
+                       "lr": trainer.optimizer.param_groups[0]["lr"], "epoch_s": time.time() - tick}
+            if trainer.ema is not None:
+                metrics.update({f"ema_{k}": v for k, v in trainer.evaluate(trainer.ema.module).items()})
+            history.append(metrics)
+            if rank == 0:
+                if metrics["top1"] > best:
+                    best = metrics["top1"]
+                    results.atomic_write(out / "best.pt", lambda f: torch.save(
+                        {"model": trainer.model.state_dict(), "epoch": epoch + 1, "classes": trainer.classes}, f))
+                # the checkpoint first: metrics.jsonl is rewritten from its history, so a crash between the two
+                # files never leaves a line that a resumed run would write again
+                saved = state.snapshot(trainer, epoch, history, best)
+                results.atomic_write(checkpoint, lambda f: torch.save(saved, f))
+                results.write_text(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
+            if board is not None:
+                board.epoch(metrics)
+            _say(rank, f"    epoch {epoch + 1}/{t.epochs}  loss {trained['train_loss']:.3f}  "
+                       f"top-1 {metrics['top1']:.1f}%  top-5 {metrics['top5']:.1f}%  ({results.epoch_times(metrics)})")
+            if job.stop_after is not None and epoch + 1 - start >= job.stop_after and epoch + 1 < t.epochs:
+                return {"status": "interrupted", "epoch": epoch + 1}
+    finally:
+        if board is not None:
+            board.writer.close()
+    done = provenance.summary(job, cfg, trainer, history, best, time.time() - started, world, skipped.count())
+    if rank == 0:
+        results.write_json(out / "summary.json", done)
+    return done
+
+
+def _say(rank: int, text: str) -> None:
+    if rank == 0:
+        print(text, flush=True)

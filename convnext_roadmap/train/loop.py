@@ -1,0 +1,214 @@
+"""The training loop of one run: a `Trainer` assembled from its config with timm's pieces, one epoch of training,
+evaluation; how it was launched and where its files go are the job's (`train/job.py`)."""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..config import Config
+from ..device import use_amp
+from ..errors import RoadmapError
+
+
+def build_optimizer(model: nn.Module, t, lr: float) -> torch.optim.Optimizer:
+    """timm's optimizer of `train.opt` at `lr`, no weight decay on norms and biases unless asked; torch's fused
+    update where the optimizer has one."""
+    from timm.optim import create_optimizer_v2, get_optimizer_info
+
+    info = get_optimizer_info(t.opt)
+    extra = {"betas": tuple(t.betas)} if info.has_betas else {}
+    if info.opt_class in (torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD):
+        extra["fused"] = True  # torch's one-kernel update (equal up to rounding): ~1.1× the CPU proxy's training
+    return create_optimizer_v2(model, opt=t.opt, lr=lr, weight_decay=t.weight_decay, momentum=t.momentum,
+                               filter_bias_and_bn=t.filter_bias_and_bn, **extra)
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, t, steps_per_epoch: int):
+    """timm's cosine or step schedule, counted in optimizer steps, after a linear warm-up."""
+    from timm.scheduler import CosineLRScheduler, StepLRScheduler
+
+    warmup = dict(warmup_t=t.warmup_epochs * steps_per_epoch, warmup_lr_init=t.warmup_lr, t_in_epochs=False)
+    if t.sched == "step":
+        return StepLRScheduler(optimizer, decay_t=t.decay_epochs * steps_per_epoch, decay_rate=t.decay_rate,
+                               **warmup)
+    return CosineLRScheduler(optimizer, t_initial=t.epochs * steps_per_epoch, lr_min=t.min_lr, **warmup)
+
+
+def build_criterion(t, num_classes: int):
+    """(mixup/cutmix or None, the loss): soft-target cross-entropy under mixup, else label smoothing or plain."""
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    if t.mixup > 0 or t.cutmix > 0:
+        return (Mixup(mixup_alpha=t.mixup, cutmix_alpha=t.cutmix, label_smoothing=t.label_smoothing,
+                      num_classes=num_classes), SoftTargetCrossEntropy())
+    if t.label_smoothing > 0:
+        return None, LabelSmoothingCrossEntropy(t.label_smoothing)
+    return None, nn.CrossEntropyLoss()
+
+
+class Trainer:
+    """The pieces of one run, built from its config with timm: loaders and transforms, the optimizer, the
+    schedule per optimizer step, gradient accumulation, mixup/cutmix with label smoothing, EMA, bf16 autocast and
+    channels_last."""
+
+    def __init__(self, cfg: Config, seed: int, device: torch.device, rank: int = 0, world: int = 1,
+                 skipped=None, say=print):
+        from timm.utils import ModelEmaV3
+
+        from ..data import make_loaders
+        from ..model import build_model, input_size_note
+        from ..model.pretrained import load_initial_weights
+
+        t, self.cfg, self.device, self.rank, self.world = cfg.train, cfg, device, rank, world
+        self.cuda = device.type == "cuda"
+        self.train_loader, self.val_loader, self.classes = make_loaders(
+            cfg.data, t.batch_size, t.batch_size * 2, seed, (rank, world), prefetch=self.cuda, skipped=skipped)
+        self.model = build_model(cfg, len(self.classes))
+        self.notes = load_initial_weights(self.model, cfg) if t.pretrained else []
+        self.notes += [note] if (note := input_size_note(cfg)) else []
+        self.amp, amp_note = use_amp(t.amp, device)
+        self.notes += [amp_note] if amp_note else []
+        for note in self.notes:
+            say(f"  {note}")
+        self.model = self.model.to(device)
+        if t.channels_last:  # NHWC: faster on GPUs and, for these networks, on the CPU too
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.accum = t.accumulation(world)
+        self.effective_batch = t.batch_size * world * self.accum
+        self.lr = t.lr * self.effective_batch / t.base_batch_size
+        self.optimizer = build_optimizer(self.model, t, self.lr)
+        micro = len(self.train_loader)
+        self.steps_per_epoch = math.ceil(micro / self.accum)  # optimizer steps; the last may gather fewer
+        if micro == 0:
+            raise RoadmapError(f"train.batch_size: {t.batch_size} × {world} is more than the "
+                               f"{len(self.train_loader.sampler) * world} training images")
+        self.scheduler = build_schedule(self.optimizer, t, self.steps_per_epoch)
+        self.mixup, self.criterion = build_criterion(t, len(self.classes))
+        self.ema = ModelEmaV3(self.model, decay=t.ema_decay) if t.ema else None
+        self.autocast_dtype = torch.bfloat16 if self.amp else None  # what the forward pass ran in, as seen
+        self.forward = torch.compile(self.model) if t.compile else self.model
+        if world > 1:
+            self.forward = nn.parallel.DistributedDataParallel(
+                self.forward, device_ids=[device.index] if self.cuda else None)
+
+    def autocast(self):
+        # the same bf16 autocast on any device, so that the CPU tests run the code a GPU runs
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
+
+    def _to_device(self, x, y):
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.cfg.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def train_epoch(self, epoch: int, progress, on_step=None) -> dict[str, float]:
+        """One pass over the training split: its mean loss, and its images per second (all processes, data
+        loading included) as the table's throughput. Every `accum` micro-batches make one optimizer step; DDP
+        all-reduces the gradients only on the last of them."""
+        self.model.train()
+        self.train_loader.set_epoch(epoch)
+        micro = len(self.train_loader)
+        total, count, start = torch.zeros((), device=self.device), 0, time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        waited, tick = 0.0, start
+        for i, (x, y) in enumerate(self.train_loader):
+            waited += time.perf_counter() - tick  # loading and augmenting, not overlapped with training
+            x, y = self._to_device(x, y)
+            if self.mixup is not None:
+                x, y = self.mixup(x, y)
+            group = min(self.accum, micro - (i // self.accum) * self.accum)  # micro-batches in this step
+            last = (i + 1) % self.accum == 0 or i + 1 == micro
+            with nullcontext() if last or self.world == 1 else self.forward.no_sync():
+                with self.autocast():
+                    logits = self.forward(x)
+                    loss = self.criterion(logits, y)
+                if self.world == 1 and (not self.cuda or (i + 1) % 50 == 0) and not torch.isfinite(loss):
+                    raise RuntimeError(f"the loss is {loss.item()} at epoch {epoch + 1}, step {i + 1}")
+                (loss / group).backward()
+            if self.amp:
+                self.autocast_dtype = logits.dtype
+            if last:
+                if self.cfg.train.clip_grad is not None:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_grad)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                step = epoch * self.steps_per_epoch + i // self.accum + 1
+                self.scheduler.step_update(step)
+                if self.ema is not None:
+                    self.ema.update(self.model)
+                if on_step is not None:
+                    on_step(step, loss, self.optimizer.param_groups[0]["lr"])
+            total += loss.detach() * len(x)
+            count += len(x)
+            if not progress.disable:  # a loss.item() every step would wait for the GPU every step
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+            tick = time.perf_counter()
+        seconds = time.perf_counter() - start
+        mean = self._reduce(total, count)  # the same on every rank: they stop together
+        if not math.isfinite(mean):
+            raise RuntimeError(f"the loss is {mean} in epoch {epoch + 1}")
+        return {"train_loss": mean, "train_img_s": count * self.world / seconds, "train_s": seconds,
+                "data_s": waited}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        from timm.utils import accuracy
+
+        model.eval()
+        sums = torch.zeros(4, device=self.device, dtype=torch.float64)  # loss, top-1, top-5, count
+        for x, y in self.val_loader:
+            x, y = self._to_device(x, y)
+            with self.autocast():
+                logits = model(x)
+            loss = nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+            top1, top5 = accuracy(logits, y, topk=(1, min(5, len(self.classes))))
+            sums += torch.tensor([loss.item(), top1.item() * len(x) / 100, top5.item() * len(x) / 100, len(x)],
+                                 device=self.device, dtype=torch.float64)
+        if self.world > 1:
+            torch.distributed.all_reduce(sums)
+        loss, top1, top5, n = sums.tolist()
+        return {"val_loss": loss / n, "top1": 100 * top1 / n, "top5": 100 * top5 / n}
+
+    def _reduce(self, total: torch.Tensor, count: int) -> float:
+        if self.world > 1:
+            both = torch.stack([total.double(), torch.tensor(float(count), device=self.device, dtype=torch.float64)])
+            torch.distributed.all_reduce(both)
+            return (both[0] / both[1]).item()
+        return (total / max(count, 1)).item()
+
+
+def progress_bar(total: int, desc: str):
+    """A progress bar on a terminal; disabled (and never asked for a loss) without one."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=not sys.stderr.isatty())
+
+
+class TensorBoard:
+    """TensorBoard scalars in the run folder, so that `tensorboard --logdir results/EXP` shows each run and seed."""
+
+    def __init__(self, folder: Path, every: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer, self.every = SummaryWriter(log_dir=str(folder)), every
+
+    def step(self, step: int, loss: torch.Tensor, lr: float) -> None:
+        if step % self.every == 0:
+            self.writer.add_scalar("step/train_loss", loss.item(), step)
+            self.writer.add_scalar("step/lr", lr, step)
+
+    def epoch(self, metrics: dict) -> None:
+        for key, value in metrics.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                self.writer.add_scalar(f"epoch/{key}", value, metrics["epoch"])
+        self.writer.flush()
