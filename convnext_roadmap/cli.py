@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+import typing
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -156,12 +157,15 @@ def _results_root(args) -> Path:
 
 
 def cmd_run(args) -> int:
-    from . import executors, launch
+    from . import launch
+    from .executors import make, registry
 
     if args.log_every is not None and args.log is None:
         raise RoadmapError("--log-every: only with --log tensorboard (what it spaces are TensorBoard's points)")
     exp_dir = _results_root(args) / (args.experiment or f"{args.base}-{Path(str(args.recipe)).stem}")
-    executor = executors.make(args.executor, exp_dir, {name: getattr(args, name) for name in executors.options()})
+    flags = {name for cls in registry().values() for name in cls.Options.model_fields}
+    executor = make(args.executor, exp_dir, {name: getattr(args, name) for name in sorted(flags)})
+    launch.check_wait(executor, args.wait, args.timeout_wait)
     args.overrides = [*args.overrides, *([f"train.pretrained={args.pretrained}"] if args.pretrained else [])]
     variants = _requested(args, recipe=args.recipe, data=args.data)
     if not variants:
@@ -182,10 +186,10 @@ def _experiment(args) -> Path:
 def _settled(args) -> Path:
     """The experiment, its jobs found ended without a summary marked failed first (said on stderr: stdout may be
     a CSV)."""
-    from . import executors
+    from .executors import records
 
     exp_dir = _experiment(args)
-    for line in executors.settle(exp_dir):
+    for line in records.mark_ended_failed(exp_dir):
         print(line, file=sys.stderr)
     return exp_dir
 
@@ -214,15 +218,16 @@ def cmd_plot(args) -> None:
 def cmd_status(args) -> None:
     import pandas as pd
 
-    from . import executors
+    from .executors import records
 
-    print(pd.DataFrame(executors.status(_experiment(args))).to_string(index=False))
+    print(pd.DataFrame(records.status(_experiment(args))).to_string(index=False))
 
 
 def cmd_cancel(args) -> None:
-    from . import executors, results
+    from . import results
+    from .executors import records
 
-    cancelled = executors.cancel(results.read_jobs(_experiment(args)))
+    cancelled = records.cancel(results.read_jobs(_experiment(args)))
     print(f"cancelled {len(cancelled)} job(s): {' '.join(cancelled)}" if cancelled else "no live jobs to cancel")
 
 
@@ -251,9 +256,36 @@ def cmd_subset(args) -> None:
     print(f"linked {len(chosen)} classes ({chosen[0]} … {chosen[-1]}) of {args.source} into {args.target}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .executors.slurm import PROFILE_FLAGS
+def _executor_flags(p: argparse.ArgumentParser) -> None:
+    """--executor, its choices from the registry, and a flag for each field of each executor's Options."""
+    from .executors import registry
 
+    kinds = registry()
+    p.add_argument("--executor", choices=list(kinds), default="local", metavar="|".join(kinds),
+                   help="where runs execute: " + "; ".join(f"{name}: {_first_line(cls.__doc__)}"
+                                                           for name, cls in kinds.items()) + " (default: local)")
+    for name, cls in kinds.items():
+        for field, info in cls.Options.model_fields.items():
+            kind = _scalar(info.annotation)
+            minimum = next((getattr(m, "ge") for m in info.metadata if hasattr(m, "ge")), None)
+            p.add_argument(f"--{field.replace('_', '-')}", metavar="N" if kind in (int, float) else "NAME",
+                           type=positive if kind is int and minimum == 1 else kind,
+                           help=f"--executor {name}: {info.description}")
+
+
+def _scalar(annotation) -> type:
+    """int for `int | None`, `Annotated[int, Field(ge=1)] | None` and the like."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _scalar(typing.get_args(annotation)[0])
+    kinds = [t for t in typing.get_args(annotation) if t is not type(None)]
+    return _scalar(kinds[0]) if kinds else annotation
+
+
+def _first_line(doc: str | None) -> str:
+    return " ".join((doc or "").split(".")[0].split())
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="roadmap", description="Replay the ConvNeXt paper's 'modernizing a ResNet' roadmap as "
                                                 "composable ablations: measure, train, tabulate and plot every step.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -302,24 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timm models to train (comma list); without --upto/--steps, only those")
     p.add_argument("--pretrained", nargs="?", const="true", metavar="FILE",
                    help="start from pretrained weights: timm's hub, or a local .safetensors/.pth file")
-    p.add_argument("--executor", choices=["local", "inprocess", "slurm"], default="local",
-                   help="where runs execute: this machine, N at once (default), this process, or SLURM jobs")
-    p.add_argument("--parallel", type=positive, metavar="N",
-                   help="--executor local: jobs at once (default: one per GPU, or one per CPU core)")
-    p.add_argument("--gpus-per-job", type=positive, metavar="K",
-                   help="--executor local: GPUs per job, one DDP process each (default 1)")
-    p.add_argument("--tasks-per-job", type=positive, metavar="N",
-                   help="--executor local: DDP processes per job (default: one per GPU of the job, or 1)")
-    p.add_argument("--threads-per-job", type=positive, metavar="N",
-                   help="--executor local: CPU threads per process (default: the cores divided between the jobs)")
     p.add_argument("--log", choices=["tensorboard"], help="also write TensorBoard scalars into each run's folder")
     p.add_argument("--log-every", type=positive, metavar="STEPS",
                    help="with --log: a training-loss point every this many optimizer steps (default 50)")
-    p.add_argument("--cluster", metavar="PROFILE",
-                   help="a cluster profile: slurm/PROFILE.yaml or a YAML file (default: slurm/default.yaml)")
-    for flag, kind in PROFILE_FLAGS.items():
-        p.add_argument(f"--{flag.replace('_', '-')}", type=kind, help=f"override the profile's {flag}")
-    p.add_argument("--wait", action="store_true", help="with --executor slurm: wait for the jobs, then the table")
+    _executor_flags(p)
+    p.add_argument("--wait", action="store_true",
+                   help="wait for the jobs of an executor that returns at once (slurm), then the table")
     p.add_argument("--timeout-wait", type=float, metavar="MIN", help="with --wait: stop waiting after MIN minutes")
     p.set_defaults(func=cmd_run)
 

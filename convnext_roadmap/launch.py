@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import executors, plan, report, results
+from . import plan, report, results
 from .errors import RoadmapError
-from .executors import Executor
+from .executors import Executor, SchedulerSilent, records, registry
 from .roadmap import Variant
 
 
@@ -31,15 +31,15 @@ def run(variants: list[Variant], seeds: list[int], experiment_dir: Path, executo
                           tensorboard=tensorboard, log_every=log_every)
     recorded = results.read_jobs(experiment_dir)
     try:
-        now = executors.states(recorded)
-    except executors.SchedulerSilent as e:
+        now = records.states(recorded)
+    except SchedulerSilent as e:
         if not dry_run:
             raise
         print(f"! {e.args[0]}: the dry run does not know which jobs are queued", flush=True)
         now = {}
-    live = executors.live(recorded, jobs, now)  # queued or running: left alone, and what they train binds the request
+    live = records.live(recorded, jobs, now)  # queued or running: left alone, and what they train binds the request
     plan.check_conflicts(jobs, force, {(r["name"], r["seed"]): (r["cfg"], live[(r["name"], r["seed"])])
-                                       for r in executors.unfinished(recorded, now) if "cfg" in r})
+                                       for r in records.unfinished(recorded, now) if "cfg" in r})
     rows = plan.entries(variants, measures)
     if dry_run:
         print(f"# {experiment_dir}: {len(variants)} run(s) × {len(seeds)} seed(s), nothing is written (dry run)")
@@ -65,11 +65,20 @@ def run(variants: list[Variant], seeds: list[int], experiment_dir: Path, executo
             print(f"submitted {len(todo)} job(s); watch with `roadmap status {experiment_dir.name}`")
             return 0
         executor.wait([r for r in recorded if (r["name"], r["seed"]) in live] + submitted, timeout_min=timeout_wait)
-    for line in executors.settle(experiment_dir):
+    for line in records.mark_ended_failed(experiment_dir):
         print(line, flush=True)
     report.write(experiment_dir)
     failed = [j for j in jobs if (results.read_json(Path(j.run_dir) / "summary.json") or {}).get("status") == "failed"]
     return 1 if failed else 0
+
+
+def check_wait(executor: Executor, wait: bool, timeout_wait: float | None) -> None:
+    """--wait (and --timeout-wait) are the launch's: only an executor whose `submit` returns before its jobs end
+    has anything to wait for."""
+    if executor.blocking and (wait or timeout_wait is not None):
+        flag = "--wait" if wait else "--timeout-wait"
+        waiting = [name for name, cls in registry().items() if not cls.blocking]
+        raise RoadmapError(f"{flag} is for --executor {' or '.join(waiting)}, not {executor.name}")
 
 
 def _check_tensorboard() -> None:

@@ -81,7 +81,7 @@ def test_two_jobs_at_once_give_what_one_at_a_time_gives(tmp_path):
 
 
 def test_the_workers_share_one_queue_and_claim_each_run_once(tmp_path):
-    from convnext_roadmap.executors.local import Queue
+    from convnext_roadmap.executors.injob import Queue
 
     a, b = Queue([None] * 5, tmp_path, slot=0), Queue([None] * 5, tmp_path, slot=1)
     # each worker looks past the run it last had: a has 0, b skips it; a (after 0) skips b's 1 and 2 …
@@ -93,7 +93,7 @@ def test_the_workers_share_one_queue_and_claim_each_run_once(tmp_path):
 _ORPHAN = """
 import os, sys, time
 from pathlib import Path
-from convnext_roadmap.executors.local import Queue
+from convnext_roadmap.executors.injob import Queue
 claims = Path(sys.argv[1])
 queue = Queue([None] * 2, claims, slot=0)
 queue.parent = os.getppid()  # as a worker does when it starts: its controller
@@ -151,7 +151,8 @@ def test_a_queued_runs_state_comes_from_its_claim_its_worker_and_its_summary(tmp
 
 
 def test_a_queued_run_no_worker_reached_is_missing_not_failed(tmp_path):
-    from convnext_roadmap import executors, results
+    from convnext_roadmap import results
+    from convnext_roadmap.executors import records as job_records
 
     exp = tmp_path / "exp"
     (exp / "queue").mkdir(parents=True)
@@ -165,7 +166,7 @@ def test_a_queued_run_no_worker_reached_is_missing_not_failed(tmp_path):
                 "workers": ["999999999"], "claim": str(exp / "queue" / str(i))}
 
     results.record_jobs(exp, [queued(0), queued(1)])  # the launch was interrupted before a worker reached r1
-    lines = executors.settle(exp)
+    lines = job_records.mark_ended_failed(exp)
     # the last line that names an error (last_error_line): r0's own cause
     assert lines == ["✗ r0 seed0: job 999999999_0 UNKNOWN: RuntimeError: the first run's own failure"]
     assert results.read_json(exp / "r0" / "seed0" / "summary.json")["status"] == "failed"
@@ -337,7 +338,8 @@ def _fake(bin_dir, name, code, out="", err=""):
 
 
 def test_a_scheduler_that_does_not_answer_is_not_one_whose_jobs_ended(tmp_path, monkeypatch):
-    from convnext_roadmap import executors, results
+    from convnext_roadmap import results
+    from convnext_roadmap.executors import records as job_records
     from convnext_roadmap.executors import SchedulerSilent
     from convnext_roadmap.executors.slurm import Slurm
 
@@ -354,7 +356,7 @@ def test_a_scheduler_that_does_not_answer_is_not_one_whose_jobs_ended(tmp_path, 
     with pytest.raises(SchedulerSilent, match="sacct failed: sacct: error: Problem talking to the database"):
         Slurm.states([record])
     # the table's settling marks nothing failed; the wait goes on asking until its bound
-    assert executors.settle(exp)[0].startswith("! sacct failed")
+    assert job_records.mark_ended_failed(exp)[0].startswith("! sacct failed")
     assert not (run / "summary.json").exists()
     with pytest.raises(RoadmapError, match="--timeout-wait .*stopped waiting with sacct failed"):
         Slurm(exp).wait([record], timeout_min=0.001, poll_s=0.01)
@@ -365,7 +367,7 @@ def test_a_scheduler_that_does_not_answer_is_not_one_whose_jobs_ended(tmp_path, 
 
 
 def test_the_root_cause_in_a_jobs_log_is_not_a_warning(tmp_path):
-    from convnext_roadmap.executors import last_error_line
+    from convnext_roadmap.executors.records import last_error_line
 
     log = tmp_path / "job.err"
     log.write_text("WARNING:convnext_roadmap.data.images:skipping image a.png, unreadable (UnidentifiedImageError: "
@@ -437,7 +439,7 @@ def test_a_controller_that_does_not_answer_is_not_an_unknown_partition(tmp_path,
 
 
 def test_a_finished_runs_line_says_when_it_had_not_levelled_off(tmp_path):
-    from convnext_roadmap.executors import outcome_line
+    from convnext_roadmap.executors.records import outcome_line
     from convnext_roadmap.job import Job
 
     job = Job(run_dir=str(tmp_path), name="widen", cfg={}, seed=1)

@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
-from convnext_roadmap import executors, plots
+from convnext_roadmap import plots
+from convnext_roadmap.executors import records as job_records
 from convnext_roadmap.cli import main
-from convnext_roadmap.executors import JobState
+from convnext_roadmap.executors import JobState, SchedulerSilent
 from convnext_roadmap.loading import read_config
 from convnext_roadmap.plan import pending
 from convnext_roadmap.results import read_metrics
@@ -81,7 +82,7 @@ def test_a_seed_queued_under_another_config_binds_the_run(tmp_path, data, capsys
     record = {"name": "resnet50", "seed": 1, "job_id": "77", "executor": "slurm", "cfg": cfg,
               "run_dir": str(tmp_path / "q" / "resnet50" / "seed1"), "stdout": "", "stderr": ""}
     (tmp_path / "q" / "jobs.json").write_text(json.dumps({"jobs": [record]}))
-    monkeypatch.setattr(executors, "states", lambda records: {"77": JobState("PENDING")})
+    monkeypatch.setattr(job_records, "states", lambda records: {"77": JobState("PENDING")})
     capsys.readouterr()
     for force in ([], ["--force"]):  # --force trains again what is on disk, never what waits to train
         assert main([*base, "--experiment", "q", "--seeds", "2", "--set", "block.kernel_size=5", *force]) == 2
@@ -113,7 +114,7 @@ def test_only_a_job_that_has_not_ended_binds_by_its_record(tmp_path, data, capsy
     lock = RunLock(seed1)
     assert lock.acquire() is None
     try:
-        monkeypatch.setattr(executors, "states", lambda records: {"77": JobState("FAILED"),
+        monkeypatch.setattr(job_records, "states", lambda records: {"77": JobState("FAILED"),
                                                                   "78": JobState("PENDING")})
         capsys.readouterr()
         assert main([*base, "--experiment", "q", "--seeds", "3", "--set", "block.kernel_size=5"]) == 0
@@ -123,9 +124,9 @@ def test_only_a_job_that_has_not_ended_binds_by_its_record(tmp_path, data, capsy
         lock.release()
 
     def silent(records):
-        raise executors.SchedulerSilent("sacct did not answer")
+        raise SchedulerSilent("sacct did not answer")
 
-    monkeypatch.setattr(executors, "states", silent)
+    monkeypatch.setattr(job_records, "states", silent)
     assert main([*base, "--experiment", "s", "--dry-run"]) == 0
     assert "! sacct did not answer: the dry run does not know which jobs are queued" in capsys.readouterr().out
     assert main([*base, "--experiment", "s"]) == 2 and not (tmp_path / "s" / "plan.json").exists()

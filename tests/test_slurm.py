@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from convnext_roadmap import executors
+from convnext_roadmap.executors import records as job_records
 from convnext_roadmap.cli import main
 from convnext_roadmap.errors import RoadmapError
 from convnext_roadmap.executors import JobState
@@ -27,7 +27,7 @@ if shutil.which("sbatch") is None:
     pytest.skip("no sbatch on PATH: bring up a local cluster with slurm/local-cluster/up.sh", allow_module_level=True)
 
 pytestmark = pytest.mark.slow
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+README = (Path(__file__).resolve().parent.parent / "docs" / "slurm.md").read_text()  # its local-cluster command
 JOB = ["--executor", "slurm", "--cluster", "local", "--recipe", "smoke", "--set", "train.batch_size=4",
        "--seeds", "1"]
 # An epoch of these jobs takes well under a second: with a handful of epochs a job could end before the signal
@@ -184,7 +184,7 @@ def test_preempted_job_requeues_and_resumes(tmp_path, data):
                  f"train.epochs={REQUEUE_EPOCHS}", "--data", f"imagefolder:{data}", "--results", str(tmp_path),
                  "--experiment", "rq"]) == 0
     _requeue_and_finish(exp, exp / "resnet50" / "seed0", REQUEUE_EPOCHS)
-    rows = executors.status(exp)
+    rows = job_records.status(exp)
     assert rows[0]["requeued"] == 1 and rows[0]["state"] == "COMPLETED" and rows[0]["epoch"] == REQUEUE_EPOCHS
 
 
@@ -227,7 +227,7 @@ def test_two_node_ddp_job_spans_both_hosts_and_resumes_after_a_requeue(tmp_path,
     _requeue_and_finish(exp, run, REQUEUE_EPOCHS)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["processes"] == 2 and sorted(summary["hosts"]) == ["node1", "node2"]
-    assert executors.status(exp)[0]["requeued"] == 1
+    assert job_records.status(exp)[0]["requeued"] == 1
 
 
 def test_failed_job_is_a_failed_row_with_its_root_cause(tmp_path, data, capsys):

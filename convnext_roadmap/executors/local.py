@@ -1,4 +1,4 @@
-"""Jobs on this machine: in this process one after another, or N workers sharing one queue.
+"""Jobs on this machine, N at once: workers sharing one queue, followed by the launch.
 
 The workers are submitit local jobs, each pinned to its own GPUs (CUDA_VISIBLE_DEVICES) or, on the CPU, to its share
 of the cores. A launch's claim files stay under `local/queue-*/` after it: `roadmap status` reads them. What
@@ -13,58 +13,44 @@ import signal
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
+
+from pydantic import Field
 
 from .. import results
 from ..errors import RoadmapError
 from ..job import Job
-from . import Executor, JobState, outcome_line, process_group, record, settle_one
+from .base import Executor, JobState, Options
+from .injob import CANCELLED, Queue
+from .records import mark_failed, outcome_line, record
 
 A_WEEK_MIN = 7 * 24 * 60
-CANCELLED = "cancelled"  # in a queue's folder: `roadmap cancel` ended it
 CONTROLLERS_LOG = "controllers.log"  # what submitit's controllers print (in `local/`)
 
 
-class InProcess(Executor):
-    """Each job in this process, one after another. A failing job is reported and the others go on."""
-
-    kind = "inprocess"
-
-    def __init__(self, experiment_dir: Path, **_):
-        self.experiment_dir = experiment_dir
-
-    def describe(self, jobs: int | None = None) -> str:
-        return "in this process, one after another"
-
-    def submit(self, jobs: list[Job]) -> list[dict]:
-        from ..train import run_job
-
-        for job in jobs:
-            start = time.time()
-            try:
-                run_job(job)
-            except Exception:  # noqa: BLE001 - one failed step must not stop the roadmap; it is in its summary
-                pass
-            print(outcome_line(job, time.time() - start), flush=True)
-        return []
-
-
 class Local(Executor):
-    """Up to `parallel` jobs at once: as many workers, submitit local jobs that take the runs from one queue
-    (`Queue`), longest first, this process following them. With GPUs, each worker gets `gpus_per_job` of its own
+    """On this machine, N at once. Up to `parallel` workers, submitit local jobs that take the runs from one
+    queue (`injob.Queue`), longest first, this process following them. With GPUs, each worker gets `gpus_per_job` of its own
     (one task each, DDP across them through submitit's environment, as on SLURM); on the CPU, `tasks_per_job`
     processes and the cores divided between the workers. A run's job id is `PID_PLACE`, the first worker's pid and
     the run's place in the queue, as a SLURM array task's is `ARRAY_TASK`."""
 
-    kind = "local"
-    options = ("parallel", "gpus_per_job", "tasks_per_job", "threads_per_job")
+    class Options(Options):
+        parallel: int | None = Field(None, ge=1, description="jobs at once (default: one per GPU, or one per CPU core)")
+        gpus_per_job: int | None = Field(None, ge=1, description="GPUs per job, one DDP process each (default 1)")
+        tasks_per_job: int | None = Field(None, ge=1, description="DDP processes per job (default: one per GPU of "
+                                                                  "the job, or 1)")
+        threads_per_job: int | None = Field(None, ge=1, description="CPU threads per process (default: the cores "
+                                                                    "divided between the jobs)")
 
-    def __init__(self, experiment_dir: Path, parallel: int | None = None, gpus_per_job: int | None = None,
-                 tasks_per_job: int | None = None, threads_per_job: int | None = None, poll_s: float = 0.5, **_):
+    poll_s = 0.5  # how often the launch looks at the queue
+
+    def __init__(self, experiment_dir: Path, **options):
         import torch
 
-        self.experiment_dir = Path(experiment_dir)
+        super().__init__(experiment_dir, **options)
+        parallel, gpus_per_job, tasks_per_job, threads_per_job = (
+            self.options.parallel, self.options.gpus_per_job, self.options.tasks_per_job, self.options.threads_per_job)
         self.gpus = torch.cuda.device_count()
         if (gpus_per_job or 0) > self.gpus:
             raise RoadmapError(f"--gpus-per-job {gpus_per_job}: this machine has {self.gpus} GPU(s)")
@@ -73,7 +59,6 @@ class Local(Executor):
         self.parallel = min(parallel or most, most) if self.gpus else (parallel or most)
         self.tasks = self.processes = tasks_per_job or self.gpus_per_job or 1
         self.threads_per_job = threads_per_job
-        self.poll_s = poll_s
 
     def slots(self, jobs: int | None = None) -> int:
         """Jobs at once: `parallel`, or fewer when fewer jobs are left."""
@@ -101,7 +86,7 @@ class Local(Executor):
             for slot in range(slots):
                 handles[slot] = self._start(Queue(order, claims, slot), slot, threads, len(order))
             workers = [str(h.job_id) for h in handles.values()]
-            records = [{**record(job, handles[0], self.kind), "job_id": f"{workers[0]}_{i}", "workers": workers,
+            records = [{**record(job, handles[0], self.name), "job_id": f"{workers[0]}_{i}", "workers": workers,
                         "claim": str(claims / str(i))} for i, job in enumerate(order)]
             results.record_jobs(self.experiment_dir, records)
             self._follow(order, records, handles, claims, threads)
@@ -134,7 +119,7 @@ class Local(Executor):
                 if claimant is not None:
                     slot = claimant[0]
                     started[i], shown[i] = (*claimant, time.time()), 0
-                    log = record(order[i], handles[slot], self.kind)
+                    log = record(order[i], handles[slot], self.name)
                     records[i] = {**records[i], "stdout": log["stdout"], "stderr": log["stderr"],
                                   "stderr_from": _size(log["stderr"])}  # its worker's log, from this run on
                     results.record_jobs(self.experiment_dir, [records[i]])
@@ -148,7 +133,7 @@ class Local(Executor):
                 if latest[slot] > i or over[slot]:  # its worker has moved on, or has ended
                     ended.add(i)
                     # left without a summary: its worker was killed (out of memory), or it failed before training
-                    settle_one(records[i], "FAILED" if latest[slot] > i else
+                    mark_failed(records[i], "FAILED" if latest[slot] > i else
                                "CANCELLED" if cancelled else handles[slot].state)
                     done += _work(order[i])
                     print(outcome_line(order[i], time.time() - since) + _progress(len(ended), len(order), done,
@@ -241,64 +226,6 @@ class Local(Executor):
                 os.kill(int(w), signal.SIGINT)
                 stopped.add(w)
         return [r["job_id"] for r in records if stopped & set(r.get("workers", [r["job_id"]]))]
-
-
-class Queue:
-    """What each worker of a local launch runs: the launch's runs in order, each trained by the first worker to
-    claim it (a claim file, created once, that names the worker's slot and job id). A worker pays the start of
-    Python with torch and timm (~8 s on a 2017 2-core EPYC) once, not once per run. A run that fails is in its
-    summary, and the worker goes on to the next; under DDP it ends instead (a rank may have failed inside a
-    collective, and the process group cannot be trusted after it), and the launch starts a fresh worker."""
-
-    def __init__(self, jobs: list[Job], claims: Path, slot: int):
-        self.jobs, self.claims, self.slot = jobs, claims, slot
-        self.parent: int | None = None  # submitit's controller, which the launch watches and cancels
-
-    def __call__(self) -> None:
-        import submitit
-        import torch
-
-        from ..train import run_job
-
-        worker = submitit.JobEnvironment().job_id
-        self.parent = os.getppid()
-        with process_group() as distributed:
-            rank = torch.distributed.get_rank() if distributed else 0
-            index = -1
-            while True:
-                chosen = [self._claim_after(index, worker) if rank == 0 else None]
-                if distributed:
-                    torch.distributed.broadcast_object_list(chosen, src=0)
-                if chosen[0] is None:
-                    return
-                index = chosen[0]
-                try:
-                    run_job(self.jobs[index])
-                except Exception:  # noqa: BLE001 - a failed run's summary has its root cause; the queue goes on
-                    traceback.print_exc()  # and the log has the whole of it, also of a failure before training
-                    if distributed:
-                        raise
-
-    def _claim_after(self, index: int, worker: str = "") -> int | None:
-        """The first place after `index` that no worker has claimed, now claimed by this one; None when none is
-        left. Looking only past its own last place skips nothing: each place before it was taken when it looked.
-        The claim is written whole, then linked into place, which fails if another worker's is already there.
-        A worker whose controller has died claims nothing more: the launch counts it as ended; nor does one of a
-        cancelled queue."""
-        if (self.parent is not None and os.getppid() != self.parent) or (self.claims / CANCELLED).exists():
-            return None
-        mine = self.claims / f".claim.{self.slot}.{os.getpid()}"
-        mine.write_text(f"{self.slot} {worker}")
-        try:
-            for i in range(index + 1, len(self.jobs)):
-                try:
-                    os.link(mine, self.claims / str(i))
-                except FileExistsError:
-                    continue
-                return i
-            return None
-        finally:
-            mine.unlink()
 
 
 @contextlib.contextmanager

@@ -13,16 +13,17 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from pydantic import Field, create_model
+
 from .. import results
 from ..config import ClusterProfile
 from ..errors import RoadmapError
+from ..job import Job
 from ..loading import Merged, load_yaml, validate
 from ..resources import SLURM, shown
-from ..job import Job
-from . import TERMINAL, Executor, JobState, SchedulerSilent, SubmittedRun, record
-
-PROFILE_FLAGS = {"partition": str, "gpus_per_node": int, "tasks_per_node": int, "nodes": int, "timeout_min": int,
-                 "account": str, "qos": str, "constraint": str, "mem_gb": int, "cpus_per_task": int}
+from .base import TERMINAL, Executor, JobState, Options, SchedulerSilent
+from .injob import SubmittedRun
+from .records import record
 # pending reasons that no amount of waiting clears: the request itself cannot be met, or the job is held (squeue's %r)
 NEVER = {"PartitionConfig": "the request exceeds what the partition allows",
          "PartitionNodeLimit": "more nodes than the partition allows",
@@ -50,22 +51,33 @@ def load_profile(name: str, flags: dict) -> tuple[ClusterProfile, Callable[[str]
     return validate(merged, ClusterProfile), merged.source_of
 
 
-class Slurm(Executor):
-    """One job per (run, seed), as job arrays of at most the cluster's MaxArraySize; `submit` returns as soon as
-    SLURM has them."""
+def _profile_overrides() -> type[Options]:
+    """--cluster, and a flag for each scalar field of the cluster profile that overrides it (declared once, in
+    ClusterProfile)."""
+    fields = {name: (field.annotation | None, Field(None, description=f"override the profile's {name}"))
+              for name, field in ClusterProfile.model_fields.items()
+              if not isinstance(field.default, (dict, list))}
+    return create_model("Options", __base__=Options, __module__=__name__,
+                        cluster=(str | None, Field(None, description="a cluster profile: slurm/PROFILE.yaml or a "
+                                                                      "YAML file (default: slurm/default.yaml)")),
+                        **fields)
 
-    kind = "slurm"
-    options = ("cluster", *PROFILE_FLAGS, "wait", "timeout_wait")
+
+class Slurm(Executor):
+    """SLURM jobs, one per run and seed. Job arrays of at most the cluster's MaxArraySize; `submit` returns as soon
+    as SLURM has them."""
+
+    Options = _profile_overrides()
     blocking = False
 
-    def __init__(self, experiment_dir: Path, cluster: str | None = None, **flags):
-        """`cluster`: the profile (--cluster; default: slurm/default.yaml); `flags`: the command line's overrides
-        of its fields (--partition …, None where not given). (--wait and --timeout-wait are the launch's.)"""
+    def __init__(self, experiment_dir: Path, **options):
+        """`cluster`: the profile (default: slurm/default.yaml); the other options override its fields."""
         if shutil.which("sbatch") is None:
             raise RoadmapError("--executor slurm: no sbatch on PATH (is this a SLURM login node? "
                                "slurm/local-cluster/up.sh brings up a local cluster here)")
-        self.experiment_dir = Path(experiment_dir)
-        self.profile, self.source_of = load_profile(cluster or "default", {k: flags.get(k) for k in PROFILE_FLAGS})
+        super().__init__(experiment_dir, **options)
+        flags = self.options.model_dump(exclude={"cluster"})  # each field's constraint is the profile's to check
+        self.profile, self.source_of = load_profile(self.options.cluster or "default", flags)
         self.processes = self.profile.nodes * self.profile.tasks()
 
     def describe(self, jobs: int | None = None) -> str:
@@ -136,7 +148,7 @@ class Slurm(Executor):
                 said = [ln.strip() for ln in str(e).splitlines() if "error" in ln] or [str(e).strip()]
                 raise RoadmapError(f"sbatch refused the jobs ({len(records)} of {len(jobs)} submitted before): "
                                    f"{said[-1]}") from None
-            records += [record(job, handle, self.kind) for job, handle in zip(chunk, handles)]
+            records += [record(job, handle, self.name) for job, handle in zip(chunk, handles)]
             results.record_jobs(self.experiment_dir, records)
         return records
 

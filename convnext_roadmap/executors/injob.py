@@ -1,0 +1,120 @@
+"""The code that runs inside a job's process, whichever executor started it: the process group of a multi-task
+job, the call a SLURM job makes (and requeues itself with on a time-out or preemption), and the queue a local
+worker takes its runs from. Only this module of the executors imports the job (`train.run_job`, in `run`)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import traceback
+from pathlib import Path
+
+from .. import results
+from ..job import Job
+
+CANCELLED = "cancelled"  # in a queue's folder: `roadmap cancel` ended it
+
+
+def run(job: Job) -> dict:
+    """The job, in this process."""
+    from ..train import run_job  # torch and timm: imported by a job's process, not by a launch's --help
+
+    return run_job(job)
+
+
+@contextlib.contextmanager
+def process_group():
+    """torch.distributed from submitit's environment for the length of the block when the job has several tasks;
+    yields whether it has."""
+    import submitit
+    import torch
+
+    distributed = submitit.JobEnvironment().num_tasks > 1
+    if distributed:
+        env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        if torch.cuda.is_available():  # NCCL's collectives use the current device: each rank its own
+            torch.cuda.set_device(env.local_rank)
+        # a finite timeout: a rank that dies must not leave the others waiting for the backend's default 30 min
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                             timeout=datetime.timedelta(minutes=10))
+    try:
+        yield distributed
+    finally:
+        if distributed:
+            torch.distributed.destroy_process_group()
+
+
+class SubmittedRun:
+    """What a submitit job calls (on SLURM or on this machine): `run_job` inside the job's process group. On a
+    time-out or preemption submitit calls `checkpoint`, which requeues the same call: `run_job` resumes from the
+    run's last checkpoint."""
+
+    def __init__(self, job: Job):
+        self.job = job
+
+    def __call__(self) -> dict:
+        with process_group():
+            return run(self.job)
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        results.count_requeue(Path(self.job.run_dir))
+        return submitit.helpers.DelayedSubmission(SubmittedRun(self.job))
+
+
+class Queue:
+    """What each worker of a local launch runs: the launch's runs in order, each trained by the first worker to
+    claim it (a claim file, created once, that names the worker's slot and job id). A worker pays the start of
+    Python with torch and timm (~8 s on a 2017 2-core EPYC) once, not once per run. A run that fails is in its
+    summary, and the worker goes on to the next; under DDP it ends instead (a rank may have failed inside a
+    collective, and the process group cannot be trusted after it), and the launch starts a fresh worker."""
+
+    def __init__(self, jobs: list[Job], claims: Path, slot: int):
+        self.jobs, self.claims, self.slot = jobs, claims, slot
+        self.parent: int | None = None  # submitit's controller, which the launch watches and cancels
+
+    def __call__(self) -> None:
+        import submitit
+        import torch
+
+        worker = submitit.JobEnvironment().job_id
+        self.parent = os.getppid()
+        with process_group() as distributed:
+            rank = torch.distributed.get_rank() if distributed else 0
+            index = -1
+            while True:
+                chosen = [self._claim_after(index, worker) if rank == 0 else None]
+                if distributed:
+                    torch.distributed.broadcast_object_list(chosen, src=0)
+                if chosen[0] is None:
+                    return
+                index = chosen[0]
+                try:
+                    run(self.jobs[index])
+                except Exception:  # noqa: BLE001 - a failed run's summary has its root cause; the queue goes on
+                    traceback.print_exc()  # and the log has the whole of it, also of a failure before training
+                    if distributed:
+                        raise
+
+    def _claim_after(self, index: int, worker: str = "") -> int | None:
+        """The first place after `index` that no worker has claimed, now claimed by this one; None when none is
+        left. Looking only past its own last place skips nothing: each place before it was taken when it looked.
+        The claim is written whole, then linked into place, which fails if another worker's is already there.
+        A worker whose controller has died claims nothing more: the launch counts it as ended; nor does one of a
+        cancelled queue."""
+        if (self.parent is not None and os.getppid() != self.parent) or (self.claims / CANCELLED).exists():
+            return None
+        mine = self.claims / f".claim.{self.slot}.{os.getpid()}"
+        mine.write_text(f"{self.slot} {worker}")
+        try:
+            for i in range(index + 1, len(self.jobs)):
+                try:
+                    os.link(mine, self.claims / str(i))
+                except FileExistsError:
+                    continue
+                return i
+            return None
+        finally:
+            mine.unlink()
