@@ -78,7 +78,7 @@ def test_bench_puts_timm_beside_the_end(capsys):
 
 
 def test_the_readmes_error_example_is_what_the_cli_prints():
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text().splitlines()
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "config.md").read_text().splitlines()
     at = next(i for i, line in enumerate(readme) if line.startswith("$ roadmap show --set block.kernel_size=8"))
     result = run(*readme[at].split()[2:])
     assert result.returncode == 2 and result.stderr.strip() == readme[at + 1]
