@@ -77,7 +77,7 @@ def make_photos(root, classes=("disc", "ring", "cross"), per_class=12, val_per_c
     drawing), not square, in train/ and val/."""
     import random
 
-    from convnext_roadmap.data.sources import TEXTURES, _draw
+    from convnext_roadmap.data.synthetic import TEXTURES, draw as _draw
 
     rng = random.Random(7)
     for split, n in (("train", per_class), ("val", val_per_class)):

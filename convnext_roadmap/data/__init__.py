@@ -6,7 +6,7 @@ recipe); `tensor` decodes a small set once into a uint8 cache and augments whole
 
 from __future__ import annotations
 
-from .images import ImageDataset, eval_transform
+from .pil import ImageDataset, eval_transform
 from .sources import (IMAGE_EXTENSIONS, EpochSampler, SkipRecord, Split, find_image, load_splits, make_subset,
                       make_synthetic, training_classes)
 
@@ -19,14 +19,14 @@ def augmentation_problem(data_cfg) -> str | None:
     """What the training augmentation's pipeline cannot read in `data_cfg` (its RandAugment spec), in words; None
     when it builds. The config schema asks, so that the error names the file or --set it came from."""
     if data_cfg.pipeline == "tensor":
-        from .batches import parse_rand_augment
+        from .tensor import parse_rand_augment
 
         try:
             parse_rand_augment(data_cfg.auto_augment)
         except ValueError as e:
             return str(e)
         return None
-    from .images import transforms
+    from .pil import transforms
 
     try:
         transforms(data_cfg)
@@ -41,8 +41,8 @@ def make_loaders(data_cfg, train_batch: int, eval_batch: int, seed: int, distrib
     `set_epoch(e)` draws that epoch's order (and augmentations) from (seed, e), so that a resumed run sees the same
     batches as an uninterrupted one and seed k of every network sees the same data. Images that cannot be read or
     augmented are left out and go to `skipped`."""
-    from .batches import tensor_loaders
-    from .images import image_loaders
+    from .tensor import tensor_loaders
+    from .pil import image_loaders
 
     train_split, val_split = load_splits(data_cfg.source)
     make = tensor_loaders if data_cfg.pipeline == "tensor" else image_loaders

@@ -6,7 +6,7 @@ Each image is kept as the centre square that evaluation crops from (img_size / c
 from that square, so for non-square images, or crop_pct < 1, they never reach the borders that timm's crops of the
 whole image would. For the synthetic set (square, crop_pct 1) the two are the same.
 
-The per-image path (images.py) spends more time in PIL than a small proxy network spends training; here a batch of
+The per-image path (pil.py) spends more time in PIL than a small proxy network spends training; here a batch of
 64 costs a few milliseconds. The random draws come from a generator seeded by (seed, epoch) and never depend on the
 network, so seed k of every step sees the same crops, flips, ops and erasures.
 """

@@ -1,4 +1,5 @@
-"""Launching without SLURM: submitit's local executor, and the errors before anything is written."""
+"""The executors without SLURM: the local executor and its queue, the job records, the profile flags, and the errors
+before anything is written."""
 
 import json
 import os
@@ -370,10 +371,10 @@ def test_the_root_cause_in_a_jobs_log_is_not_a_warning(tmp_path):
     from convnext_roadmap.executors.records import last_error_line
 
     log = tmp_path / "job.err"
-    log.write_text("WARNING:convnext_roadmap.data.images:skipping image a.png, unreadable (UnidentifiedImageError: "
+    log.write_text("WARNING:convnext_roadmap.data.pil:skipping image a.png, unreadable (UnidentifiedImageError: "
                    "cannot identify image file)\n"
                    "slurmstepd: error: *** JOB 12 ON node1 CANCELLED AT 2026-11-29T10:00:00 DUE TO TIME LIMIT ***\n"
-                   "WARNING:convnext_roadmap.data.images:skipping image b.png, unreadable (UnidentifiedImageError)\n")
+                   "WARNING:convnext_roadmap.data.pil:skipping image b.png, unreadable (UnidentifiedImageError)\n")
     assert last_error_line(str(log)).startswith("slurmstepd: error: *** JOB 12 ON node1 CANCELLED")
 
 
