@@ -88,7 +88,11 @@ def _requested(args, recipe=None, data=None) -> list[roadmap.Variant]:
         variants = []  # --references alone: only those
     else:
         variants = roadmap.select(roadmap.path_runs(common, args.upto, sweep), only)
-    return [roadmap.with_hub_weights(v) for v in variants + roadmap.reference_runs(common, refs)]
+    from .plan import check_configs
+
+    variants = variants + roadmap.reference_runs(common, refs)
+    check_configs(variants)
+    return [roadmap.with_hub_weights(v) for v in variants]
 
 
 def cmd_steps(args) -> None:
@@ -107,7 +111,10 @@ def cmd_show(args) -> None:
 
     if args.data and not args.recipe:
         raise RoadmapError("--data sets a recipe's data.source: give --recipe too")
-    cfg = roadmap.resolve_config(args.upto, args.base, args.patch, args.overrides, args.recipe, args.data)
+    from .plan import check_config
+
+    cfg, source_of = roadmap.resolve(args.upto, args.base, args.patch, args.overrides, args.recipe, args.data)
+    check_config(cfg, source_of)
     if args.diff:
         for key, (before, after) in diff(roadmap.resolve_config(None, args.base), cfg).items():
             print(f"{key}: {before} → {after}")

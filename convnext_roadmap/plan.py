@@ -37,6 +37,29 @@ def make_jobs(variants: list[Variant], seeds: list[int], experiment_dir: Path, d
             for v in variants for seed in seeds]
 
 
+def check_configs(variants: list[Variant]) -> None:
+    """The checks of a config that need timm, so the schema leaves them here (it imports neither torch nor timm),
+    each one error line naming the file or flag that set the key: a timm model timm does not know, a RandAugment
+    spec the data pipeline cannot read."""
+    for v in variants:
+        check_config(v.cfg, v.source_of)
+
+
+def check_config(cfg: Config, source_of) -> None:
+    if cfg.timm is not None:
+        import timm
+
+        if not timm.is_model(cfg.timm.name):
+            raise RoadmapError(f"{source_of('timm.name')}: timm.name: got {cfg.timm.name!r}, expected a model timm "
+                               f"knows (timm.list_models() lists them)")
+    if cfg.data is not None and cfg.data.auto_augment:
+        from .data import augmentation_problem
+
+        problem = augmentation_problem(cfg.data)
+        if problem:
+            raise RoadmapError(f"{source_of('data.auto_augment')}: data.auto_augment: {problem}")
+
+
 def check_training(variants: list[Variant], processes: int) -> None:
     """What the schema alone cannot check, as one error line before anything runs: an optimizer timm has not, a
     target batch that the processes of each job cannot reach."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .config import ARCHITECTURE, Config
 from .errors import RoadmapError
@@ -38,6 +38,8 @@ class Variant:
     sources: tuple[str, ...] = field(default=(), compare=False)
     group: str = ""
     baseline: str | None = None
+    # the file or flag that set a key, for the error lines of the checks the schema leaves to the plan
+    source_of: Callable[[str], str] = field(default=lambda key: "config", compare=False, repr=False)
 
 
 # ---------------------------------------------------------------------------------------------- the roadmap file
@@ -171,29 +173,38 @@ class Common:
                 layers.append((f"--set {text}", layer))
         return layers
 
-    def resolve(self, files: Sequence[Path] = ()) -> tuple[Config, tuple[str, ...]]:
-        """The base's config, the recipe, these patch files, then the command line."""
+    def resolve(self, files: Sequence[Path] = ()) -> tuple[Config, tuple[str, ...], Callable[[str], str]]:
+        """The base's config, the recipe, these patch files, then the command line; the layers' sources, and which
+        of them set each key."""
         check_base(self.base)
         base_file = ABLATIONS / "base" / f"{self.base}.yaml"
         layers = [(shown(base_file), load_yaml(base_file)), *self.recipe_layers(),
                   *[(shown(f), load_yaml(f)) for f in files], *self.command_line(skip=("timm",))]
-        cfg, _ = merge_layers(layers)
-        return cfg, tuple(source for source, _ in layers)
+        cfg, merged = merge_layers(layers)
+        return cfg, tuple(source for source, _ in layers), merged.source_of
 
     def variant(self, name: str, label: str, files: Sequence[Path], group: str, baseline: str | None) -> Variant:
-        cfg, sources = self.resolve(files)
-        return Variant(name, label, cfg, sources, group, baseline)
+        cfg, sources, source_of = self.resolve(files)
+        return Variant(name, label, cfg, sources, group, baseline, source_of)
 
 
 def resolve_config(upto: str | None = None, base: str = "resnet50", patches: Sequence[str | Path] = (),
                    overrides: Sequence[str] = (), recipe: str | Path | None = None,
                    data: str | None = None) -> Config:
+    """`resolve`'s config alone."""
+    return resolve(upto, base, patches, overrides, recipe, data)[0]
+
+
+def resolve(upto: str | None = None, base: str = "resnet50", patches: Sequence[str | Path] = (),
+            overrides: Sequence[str] = (), recipe: str | Path | None = None,
+            data: str | None = None) -> tuple[Config, Callable[[str], str]]:
     """The config of `base` with the path's steps up to `upto` (none when None), then `patches` (step names or
     YAML files, in order), then `overrides` ("block.kernel_size=9"). With a `recipe` (a name under
     ablations/recipes/ or a file) the config also says how to train: its `train` and `data` sections, and the scale
-    it trains at; `data` is a `--data` spec for `data.source`."""
+    it trains at; `data` is a `--data` spec for `data.source`. Also which file or flag set each key."""
     files = [s.patch for s in (upto_steps(upto, base) if upto else [])] + [patch_file(p, base) for p in patches]
-    return Common(base, recipe, data, tuple(overrides)).resolve(files)[0]
+    cfg, _, source_of = Common(base, recipe, data, tuple(overrides)).resolve(files)
+    return cfg, source_of
 
 
 # ------------------------------------------------------------------------------------------ the request modes
@@ -303,7 +314,8 @@ def reference_runs(common: Common, names: Sequence[str]) -> list[Variant]:
         cfg, merged = merge_layers(layers)
         if cfg.data is not None:
             _check_input_size(cfg, merged)
-        out.append(Variant(name, spec.get("label", name), cfg, tuple(s for s, _ in layers), "reference", None))
+        out.append(Variant(name, spec.get("label", name), cfg, tuple(s for s, _ in layers), "reference", None,
+                           merged.source_of))
     return out
 
 
