@@ -28,10 +28,6 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def _groups(experiment_dir: Path) -> dict[str, str]:
-    return {r["name"]: r.get("group", "") for r in results.load_plan(experiment_dir)["runs"]}
-
-
 def bar_colours(df: pd.DataFrame, groups: dict[str, str]) -> list[str]:
     """Each row's colour: its part of Section 2; reference models gray, as in the paper."""
     return [GROUP_COLOURS.get(groups.get(s, ""), "#4c72b0") for s in df["step"]]
@@ -39,7 +35,7 @@ def bar_colours(df: pd.DataFrame, groups: dict[str, str]) -> list[str]:
 
 def _ci_half(df: pd.DataFrame) -> pd.Series:
     """Half the 95% t interval of each row's mean top-1 over its finished seeds (0 with fewer than two)."""
-    n = df["seeds"].map(lambda s: int(str(s).split("/")[0]))
+    n = df["seeds_done"]
     return pd.Series([stats.mean_half_width(sd, k) if k > 1 and pd.notna(sd) else 0.0
                       for sd, k in zip(df["top1_std"], n)], index=df.index)
 
@@ -165,14 +161,10 @@ def curves(records: list[dict], path: Path, title: str) -> None:
     _save(fig, path)
 
 
-def plot_experiment(experiment_dir: Path, df: pd.DataFrame, fidelity: dict | None = None) -> list[Path]:
+def plot_experiment(exp, df: pd.DataFrame, fidelity: dict | None = None) -> list[Path]:
     """The experiment's figures, drawn from its table (with its statistics) and its fidelity to the paper."""
-    experiment_dir = Path(experiment_dir)
-    plan = results.load_plan(experiment_dir)
-    groups = _groups(experiment_dir)
-    title = f"{experiment_dir.name}: {plan['base']} roadmap, recipe {plan['recipe']}"
-    paths = [experiment_dir / "figure2.png", experiment_dir / "top1_vs_gflops.png", experiment_dir / "curves.png"]
-    figure2(df, groups, paths[0], title, fidelity)
-    accuracy_vs_flops(df, groups, {r["name"]: r.get("baseline") for r in plan["runs"]}, paths[1], title)
-    curves(results.collect(experiment_dir), paths[2], title)
+    paths = [exp.path / "figure2.png", exp.path / "top1_vs_gflops.png", exp.path / "curves.png"]
+    figure2(df, exp.groups, paths[0], exp.title, fidelity)
+    accuracy_vs_flops(df, exp.groups, exp.baselines, paths[1], exp.title)
+    curves(exp.cells, paths[2], exp.title)
     return paths

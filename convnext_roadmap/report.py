@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import paper, plots, results, stats
+from . import plots, results, stats
+from .experiment import Experiment
+
 
 def annotate(table: pd.DataFrame, top1: dict[str, dict[int, float]],
              baselines: dict[str, str | None]) -> tuple[pd.DataFrame, dict]:
@@ -24,13 +26,13 @@ def annotate(table: pd.DataFrame, top1: dict[str, dict[int, float]],
     return out, compared
 
 
-def fidelity(table: pd.DataFrame, plan: dict, groups: dict[str, str], baselines: dict[str, str | None]) -> dict:
+def fidelity(table: pd.DataFrame, exp: Experiment) -> dict:
     """stats.fidelity over the roadmap's rows (references and patched networks left out)."""
-    path = [s for s in table["step"] if groups.get(s) not in ("reference", "patched")]
+    path = [s for s in table["step"] if exp.groups.get(s) not in ("reference", "patched")]
     ours = {s: v for s, v in zip(table["step"], table["top1"]) if s in path and pd.notna(v)}
-    rows = {s: paper.row(plan["base"], s, plan.get("paper_recipe", "paper_in1k")) for s in path}
+    rows = {s: exp.paper_rows.get(s) for s in path}
     return stats.fidelity(ours, {s: r["paper_top1"] for s, r in rows.items() if r},
-                          {s: r["paper_top1_std"] for s, r in rows.items() if r}, baselines)
+                          {s: r["paper_top1_std"] for s, r in rows.items() if r}, exp.baselines)
 
 
 def format_table(df: pd.DataFrame, compared: dict) -> pd.DataFrame:
@@ -69,11 +71,11 @@ def _signed(v: float) -> str:
     return f"{round(v, 1) + 0.0:+.1f}".replace("-", "−")  # + 0.0: −0.04 is +0.0, not −0.0
 
 
-def not_levelled_off(experiment_dir: Path) -> str:
+def not_levelled_off(exp: Experiment) -> str:
     """A line naming the finished runs whose top-1 had not levelled off (their last epochs' mean more than
     results.LEVEL_MARGIN points below their best: still climbing, or fallen back), or ""."""
     runs = [f"{r['name']} seed{r['seed']} ({r['summary']['last_epochs_below_best']:.1f})"
-            for r in results.collect(experiment_dir) if r["summary"].get("levelled_off") is False]
+            for r in exp.cells if r["summary"].get("levelled_off") is False]
     if not runs:
         return ""
     return (f"! not levelled off (the mean top-1 of the last {results.LEVEL_EPOCHS} epochs more than "
@@ -89,21 +91,18 @@ def write(experiment_dir: Path, quiet: bool = False):
     """Build the table once, with its statistics, and draw the figures from that same table, so that both say
     the same of every run; print the table, the lines under it (fidelity; runs not levelled off) and what was
     written unless `quiet`. Returns the table for people, the figures' paths and the lines under it."""
-    plan = results.load_plan(experiment_dir)
-    baselines = {r["name"]: r.get("baseline") for r in plan["runs"]}
-    groups = {r["name"]: r.get("group", "") for r in plan["runs"]}
-    table, compared = annotate(results.build_table(experiment_dir), results.top1_by_seed(experiment_dir),
-                               baselines)
+    exp = Experiment.load(experiment_dir)  # read once: everything below works from it
+    table, compared = annotate(exp.table(), exp.top1_by_seed(), exp.baselines)
     pretty = format_table(table, compared)
     results.write_table(experiment_dir, table, pretty)
-    fid = fidelity(table, plan, groups, baselines)
+    fid = fidelity(table, exp)
     results.write_json(Path(experiment_dir) / "fidelity.json", _no_nan(fid))
     # every row's statistics in full: n, both p-values (t and exact sign-flip), the CI's method
     results.write_json(Path(experiment_dir) / "stats.json",
-                       {name: {**_no_nan(r), "baseline": baselines[name]} for name, r in compared.items()})
-    paths = plots.plot_experiment(experiment_dir, table, fid)
+                       {name: {**_no_nan(r), "baseline": exp.baselines[name]} for name, r in compared.items()})
+    paths = plots.plot_experiment(exp, table, fid)
     under = "\n".join(filter(None, [f"fidelity to the paper: {plots.fidelity_text(fid)} (fidelity.json)",
-                                     not_levelled_off(experiment_dir)]))
+                                     not_levelled_off(exp)]))
     if not quiet:
         print(pretty.to_string(index=False))
         print(under)

@@ -1,5 +1,5 @@
 """The result store: the experiment folder's layout, atomic writes, one owner per run (run.lock), reading runs back,
-and the pandas table.
+and the table's files.
 
     <results>/<experiment>/plan.json                      what the experiment asked for (rows of the table)
     <results>/<experiment>/jobs.json                      submitted jobs: ids, executor, log paths
@@ -178,71 +178,6 @@ def find_experiment(results: Path, name: str | None) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------- the table
-
-def collect(experiment_dir: Path) -> list[dict]:
-    """One record per (run, seed) of the plan, finished or not: status is completed, failed, running (a live
-    process holds it), interrupted (epochs but no summary) or missing."""
-    plan = load_plan(experiment_dir)
-    records = []
-    for run in plan["runs"]:
-        for seed in run.get("seeds", plan.get("seeds", [])):
-            path = run_dir(experiment_dir, run["name"], seed)
-            summary = read_json(path / "summary.json") or {}
-            metrics = read_metrics(path)
-            status = (summary.get("status") or ("running" if lock_holder(path) else None)
-                      or ("interrupted" if metrics else "missing"))
-            records.append({**run, "seed": seed, "dir": str(path), "status": status, "summary": summary,
-                            "metrics": metrics})
-    return records
-
-
-def build_table(experiment_dir: Path):
-    """The experiment's table: one row per run of the plan, in its order, seeds aggregated (sample std)."""
-    import pandas as pd
-
-    from . import paper
-
-    plan = load_plan(experiment_dir)
-    records = collect(experiment_dir)
-    rows = []
-    for run in plan["runs"]:
-        mine = [r for r in records if r["name"] == run["name"]]
-        done = [r for r in mine if r["status"] == "completed"]
-        top1 = pd.Series([r["summary"]["final_top1"] for r in done], dtype=float)
-        ref = paper.row(plan["base"], run["name"], plan.get("paper_recipe", "paper_in1k"))
-        statuses = sorted({r["status"] for r in mine})
-        failed = [r for r in mine if r["status"] == "failed"]
-        rows.append({
-            "step": run["name"],
-            "label": run["label"],
-            "group": run.get("group", ""),
-            "gflops_224": run["gflops"],
-            "params_m": run["params"] / 1e6,
-            "train_img_s": _mean([r["summary"].get("train_img_s") for r in done]),
-            "top1": top1.mean() if len(top1) else None,
-            "top1_std": top1.std(ddof=1) if len(top1) > 1 else None,
-            "seeds": f"{len(done)}/{len(mine)}",
-            "paper_top1": ref["paper_top1"] if ref is not None else None,
-            "paper_gflops": ref["paper_gflops"] if ref is not None else None,
-            "status": "completed" if statuses == ["completed"] else ", ".join(statuses),
-            "error": failed[0]["summary"].get("error") if failed else None,
-        })
-    return pd.DataFrame(rows)
-
-
-def top1_by_seed(experiment_dir: Path) -> dict[str, dict[int, float]]:
-    """Each run's final top-1 by seed, for the runs' finished seeds."""
-    out: dict[str, dict[int, float]] = {}
-    for r in collect(experiment_dir):
-        if r["status"] == "completed":
-            out.setdefault(r["name"], {})[r["seed"]] = r["summary"]["final_top1"]
-    return out
-
-
-def _mean(values):
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
-
 
 def write_table(experiment_dir: Path, table, pretty) -> None:
     """table.csv (the numbers) and table.md (for people)."""

@@ -326,6 +326,7 @@ def test_the_figures_arrows_come_from_what_each_run_is_compared_with():
 
 def test_a_run_a_live_process_holds_is_running_in_the_table_not_interrupted(tmp_path):
     from convnext_roadmap import results
+    from convnext_roadmap.experiment import Experiment
     from convnext_roadmap.plan import save
 
     save(tmp_path, "resnet50", "smoke", [0], [{"name": "resnet50", "label": "ResNet-50", "baseline": None}])
@@ -334,6 +335,6 @@ def test_a_run_a_live_process_holds_is_running_in_the_table_not_interrupted(tmp_
     (run / "metrics.jsonl").write_text('{"epoch": 1, "top1": 10.0}\n')  # one epoch done, no summary yet
     lock = results.RunLock(run)
     assert lock.acquire() is None  # this process trains it
-    assert [r["status"] for r in results.collect(tmp_path)] == ["running"]
+    assert [r["status"] for r in Experiment.load(tmp_path).cells] == ["running"]
     lock.release()  # its trainer ended without a summary
-    assert [r["status"] for r in results.collect(tmp_path)] == ["interrupted"]
+    assert [r["status"] for r in Experiment.load(tmp_path).cells] == ["interrupted"]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
+from convnext_roadmap.experiment import Experiment
 from convnext_roadmap.stats import compare, fidelity, holm, paired, sign_flip_p
 
 
@@ -212,7 +213,7 @@ def test_report_of_three_seeds_by_hand(tmp_path, monkeypatch):
     (x0, y0), (x1, _) = whiskers.get_segments()[0]
     assert y0 == 2 and (x0, x1) == pytest.approx((213.5 / 3 - 3.125804, 213.5 / 3 + 3.125804), abs=1e-5)
     assert theirs.collections[0].get_offsets().tolist() == [[78.82, 2], [79.36, 1], [79.51, 0]]
-    line = report.not_levelled_off(tmp_path)
+    line = report.not_levelled_off(Experiment.load(tmp_path))
     assert line.startswith("! not levelled off") and line.count("seed") == 1 and "stage_ratio seed2 (2.3)" in line
     # with only seed 0 finished there is a Δ (71.0 − 70.0) but no interval to print
     for name in top1:
