@@ -170,9 +170,9 @@ def cmd_run(args) -> int:
     if args.log_every is not None and args.log is None:
         raise RoadmapError("--log-every: only with --log tensorboard (what it spaces are TensorBoard's points)")
     exp_dir = _results_root(args) / (args.experiment or f"{args.base}-{Path(str(args.recipe)).stem}")
-    flags = {name for cls in registry().values() for name in cls.Options.model_fields}
-    executor = make(args.executor, exp_dir, {name: getattr(args, name) for name in sorted(flags)})
-    launch.check_wait(executor, args.wait, args.timeout_wait)
+    launch.check_wait(registry()[args.executor], args.wait, args.timeout_wait)  # before the executor's own checks
+    flags = dict.fromkeys(name for cls in registry().values() for name in cls.Options.model_fields)
+    executor = make(args.executor, exp_dir, {name: getattr(args, name) for name in flags})
     args.overrides = [*args.overrides, *([f"train.pretrained={args.pretrained}"] if args.pretrained else [])]
     variants = _requested(args, recipe=args.recipe, data=args.data)
     if not variants:
@@ -264,20 +264,33 @@ def cmd_subset(args) -> None:
 
 
 def _executor_flags(p: argparse.ArgumentParser) -> None:
-    """--executor, its choices from the registry, and a flag for each field of each executor's Options."""
+    """--executor, its choices from the registry; a flag for each field of the executors' Options (once, where two
+    executors declare the same field); --wait for the executors that return before their jobs end."""
     from .executors import registry
 
     kinds = registry()
     p.add_argument("--executor", choices=list(kinds), default="local", metavar="|".join(kinds),
-                   help="where runs execute: " + "; ".join(f"{name}: {_first_line(cls.__doc__)}"
+                   help="where runs execute: " + "; ".join(f"{name}: {_first_sentence(cls.__doc__)}"
                                                            for name, cls in kinds.items()) + " (default: local)")
+    owners: dict[str, list[str]] = {}
     for name, cls in kinds.items():
-        for field, info in cls.Options.model_fields.items():
-            kind = _scalar(info.annotation)
-            minimum = next((getattr(m, "ge") for m in info.metadata if hasattr(m, "ge")), None)
-            p.add_argument(f"--{field.replace('_', '-')}", metavar="N" if kind in (int, float) else "NAME",
-                           type=positive if kind is int and minimum == 1 else kind,
-                           help=f"--executor {name}: {info.description}")
+        for field in cls.Options.model_fields:
+            owners.setdefault(field, []).append(name)
+    for field, names in owners.items():
+        info = kinds[names[0]].Options.model_fields[field]
+        kind = _scalar(info.annotation)
+        text = f"--executor {' or '.join(names)}: {info.description or field.replace('_', ' ')}"
+        flag = f"--{field.replace('_', '-')}"
+        if kind is bool:
+            p.add_argument(flag, action="store_true", default=None, help=text)  # None: the profile's value stands
+            continue
+        minimum = next((getattr(m, "ge") for m in info.metadata if hasattr(m, "ge")), None)
+        p.add_argument(flag, metavar="N" if kind in (int, float) else "NAME",
+                       type=positive if kind is int and minimum == 1 else kind, help=text)
+    waiting = " or ".join(name for name, cls in kinds.items() if not cls.blocking)
+    p.add_argument("--wait", action="store_true",
+                   help=f"wait for the jobs of an executor that returns at once ({waiting}), then the table")
+    p.add_argument("--timeout-wait", type=float, metavar="MIN", help="with --wait: stop waiting after MIN minutes")
 
 
 def _scalar(annotation) -> type:
@@ -288,8 +301,10 @@ def _scalar(annotation) -> type:
     return _scalar(kinds[0]) if kinds else annotation
 
 
-def _first_line(doc: str | None) -> str:
-    return " ".join((doc or "").split(".")[0].split())
+def _first_sentence(doc: str | None) -> str:
+    """A docstring's first sentence: up to the first ". " (not a dot inside a name such as slurm/default.yaml)."""
+    text = " ".join((doc or "").split())
+    return text.split(". ")[0].rstrip(".")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -345,9 +360,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=positive, metavar="STEPS",
                    help="with --log: a training-loss point every this many optimizer steps (default 50)")
     _executor_flags(p)
-    p.add_argument("--wait", action="store_true",
-                   help="wait for the jobs of an executor that returns at once (slurm), then the table")
-    p.add_argument("--timeout-wait", type=float, metavar="MIN", help="with --wait: stop waiting after MIN minutes")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("subset", help="link a class subset of an ImageFolder tree (ImageNet-100 for imagenet_proxy)")

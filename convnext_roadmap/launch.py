@@ -18,6 +18,7 @@ def run(variants: list[Variant], seeds: list[int], experiment_dir: Path, executo
     holds it)."""
     from .data import load_splits
 
+    plan.check_configs(variants)  # the Python API's callers, too; the CLI has checked before with_hub_weights
     train_split, _ = load_splits(variants[0].cfg.data.source)  # a bad --data fails here, before anything is written
     classes = len(train_split.classes)
     plan.check_initial_weights(variants, classes)
@@ -72,7 +73,7 @@ def run(variants: list[Variant], seeds: list[int], experiment_dir: Path, executo
     return 1 if failed else 0
 
 
-def check_wait(executor: Executor, wait: bool, timeout_wait: float | None) -> None:
+def check_wait(executor: type[Executor] | Executor, wait: bool, timeout_wait: float | None) -> None:
     """--wait (and --timeout-wait) are the launch's: only an executor whose `submit` returns before its jobs end
     has anything to wait for."""
     if executor.blocking and (wait or timeout_wait is not None):

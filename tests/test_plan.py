@@ -196,6 +196,8 @@ def test_table_and_figure_agree_on_every_row(tmp_path, data, monkeypatch, capsys
     (["--executor", "local", "--cluster", "local"], "--cluster is for --executor slurm, not local"),
     (["--executor", "local", "--wait", "--timeout-wait", "3"], "--wait is for --executor slurm, not local"),
     (["--executor", "local", "--cpus-per-task", "9"], "--cpus-per-task is for --executor slurm, not local"),
+    # the launch's flags are checked before the executor is made (which would say what the machine lacks)
+    (["--executor", "local", "--gpus-per-job", "64", "--wait"], "--wait is for --executor slurm, not local"),
     pytest.param(["--executor", "local", "--gpus-per-job", "2"], "--gpus-per-job 2: this machine has 0 GPU(s)",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")),
 ])
@@ -246,8 +248,6 @@ def test_two_launches_of_one_experiment_train_each_run_once(tmp_path, data):
 
 
 def test_one_owner_per_run_folder(tmp_path, monkeypatch):
-    import os
-
     from convnext_roadmap.results import LOCK, RunLock, lock_holder
 
     run = tmp_path / "gelu" / "seed0"

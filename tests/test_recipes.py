@@ -8,7 +8,6 @@ import random
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 from timm.data import create_transform
 
 from convnext_roadmap import resolve_config

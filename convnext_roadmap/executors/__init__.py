@@ -4,5 +4,7 @@ arrays). Each registers itself by subclassing; `records` answers for the jobs of
 `injob` is what runs inside a job's process. What a job does is `train.run_job`, the same everywhere."""
 
 from .base import TERMINAL, Executor, JobState, Options, SchedulerSilent, make, registry
+from .injob import SubmittedRun  # where SLURM jobs pickled before the split look for it
 
-__all__ = ["TERMINAL", "Executor", "JobState", "Options", "SchedulerSilent", "make", "registry"]
+__all__ = ["TERMINAL", "Executor", "JobState", "Options", "SchedulerSilent", "SubmittedRun", "make",
+           "registry"]

@@ -30,8 +30,8 @@ CONTROLLERS_LOG = "controllers.log"  # what submitit's controllers print (in `lo
 
 class Local(Executor):
     """On this machine, N at once. Up to `parallel` workers, submitit local jobs that take the runs from one
-    queue (`injob.Queue`), longest first, this process following them. With GPUs, each worker gets `gpus_per_job` of its own
-    (one task each, DDP across them through submitit's environment, as on SLURM); on the CPU, `tasks_per_job`
+    queue (`injob.Queue`), longest first, this process following them. With GPUs, each worker gets `gpus_per_job`
+    of its own (one task each, DDP across them through submitit's environment, as on SLURM); on the CPU, `tasks_per_job`
     processes and the cores divided between the workers. A run's job id is `PID_PLACE`, the first worker's pid and
     the run's place in the queue, as a SLURM array task's is `ARRAY_TASK`."""
 
@@ -134,7 +134,7 @@ class Local(Executor):
                     ended.add(i)
                     # left without a summary: its worker was killed (out of memory), or it failed before training
                     mark_failed(records[i], "FAILED" if latest[slot] > i else
-                               "CANCELLED" if cancelled else handles[slot].state)
+                                "CANCELLED" if cancelled else handles[slot].state)
                     done += _work(order[i])
                     print(outcome_line(order[i], time.time() - since) + _progress(len(ended), len(order), done,
                           total, time.time() - began), flush=True)

@@ -116,7 +116,9 @@ def _train(job: Job, out: Path, rank: int, world: int) -> dict:
     from ..data import SkipRecord
 
     skipped = SkipRecord(out / "skipped.txt")
-    trainer = Trainer(cfg, job.seed, device, rank, world, skipped, say=lambda text: _say(rank, text))
+    trainer = Trainer(cfg, job.seed, device, rank, world, skipped)
+    for note in trainer.notes:
+        _say(rank, f"  {note}")
     history, best, start = [], -1.0, 0
     checkpoint = out / "checkpoint.pt"
     if checkpoint.exists():

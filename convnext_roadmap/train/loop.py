@@ -59,7 +59,7 @@ class Trainer:
     channels_last."""
 
     def __init__(self, cfg: Config, seed: int, device: torch.device, rank: int = 0, world: int = 1,
-                 skipped=None, say=print):
+                 skipped=None):
         from timm.utils import ModelEmaV3
 
         from ..data import make_loaders
@@ -74,9 +74,7 @@ class Trainer:
         self.notes = load_initial_weights(self.model, cfg) if t.pretrained else []
         self.notes += [note] if (note := input_size_note(cfg)) else []
         self.amp, amp_note = use_amp(t.amp, device)
-        self.notes += [amp_note] if amp_note else []
-        for note in self.notes:
-            say(f"  {note}")
+        self.notes += [amp_note] if amp_note else []  # the job says them
         self.model = self.model.to(device)
         if t.channels_last:  # NHWC: faster on GPUs and, for these networks, on the CPU too
             self.model = self.model.to(memory_format=torch.channels_last)
