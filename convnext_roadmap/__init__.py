@@ -1,10 +1,10 @@
 """convnext-roadmap: the ConvNeXt paper's "modernizing a ResNet" roadmap as composable YAML ablations."""
 
-from .config import Config
+from .config import Config, RoadmapNet, TimmNet
 from .errors import RoadmapError
 from .roadmap import resolve_config
 
-__all__ = ["Config", "RoadmapError", "build_model", "load_timm_state_dict", "resolve_config"]
+__all__ = ["Config", "RoadmapError", "RoadmapNet", "TimmNet", "build_model", "load_timm_state_dict", "resolve_config"]
 
 
 def __getattr__(name):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, field_validator, model_validator
 
 from .errors import RoadmapError
 
@@ -192,33 +192,24 @@ class TimmModel(Section):
     # whether timm knows `name`: plan.check_configs, which may import timm
 
 
-ARCHITECTURE = ("stem", "stages", "block", "downsample", "head")
+class _Network(Section):
+    """What both kinds of network share: with a recipe, how they train and on what."""
 
-
-class Config(Section):
-    """The roadmap's network (stem … head), or a timm model (timm); with a recipe, also train and data."""
-
-    stem: Union[Stem, None] = None
-    stages: Union[Stages, None] = None
-    block: Union[Block, None] = None
-    downsample: Union[Downsample, None] = None
-    head: Union[Head, None] = None
-    timm: Union[TimmModel, None] = None
     train: Union[Train, None] = None  # None: architecture only, no recipe applied
     data: Union[Data, None] = None
 
+
+class RoadmapNet(_Network):
+    """The roadmap's configurable network, every architecture section in full; with a recipe, train and data."""
+
+    stem: Stem
+    stages: Stages
+    block: Block
+    downsample: Downsample
+    head: Head
+
     @model_validator(mode="after")
-    def _one_network(self):
-        if self.timm is not None:
-            both = [s for s in ARCHITECTURE if getattr(self, s) is not None]
-            if both:
-                raise Problem("timm", f"the timm model {self.timm.name} beside the roadmap's network ({both[0]} …), "
-                                      f"expected one of the two")
-            return self
-        missing = [s for s in ARCHITECTURE if getattr(self, s) is None]
-        if missing:
-            raise Problem(missing[0], "missing (a config describes the roadmap's network in full, or names a "
-                                      "timm model)")
+    def _groups_divide(self):
         if isinstance(self.block.groups, int):
             from .model.geometry import grouped_conv_channels
 
@@ -227,6 +218,47 @@ class Config(Section):
                     raise Problem("block.groups", f"got {self.block.groups}, expected a divisor of every k×k "
                                                   f"conv's channels ({channels} is not divisible by it)")
         return self
+
+
+ARCHITECTURE = tuple(name for name in RoadmapNet.model_fields if name not in _Network.model_fields)
+
+
+class TimmNet(_Network):
+    """A timm model in place of the roadmap's network (a reference); with a recipe, train and data."""
+
+    timm: TimmModel
+
+    @model_validator(mode="before")
+    @classmethod
+    def _alone(cls, data):
+        both = [s for s in ARCHITECTURE if isinstance(data, dict) and s in data]
+        if both:
+            name = data["timm"].get("name") if isinstance(data["timm"], dict) else data["timm"]
+            raise Problem("timm", f"the timm model {name} beside the roadmap's network ({both[0]} …), expected one "
+                                  f"of the two")
+        return data
+
+
+def _kind(data) -> str:
+    if isinstance(data, dict):
+        return "timm" if data.get("timm") is not None else "roadmap"
+    return "timm" if isinstance(data, TimmNet) else "roadmap"
+
+
+# A config: the roadmap's network or a timm model, told apart by whether it names a timm model. Each kind is its
+# own type, so code that differs by kind dispatches on the type (`functools.singledispatch`), never on a field.
+Config = Annotated[Union[Annotated[RoadmapNet, Tag("roadmap")], Annotated[TimmNet, Tag("timm")]],
+                   Discriminator(_kind)]
+KINDS = {"roadmap": RoadmapNet, "timm": TimmNet}  # the union's tags, which pydantic puts first in an error's loc
+_CONFIG = TypeAdapter(Config)
+
+
+def parse(data: Any) -> RoadmapNet | TimmNet:
+    """A config from plain data (a merged YAML, a job's recorded config). Sections that are null are absent: a
+    config recorded before the union (`timm: null` beside a roadmap network) still reads."""
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if v is not None}
+    return _CONFIG.validate_python(data)
 
 
 class ClusterProfile(Section):

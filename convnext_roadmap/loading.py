@@ -15,7 +15,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .config import Config, Problem
+from .config import KINDS, Config, Problem, parse
 from .errors import RoadmapError
 
 
@@ -109,20 +109,25 @@ class Merged:
         return next(iter(self.origin.values()), "config")
 
 
-def merge_layers(layers: list[tuple[str, dict]], schema: type[BaseModel] = Config) -> tuple[BaseModel, Merged]:
-    """Merge (source, mapping) layers in order and validate the result."""
+def merge_layers(layers: list[tuple[str, dict]]) -> tuple[Config, Merged]:
+    """Merge (source, mapping) layers in order and validate the result as a config."""
     merged = Merged()
     for source, doc in layers:
         merged.merge(doc, source)
-    return validate(merged, schema), merged
+    return validate(merged), merged
 
 
-def validate(merged: Merged, schema: type[BaseModel] = Config) -> BaseModel:
-    """Check keys, types and constraints (the schema's); the first problem becomes one RoadmapError line."""
+def validate(merged: Merged, schema: type[BaseModel] | None = None) -> BaseModel:
+    """Check keys, types and constraints (a config's, or `schema`'s); the first problem becomes one RoadmapError
+    line."""
     try:
-        return schema.model_validate(merged.data)
+        return parse(merged.data) if schema is None else schema.model_validate(merged.data)
     except ValidationError as e:
-        raise RoadmapError(_describe(e.errors()[0], merged, schema)) from None
+        err = e.errors()[0]
+        if schema is None:  # the union's tag comes first in the loc: the kind of network it was read as
+            tag = err["loc"][0] if err["loc"] else "roadmap"
+            schema, err = KINDS[tag], {**err, "loc": err["loc"][1:]}
+        raise RoadmapError(_describe(err, merged, schema)) from None
 
 
 def _describe(err: dict, merged: Merged, schema: type[BaseModel]) -> str:

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from fvcore.nn import FlopCountAnalysis
 
-from .config import Config
+from .config import Config, TimmNet, parse
 from .resources import atomic_write, cache_dir
 
 
@@ -29,7 +29,7 @@ def count_params(model: nn.Module) -> int:
 def paper_scale(cfg: Config) -> Config:
     """The same network at the paper's scale: width and depth multipliers back to 1, a timm model at its own
     input size."""
-    if cfg.timm is not None:
+    if isinstance(cfg, TimmNet):
         return cfg.model_copy(update={"timm": cfg.timm.model_copy(update={"img_size": None})})
     return cfg.model_copy(update={"stages": cfg.stages.model_copy(update={"depth_mult": 1.0, "width_mult": 1.0})})
 
@@ -67,7 +67,7 @@ def _complexity(arch_json: str, num_classes: int, img_size: int) -> tuple:
         pass
     from .model import build_model
 
-    model = build_model(Config.model_validate(json.loads(arch_json)), num_classes)
+    model = build_model(parse(json.loads(arch_json)), num_classes)
     counted = {**count_flops(model, img_size), "params": count_params(model)}
     try:
         atomic_write(path, lambda f: f.write(json.dumps(counted).encode()))

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from . import results
-from .config import Config, diff
+from .config import Config, TimmNet, diff, parse
 from .errors import RoadmapError
 from .loading import read_config
 from .roadmap import Variant
@@ -46,7 +46,7 @@ def check_configs(variants: list[Variant]) -> None:
 
 
 def check_config(cfg: Config, source_of) -> None:
-    if cfg.timm is not None:
+    if isinstance(cfg, TimmNet):
         import timm
 
         if not timm.is_model(cfg.timm.name):
@@ -82,12 +82,12 @@ def check_conflicts(jobs: list[Job], force: bool = False,
     and nobody holds it) binds nothing: it is trained afresh with the config asked for."""
     requested = {Path(j.run_dir) for j in jobs}
     for job in jobs:
-        new = Config.model_validate(job.cfg)
+        new = parse(job.cfg)
         for (name, seed), (cfg, where) in sorted((queued or {}).items()):
             if name != job.name:
                 continue
             try:  # through the schema, so that a field added since it was queued takes its default on both sides
-                recorded = Config.model_validate(cfg)
+                recorded = parse(cfg)
             except ValueError:  # queued by a version whose configs this one cannot read: it will fail on its own
                 continue
             if changes := diff(recorded, new):
@@ -203,7 +203,7 @@ def describe(variants: list[Variant], jobs: list[Job], rows: list[dict]) -> str:
         twin = seen.setdefault(v.cfg.model_dump_json(), v.name)
         if twin != v.name:  # e.g. a step left out whose change a later step makes anyway
             what += f"\n    the same network as {twin}"
-        if v.cfg.timm is not None:
+        if isinstance(v.cfg, TimmNet):
             adapted = f", adapted to {v.cfg.timm.img_size}²" if adapts_input_size(v.cfg) else ""
             what = f"timm model {v.cfg.timm.name}{adapted}"
         states = []

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .config import ARCHITECTURE, Config
+from .config import ARCHITECTURE, Config, RoadmapNet, TimmNet
 from .errors import RoadmapError
 from .loading import Merged, load_yaml, merge_layers, parse_override
 from .resources import ABLATIONS, shown
@@ -367,10 +367,16 @@ def _structure(cfg: Config) -> dict:
     return arch
 
 
-def timm_twin(cfg: Config) -> str | None:
+@functools.singledispatch
+def timm_twin(cfg: RoadmapNet) -> str | None:
     """The timm model whose network this config builds (a path's end), if any."""
     arch = _structure(cfg)
     return next((name for end, name in _ends() if end == arch), None)
+
+
+@timm_twin.register
+def _(cfg: TimmNet) -> str | None:
+    return cfg.timm.name
 
 
 def with_hub_weights(v: Variant) -> Variant:
@@ -380,7 +386,7 @@ def with_hub_weights(v: Variant) -> Variant:
     cfg = v.cfg
     if cfg.train is None or cfg.train.pretrained is not True:
         return v
-    twin = cfg.timm.name if cfg.timm is not None else timm_twin(cfg)
+    twin = timm_twin(cfg)
     if twin is None:
         raise RoadmapError(f"train.pretrained: true asks for timm's hub weights, but {v.name} is not a timm model "
                            f"(a path's ends and the references are); give a checkpoint file (--pretrained PATH)")

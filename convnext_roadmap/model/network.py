@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 
 import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
 
-from ..config import Config
+from ..config import Config, RoadmapNet, TimmNet
 from .block import Block
 from .geometry import stage_plan, stem_width
 from .layers import conv, make_act, make_norm
@@ -56,7 +57,9 @@ class Head(nn.Module):
 
 
 class Network(nn.Module):
-    def __init__(self, cfg: Config, num_classes: int = 1000):
+    pretrained_cfg = {"classifier": "head.fc"}  # timm's convention: which layer a new number of classes replaces
+
+    def __init__(self, cfg: RoadmapNet, num_classes: int = 1000):
         super().__init__()
         b, ds = cfg.block, cfg.downsample
         plan = stage_plan(cfg)
@@ -99,15 +102,24 @@ def _init_weights(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+@functools.singledispatch
 def build_model(cfg: Config, num_classes: int = 1000) -> nn.Module:
     """The network the config describes, freshly initialised: the roadmap's, or the timm model it names."""
-    if cfg.timm is not None:
-        import timm
+    raise TypeError(f"not a config: {type(cfg).__name__}")
 
-        extra = {"img_size": cfg.timm.img_size} if adapts_input_size(cfg) else {}
-        return timm.create_model(cfg.timm.name, pretrained=False, num_classes=num_classes,
-                                 drop_path_rate=cfg.timm.drop_path, **extra)
+
+@build_model.register
+def _(cfg: RoadmapNet, num_classes: int = 1000) -> nn.Module:
     return Network(cfg, num_classes)
+
+
+@build_model.register
+def _(cfg: TimmNet, num_classes: int = 1000) -> nn.Module:
+    import timm
+
+    extra = {"img_size": cfg.timm.img_size} if adapts_input_size(cfg) else {}
+    return timm.create_model(cfg.timm.name, pretrained=False, num_classes=num_classes,
+                             drop_path_rate=cfg.timm.drop_path, **extra)
 
 
 def fixed_input_size(name: str) -> int | None:
@@ -120,13 +132,20 @@ def fixed_input_size(name: str) -> int | None:
     return pretrained_cfg.input_size[-1]
 
 
-def adapts_input_size(cfg: Config) -> bool:
+def adapts_input_size(cfg: TimmNet) -> bool:
     """Whether timm is asked to build a model made for one input size for another (`timm.img_size`)."""
     return bool(cfg.timm.img_size) and fixed_input_size(cfg.timm.name) is not None
 
 
-def input_size_note(cfg: Config) -> str | None:
-    """What a run says when timm builds its model for another input size than the one it was made for."""
-    if cfg.timm is not None and adapts_input_size(cfg):
+@functools.singledispatch
+def input_size_note(cfg: RoadmapNet) -> str | None:
+    """What a run says when timm builds its model for another input size than the one it was made for (the
+    roadmap's network takes any)."""
+    return None
+
+
+@input_size_note.register
+def _(cfg: TimmNet) -> str | None:
+    if adapts_input_size(cfg):
         return f"timm adapted {cfg.timm.name} to {cfg.timm.img_size}×{cfg.timm.img_size} input"
     return None

@@ -127,7 +127,7 @@ def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], classifier:
 def load_initial_weights(model: nn.Module, cfg) -> list[str]:
     """Load `cfg.train.pretrained` (timm:NAME or a file) into a freshly built network; returns what was said."""
     source = cfg.train.pretrained
-    classifier = model.pretrained_cfg.get("classifier", "head") if cfg.timm is not None else "head.fc"
+    classifier = model.pretrained_cfg.get("classifier", "head")  # timm's models and ours say which layer it is
     if isinstance(source, str) and source.startswith(HUB):
         state, where = hub_state_dict(source[len(HUB):]), f"timm's {source[len(HUB):]} weights"
     else:

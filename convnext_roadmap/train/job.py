@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .. import results, rng
-from ..config import Config
+from ..config import parse
 from ..device import pick_device
 from ..errors import RoadmapError
 from ..job import Job
@@ -102,7 +102,7 @@ def _distributed() -> tuple[int, int]:
 
 
 def _train(job: Job, out: Path, rank: int, world: int) -> dict:
-    cfg = Config.model_validate(job.cfg)
+    cfg = parse(job.cfg)
     if cfg.train is None or cfg.data is None:
         raise RoadmapError(f"{job.name}: the config has no recipe (train and data sections)")
     device = pick_device(job.device)
