@@ -123,9 +123,10 @@ class Train(Section):
     cutmix: float = Field(ge=0)
     ema: bool
     ema_decay: float = Field(gt=0, lt=1)
-    # bf16 autocast: true on any device; auto where the device computes bf16 natively (a CPU without it emulates
-    # bf16 at a tenth of fp32's speed or less); false: fp32
-    amp: Union[bool, Literal["auto"]]
+    # autocast. auto: bf16 where the device computes it natively (a V100/T4 or a CPU without it emulates bf16 at a
+    # fraction of fp32's speed), else fp32; bf16 (or true): bf16 on any device; fp16: fp16 with a GradScaler, as
+    # the official code and timm train on GPUs without bf16; false: fp32
+    amp: Union[bool, Literal["auto", "bf16", "fp16"]]
     channels_last: bool  # NHWC memory format, on any device
     compile: bool
     seed: int  # the first seed; --seeds N runs seed, seed+1, …

@@ -32,13 +32,34 @@ def pick_device(device: str) -> torch.device:
     return parsed
 
 
-def use_amp(amp: bool | str, device: torch.device) -> tuple[bool, str | None]:
-    """Whether to train under bf16 autocast, and a note when `auto` chose fp32."""
+def rank_device(device: str, local_rank: int) -> torch.device:
+    """The device of one DDP rank: on CUDA, its local rank's GPU among those its task sees. A task may see every
+    GPU of its node (one task per node, or SLURM without GPU binding) or only its own: the rank modulo the count
+    is right for both, as in the official ConvNeXt code."""
+    picked = pick_device(device)
+    if picked.type != "cuda":
+        return picked
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def backend(device: torch.device) -> str:
+    """torch.distributed's backend for the device the ranks train on (not for whether the machine has CUDA)."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def autocast_dtype(amp: bool | str, device: torch.device) -> tuple[torch.dtype | None, str | None]:
+    """`train.amp` on this device: the autocast dtype (None: fp32), and a note when `auto` chose fp32."""
+    if amp in (True, "bf16"):
+        return torch.bfloat16, None
+    if amp == "fp16":
+        return torch.float16, None
     if amp != "auto":
-        return bool(amp), None
-    if device.type == "cuda":
-        native, where = torch.cuda.is_bf16_supported(), "this GPU"
+        return None, None
+    if device.type == "cuda":  # is_bf16_supported() alone counts the emulation of a V100 or a T4
+        native, where = torch.cuda.is_bf16_supported(including_emulation=False), "this GPU"
     else:
         native, where = torch.ops.mkldnn._is_mkldnn_bf16_supported(), "this CPU"
-    return native, None if native else (f"train.amp=auto: {where} has no native bf16, so it trained in fp32 "
-                                        f"(train.amp=true forces bf16 autocast)")
+    if native:
+        return torch.bfloat16, None
+    return None, (f"train.amp=auto: {where} has no native bf16, so it trained in fp32 (train.amp=fp16 trains in "
+                  f"fp16 with a GradScaler; train.amp=bf16 forces bf16)")

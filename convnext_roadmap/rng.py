@@ -14,19 +14,25 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def get_state(cuda: bool = True) -> dict:
+def get_state(device: torch.device | None = None) -> dict:
+    """The streams of this process; with a CUDA device, also that device's (the one this process trains on, not
+    every visible GPU: a run may resume with another number of them)."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if cuda and torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_state(state: dict) -> None:
+def set_state(state: dict, device: torch.device | None = None) -> None:
+    """Restore `get_state`'s streams; their tensors are read on the CPU, wherever the run trains."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda")
+    if cuda is not None and device is not None and device.type == "cuda":
+        if isinstance(cuda, (list, tuple)):  # an earlier version kept every visible GPU's: this process had the first
+            cuda = cuda[0]
+        torch.cuda.set_rng_state(cuda.cpu(), device)
 
 
 class Streams:
@@ -34,16 +40,16 @@ class Streams:
     so that what draws inside the blocks and what draws outside them do not shift each other."""
 
     def __init__(self, seed: int):
-        outside = get_state(cuda=False)
+        outside = get_state()
         seed_all(seed)
-        self.mine = get_state(cuda=False)
+        self.mine = get_state()
         set_state(outside)
 
     def __enter__(self):
-        self.outside = get_state(cuda=False)
+        self.outside = get_state()
         set_state(self.mine)
 
     def __exit__(self, *exc):
-        self.mine = get_state(cuda=False)
+        self.mine = get_state()
         set_state(self.outside)
         return False

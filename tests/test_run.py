@@ -43,19 +43,24 @@ def test_run_two_steps_end_to_end(tmp_path, data, capsys):
     assert capsys.readouterr().out.count("done already") == 2
 
 
-def _job(tmp_path, data, name, stop_after=None):
+def _job(tmp_path, data, name, stop_after=None, overrides=()):
     cfg = resolve_config("patchify_stem", recipe="smoke", data=f"imagefolder:{data}",
                          overrides=["train.batch_size=8", "train.epochs=3", "train.mixup=0.2",
-                                    "block.drop_path=0.1"])
+                                    "block.drop_path=0.1", *overrides])
     return Job(run_dir=str(tmp_path / name), name="patchify_stem", cfg=cfg.model_dump(), seed=1,
                device="cpu", stop_after=stop_after)
 
 
-def test_resume_gives_the_same_run(tmp_path, data):
-    straight = run_job(_job(tmp_path, data, "straight"))
-    assert run_job(_job(tmp_path, data, "resumed", stop_after=1))["status"] == "interrupted"
+@pytest.mark.parametrize("amp", ["false", "fp16"])  # fp16: its loss scale is in the checkpoint too
+def test_resume_gives_the_same_run(tmp_path, data, amp):
+    overrides = [f"train.amp={amp}"]
+    straight = run_job(_job(tmp_path, data, "straight", overrides=overrides))
+    assert run_job(_job(tmp_path, data, "resumed", 1, overrides))["status"] == "interrupted"
     assert [m["epoch"] for m in read_metrics(tmp_path / "resumed")] == [1]
-    resumed = run_job(_job(tmp_path, data, "resumed"))
+    if amp == "fp16":
+        scale = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["scaler"]["scale"]
+        assert straight["autocast"] == "float16" and scale > 0
+    resumed = run_job(_job(tmp_path, data, "resumed", overrides=overrides))
     a, b = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
     assert [m["epoch"] for m in b] == [1, 2, 3]
     for x, y in zip(a, b):
@@ -167,3 +172,46 @@ def test_a_damaged_result_file_is_one_line_naming_it(tmp_path, data, capsys):
     (tmp_path / "t" / "plan.json").write_text("[]")
     assert main(["plot", "t", "--results", str(tmp_path)]) == 2
     assert "plan.json: not a JSON object" in capsys.readouterr().err
+
+
+_DDP = """
+import datetime, json, sys
+import torch.distributed as dist
+from convnext_roadmap.job import Job
+from convnext_roadmap.train import run_job
+rank, init, job = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=datetime.timedelta(seconds=120))
+print(run_job(Job(**job))["status"])
+dist.destroy_process_group()
+"""
+
+
+def _two_ranks(tmp_path, job: Job, tag: str) -> list[str]:
+    import dataclasses
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ranks = [subprocess.Popen([sys.executable, "-c", _DDP, str(rank), f"file://{tmp_path / f'pg-{tag}'}",
+                               json.dumps(dataclasses.asdict(job))], stdout=subprocess.PIPE, text=True, env=env)
+             for rank in (0, 1)]
+    try:
+        return [r.communicate(timeout=240)[0].strip().splitlines()[-1] for r in ranks]
+    finally:
+        for r in ranks:
+            r.kill()
+
+
+def test_a_data_parallel_run_resumed_after_a_stop_ends_as_the_straight_one(tmp_path, data):
+    # each rank draws its own drop-path masks and mixup pairs: a resume that gave every rank rank 0's streams
+    # would train the epochs after it on other draws
+    assert _two_ranks(tmp_path, _job(tmp_path, data, "straight"), "a") == ["completed", "completed"]
+    assert _two_ranks(tmp_path, _job(tmp_path, data, "resumed", 1), "b") == ["interrupted", "interrupted"]
+    assert len(torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["rng"]) == 2
+    assert _two_ranks(tmp_path, _job(tmp_path, data, "resumed"), "c") == ["completed", "completed"]
+    a, b = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
+    assert [m["epoch"] for m in b] == [1, 2, 3]
+    for x, y in zip(a, b):
+        assert x["train_loss"] == pytest.approx(y["train_loss"], abs=1e-6)
+        assert x["val_loss"] == pytest.approx(y["val_loss"], abs=1e-6)

@@ -14,7 +14,7 @@ import torch
 
 from .. import results, rng
 from ..config import parse
-from ..device import pick_device
+from ..device import pick_device, rank_device
 from ..errors import RoadmapError
 from ..job import Job
 from ..loading import to_yaml
@@ -105,9 +105,8 @@ def _train(job: Job, out: Path, rank: int, world: int) -> dict:
     cfg = parse(job.cfg)
     if cfg.train is None or cfg.data is None:
         raise RoadmapError(f"{job.name}: the config has no recipe (train and data sections)")
-    device = pick_device(job.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    device = rank_device(job.device, int(os.environ.get("LOCAL_RANK", 0))) if world > 1 else pick_device(job.device)
+    if device.type == "cuda":
         torch.cuda.set_device(device)
     t = cfg.train
     rng.seed_all(job.seed + rank)
@@ -122,10 +121,11 @@ def _train(job: Job, out: Path, rank: int, world: int) -> dict:
     history, best, start = [], -1.0, 0
     checkpoint = out / "checkpoint.pt"
     if checkpoint.exists():
-        saved = state.load(checkpoint, device)
-        state.restore(trainer, saved)
+        saved, note = state.resume(trainer, checkpoint)
         history, best, start = saved["history"], saved["best_top1"], saved["epoch"] + 1
         _say(rank, f"  resuming {job.name} seed{job.seed} after epoch {start}/{t.epochs}")
+        if note:
+            _say(rank, f"  {note}")
     if rank == 0 and start == 0:
         _say(rank, f"  {job.name} seed{job.seed}: batch {t.batch_size} × {world} process(es) × {trainer.accum} "
                    f"accumulation step(s) = {trainer.effective_batch}"
@@ -143,6 +143,7 @@ def _train(job: Job, out: Path, rank: int, world: int) -> dict:
             if trainer.ema is not None:
                 metrics.update({f"ema_{k}": v for k, v in trainer.evaluate(trainer.ema.module).items()})
             history.append(metrics)
+            every_rng = state.streams(trainer)  # on every rank, at the same point
             if rank == 0:
                 if metrics["top1"] > best:
                     best = metrics["top1"]
@@ -150,7 +151,7 @@ def _train(job: Job, out: Path, rank: int, world: int) -> dict:
                         {"model": trainer.model.state_dict(), "epoch": epoch + 1, "classes": trainer.classes}, f))
                 # the checkpoint first: metrics.jsonl is rewritten from its history, so a crash between the two
                 # files never leaves a line that a resumed run would write again
-                saved = state.snapshot(trainer, epoch, history, best)
+                saved = state.snapshot(trainer, epoch, history, best, every_rng)
                 results.atomic_write(checkpoint, lambda f: torch.save(saved, f))
                 results.write_text(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
             if board is not None:

@@ -12,8 +12,9 @@ import torch
 import torch.nn as nn
 
 from ..config import Config
-from ..device import use_amp
+from ..device import autocast_dtype
 from ..errors import RoadmapError
+from .schedule import build_schedule
 
 
 def build_optimizer(model: nn.Module, t, lr: float) -> torch.optim.Optimizer:
@@ -27,17 +28,6 @@ def build_optimizer(model: nn.Module, t, lr: float) -> torch.optim.Optimizer:
         extra["fused"] = True  # torch's one-kernel update (equal up to rounding): ~1.1× the CPU proxy's training
     return create_optimizer_v2(model, opt=t.opt, lr=lr, weight_decay=t.weight_decay, momentum=t.momentum,
                                filter_bias_and_bn=t.filter_bias_and_bn, **extra)
-
-
-def build_schedule(optimizer: torch.optim.Optimizer, t, steps_per_epoch: int):
-    """timm's cosine or step schedule, counted in optimizer steps, after a linear warm-up."""
-    from timm.scheduler import CosineLRScheduler, StepLRScheduler
-
-    warmup = dict(warmup_t=t.warmup_epochs * steps_per_epoch, warmup_lr_init=t.warmup_lr, t_in_epochs=False)
-    if t.sched == "step":
-        return StepLRScheduler(optimizer, decay_t=t.decay_epochs * steps_per_epoch, decay_rate=t.decay_rate,
-                               **warmup)
-    return CosineLRScheduler(optimizer, t_initial=t.epochs * steps_per_epoch, lr_min=t.min_lr, **warmup)
 
 
 def build_criterion(t, num_classes: int):
@@ -73,7 +63,7 @@ class Trainer:
         self.model = build_model(cfg, len(self.classes))
         self.notes = load_initial_weights(self.model, cfg) if t.pretrained else []
         self.notes += [note] if (note := input_size_note(cfg)) else []
-        self.amp, amp_note = use_amp(t.amp, device)
+        self.amp, amp_note = autocast_dtype(t.amp, device)
         self.notes += [amp_note] if amp_note else []  # the job says them
         self.model = self.model.to(device)
         if t.channels_last:  # NHWC: faster on GPUs and, for these networks, on the CPU too
@@ -90,15 +80,17 @@ class Trainer:
         self.scheduler = build_schedule(self.optimizer, t, self.steps_per_epoch)
         self.mixup, self.criterion = build_criterion(t, len(self.classes))
         self.ema = ModelEmaV3(self.model, decay=t.ema_decay) if t.ema else None
-        self.autocast_dtype = torch.bfloat16 if self.amp else None  # what the forward pass ran in, as seen
+        self.autocast_dtype = self.amp  # what the forward pass ran in, as seen
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
+        self.scaler = torch.amp.GradScaler(device.type) if self.amp == torch.float16 else None
         self.forward = torch.compile(self.model) if t.compile else self.model
         if world > 1:
             self.forward = nn.parallel.DistributedDataParallel(
                 self.forward, device_ids=[device.index] if self.cuda else None)
 
     def autocast(self):
-        # the same bf16 autocast on any device, so that the CPU tests run the code a GPU runs
-        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
+        # the same autocast on any device, so that the CPU tests run the code a GPU runs
+        return torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext()
 
     def _to_device(self, x, y):
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -129,13 +121,20 @@ class Trainer:
                     loss = self.criterion(logits, y)
                 if self.world == 1 and (not self.cuda or (i + 1) % 50 == 0) and not torch.isfinite(loss):
                     raise RuntimeError(f"the loss is {loss.item()} at epoch {epoch + 1}, step {i + 1}")
-                (loss / group).backward()
+                scaled = loss / group
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             if self.amp:
                 self.autocast_dtype = logits.dtype
             if last:
+                if self.scaler is not None:
+                    self.scaler.unscale_(self.optimizer)  # so that the clipping sees the true gradients
                 if self.cfg.train.clip_grad is not None:
                     nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_grad)
-                self.optimizer.step()
+                if self.scaler is not None:
+                    self.scaler.step(self.optimizer)  # skipped where a gradient overflowed
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 step = epoch * self.steps_per_epoch + i // self.accum + 1
                 self.scheduler.step_update(step)

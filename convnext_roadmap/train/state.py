@@ -1,5 +1,6 @@
-"""A run's checkpoint: what a Trainer's state is (model, optimizer, schedule, EMA, the random streams), saved and
-restored."""
+"""A run's checkpoint: what a Trainer's state is (model, optimizer, schedule, EMA, fp16 loss scale, every rank's
+random streams), saved and restored. Read on the CPU, whatever the run trains on: what belongs on the device, the
+model and the optimizer put there themselves, and the random streams must stay CPU tensors."""
 
 from __future__ import annotations
 
@@ -10,21 +11,45 @@ import torch
 from .. import rng
 
 
-def snapshot(trainer, epoch: int, history: list[dict], best: float) -> dict:
+def streams(trainer) -> list[dict]:
+    """Every rank's random streams, in rank order (each rank calls this; rank 0 keeps the list)."""
+    mine = rng.get_state(trainer.device)
+    if trainer.world == 1:
+        return [mine]
+    every: list = [None] * trainer.world
+    torch.distributed.all_gather_object(every, mine)
+    return every
+
+
+def snapshot(trainer, epoch: int, history: list[dict], best: float, every_rng: list[dict]) -> dict:
     """Everything a resumed run needs to go on as if it had never stopped, after `epoch` (0-based)."""
     return {"epoch": epoch, "history": history, "best_top1": best, "model": trainer.model.state_dict(),
             "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
-            "ema": trainer.ema.state_dict() if trainer.ema is not None else None, "rng": rng.get_state()}
+            "ema": trainer.ema.state_dict() if trainer.ema is not None else None, "rng": every_rng,
+            "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None}
 
 
-def load(path: Path, device: torch.device) -> dict:
-    return torch.load(path, map_location=device, weights_only=False)
+def resume(trainer, path: Path) -> tuple[dict, str | None]:
+    """Restore the trainer from its checkpoint; return the checkpoint, and a line to say when it was saved by
+    another number of processes than this run has."""
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    trainer.model.load_state_dict(saved["model"])
+    trainer.optimizer.load_state_dict(saved["optimizer"])
+    trainer.scheduler.load_state_dict(saved["scheduler"])
+    if trainer.ema is not None and saved.get("ema") is not None:
+        trainer.ema.load_state_dict(saved["ema"])
+    if trainer.scaler is not None and saved.get("scaler") is not None:
+        trainer.scaler.load_state_dict(saved["scaler"])
+    every = saved["rng"] if isinstance(saved["rng"], list) else [saved["rng"]]  # an earlier version kept rank 0's
+    if trainer.rank < len(every):
+        rng.set_state(every[trainer.rank], trainer.device)
+    if len(every) == trainer.world:
+        return saved, None
+    said = f"the checkpoint was saved by {len(every)} process(es), this run has {trainer.world}"
+    if len(every) < trainer.world:
+        return saved, f"{said}: {_ranks(len(every), trainer.world)} go on with fresh random streams (seed + rank)"
+    return saved, f"{said}: the random streams of {_ranks(trainer.world, len(every))} are left"
 
 
-def restore(trainer, state: dict) -> None:
-    trainer.model.load_state_dict(state["model"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.scheduler.load_state_dict(state["scheduler"])
-    if trainer.ema is not None and state.get("ema") is not None:
-        trainer.ema.load_state_dict(state["ema"])
-    rng.set_state(state["rng"])
+def _ranks(first: int, end: int) -> str:
+    return f"rank {first}" if end - first == 1 else f"ranks {first}-{end - 1}"
