@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from convnext_roadmap import RoadmapError
 from convnext_roadmap.cli import main
@@ -451,3 +452,57 @@ def test_a_finished_runs_line_says_when_it_had_not_levelled_off(tmp_path):
                                        "71 s; not levelled off (its last epochs 1.9 below its best)")
     (tmp_path / "summary.json").write_text(json.dumps({**summary, "levelled_off": True}))
     assert outcome_line(job, 71.2).endswith("28.6 M params, 71 s")
+
+
+@pytest.mark.parametrize("device, backend, gpu", [("auto", "nccl", 1), ("cuda", "nccl", 1), ("cpu", "gloo", None)])
+def test_a_tasks_rank_takes_its_gpu_among_those_it_sees_and_the_backend_of_its_device(monkeypatch, device, backend,
+                                                                                      gpu):
+    # local rank 3 of a task that sees 2 GPUs (SLURM binding each pair of tasks to its GPUs): GPU 3 % 2 = 1; a job
+    # told --device cpu trains on gloo even where CUDA is
+    import datetime
+    from types import SimpleNamespace
+
+    import submitit
+
+    from convnext_roadmap.executors.injob import process_group
+
+    calls = {}
+    monkeypatch.setattr(submitit, "JobEnvironment", lambda: SimpleNamespace(num_tasks=4))
+    monkeypatch.setattr(submitit.helpers, "TorchDistributedEnvironment",
+                        lambda: SimpleNamespace(export=lambda **kw: SimpleNamespace(local_rank=3)))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.setdefault("gpu", torch.device(d).index))
+    monkeypatch.setattr(torch.distributed, "init_process_group",
+                        lambda name, timeout: calls.setdefault("backend", (name, timeout)))
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda: calls.setdefault("destroyed", True))
+    with process_group(device) as distributed:
+        assert distributed
+    assert calls == {"backend": (backend, datetime.timedelta(minutes=10)), "destroyed": True,
+                     **({"gpu": gpu} if gpu is not None else {})}
+
+
+@pytest.mark.parametrize("launch, positions, want", [
+    (None, "1", "1"),  # the launch saw every GPU: submitit's numbers are the GPUs'
+    ("4,5,6,7", "1", "5"),  # the second slot of a launch given GPUs 4-7 trains on GPU 5, not on GPU 1
+    ("4,5,6,7", "2,3", "6,7"),
+    ("GPU-8f1e,GPU-77a2,MIG-5c3d", "2", "MIG-5c3d"),  # UUIDs and MIG instances kept as they were given
+    ("4,5", "", ""),  # a CPU worker sees no GPU
+])
+def test_a_local_worker_gets_its_gpus_from_the_launchs_own_list(launch, positions, want):
+    from convnext_roadmap.executors.injob import slot_gpus
+
+    assert slot_gpus(launch, positions) == want
+
+
+def test_a_gpu_number_is_refused_where_each_worker_sees_only_its_own(tmp_path, monkeypatch):
+    from convnext_roadmap.errors import RoadmapError
+    from convnext_roadmap.executors.local import Local
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    local = Local(tmp_path)
+    local.check("cuda")
+    with pytest.raises(RoadmapError, match=r"^--device cuda:1: each local worker sees only its own GPU\(s\).*"
+                                           r"CUDA_VISIBLE_DEVICES=1 and --device cuda.*--executor inprocess"):
+        local.check("cuda:1")

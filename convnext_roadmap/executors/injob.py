@@ -24,25 +24,37 @@ def run(job: Job) -> dict:
 
 
 @contextlib.contextmanager
-def process_group():
-    """torch.distributed from submitit's environment for the length of the block when the job has several tasks;
-    yields whether it has."""
+def process_group(device: str):
+    """torch.distributed from submitit's environment for the length of the block when the job has several tasks,
+    its backend and each rank's GPU from the device the job trains on (`--device`); yields whether it has."""
     import submitit
     import torch
+
+    from ..device import backend, rank_device
 
     distributed = submitit.JobEnvironment().num_tasks > 1
     if distributed:
         env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        if torch.cuda.is_available():  # NCCL's collectives use the current device: each rank its own
-            torch.cuda.set_device(env.local_rank)
+        mine = rank_device(device, env.local_rank)
+        if mine.type == "cuda":  # NCCL's collectives use the current device: each rank its own
+            torch.cuda.set_device(mine)
         # a finite timeout: a rank that dies must not leave the others waiting for the backend's default 30 min
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
-                                             timeout=datetime.timedelta(minutes=10))
+        torch.distributed.init_process_group(backend(mine), timeout=datetime.timedelta(minutes=10))
     try:
         yield distributed
     finally:
         if distributed:
             torch.distributed.destroy_process_group()
+
+
+def slot_gpus(launch_gpus: str | None, positions: str) -> str:
+    """A local worker's CUDA_VISIBLE_DEVICES. submitit sets it to the worker's GPUs counted 0, 1, … among those the
+    launch sees; where the launch itself saw only some (CUDA_VISIBLE_DEVICES=4,5,6,7, GPU UUIDs, MIG instances),
+    those counts are places in its list, and the worker gets the entries there."""
+    if not launch_gpus or not positions:
+        return positions
+    theirs = [entry.strip() for entry in launch_gpus.split(",")]
+    return ",".join(theirs[int(place)] for place in positions.split(","))
 
 
 class SubmittedRun:
@@ -54,7 +66,7 @@ class SubmittedRun:
         self.job = job
 
     def __call__(self) -> dict:
-        with process_group():
+        with process_group(self.job.device):
             return run(self.job)
 
     def checkpoint(self, *args, **kwargs):
@@ -71,17 +83,20 @@ class Queue:
     summary, and the worker goes on to the next; under DDP it ends instead (a rank may have failed inside a
     collective, and the process group cannot be trusted after it), and the launch starts a fresh worker."""
 
-    def __init__(self, jobs: list[Job], claims: Path, slot: int):
+    def __init__(self, jobs: list[Job], claims: Path, slot: int, launch_gpus: str | None = None):
         self.jobs, self.claims, self.slot = jobs, claims, slot
+        self.launch_gpus = launch_gpus  # the launch's own CUDA_VISIBLE_DEVICES, if it had one
         self.parent: int | None = None  # submitit's controller, which the launch watches and cancels
 
     def __call__(self) -> None:
         import submitit
         import torch
 
+        # before anything asks CUDA: torch reads CUDA_VISIBLE_DEVICES once, when CUDA starts
+        os.environ["CUDA_VISIBLE_DEVICES"] = slot_gpus(self.launch_gpus, os.environ.get("CUDA_VISIBLE_DEVICES", ""))
         worker = submitit.JobEnvironment().job_id
         self.parent = os.getppid()
-        with process_group() as distributed:
+        with process_group(self.jobs[0].device) as distributed:  # a launch's jobs share one --device
             rank = torch.distributed.get_rank() if distributed else 0
             index = -1
             while True:

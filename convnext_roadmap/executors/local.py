@@ -7,6 +7,7 @@ submitit's controllers print goes to `local/controllers.log`; each worker's own 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import signal
@@ -60,6 +61,17 @@ class Local(Executor):
         self.tasks = self.processes = tasks_per_job or self.gpus_per_job or 1
         self.threads_per_job = threads_per_job
 
+    def check(self, device: str) -> None:
+        """A device this machine has; and no GPU index: each worker sees only its own GPUs, counted from 0."""
+        from ..device import parse_device
+
+        super().check(device)
+        parsed = parse_device(device)
+        if parsed is not None and parsed.index is not None:
+            raise RoadmapError(f"--device {device}: each local worker sees only its own GPU(s), so a GPU number "
+                               f"cannot apply; choose the GPUs with CUDA_VISIBLE_DEVICES={parsed.index} and --device "
+                               f"cuda, or train in this process: --executor inprocess --device {device}")
+
     def slots(self, jobs: int | None = None) -> int:
         """Jobs at once: `parallel`, or fewer when fewer jobs are left."""
         return max(1, min(self.parallel, jobs)) if jobs is not None else self.parallel
@@ -81,10 +93,11 @@ class Local(Executor):
         (self.experiment_dir / "local").mkdir(parents=True, exist_ok=True)
         claims = Path(tempfile.mkdtemp(prefix="queue-", dir=self.experiment_dir / "local"))
         slots, threads = self.slots(len(jobs)), self.threads(len(jobs))
+        queue = functools.partial(Queue, order, claims, launch_gpus=os.environ.get("CUDA_VISIBLE_DEVICES"))
         handles: dict[int, object] = {}
         try:
             for slot in range(slots):
-                handles[slot] = self._start(Queue(order, claims, slot), slot, threads, len(order))
+                handles[slot] = self._start(queue(slot), slot, threads, len(order))
             workers = [str(h.job_id) for h in handles.values()]
             records = [{**record(job, handles[0], self.name), "job_id": f"{workers[0]}_{i}", "workers": workers,
                         "claim": str(claims / str(i))} for i, job in enumerate(order)]
@@ -144,7 +157,7 @@ class Local(Executor):
             for slot, handle in list(handles.items()):
                 if over[slot] and waiting and not cancelled and str(handle.job_id) in {w for _, w, _ in
                                                                             started.values()}:
-                    handles[slot], replaced = self._start(Queue(order, claims, slot), slot, threads, len(order)), True
+                    handles[slot], replaced = self._start(queue(slot), slot, threads, len(order)), True
                     workers = [str(h.job_id) for h in handles.values()]
                     for r in records:
                         r["workers"] = workers
