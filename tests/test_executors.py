@@ -506,3 +506,57 @@ def test_a_gpu_number_is_refused_where_each_worker_sees_only_its_own(tmp_path, m
     with pytest.raises(RoadmapError, match=r"^--device cuda:1: each local worker sees only its own GPU\(s\).*"
                                            r"CUDA_VISIBLE_DEVICES=1 and --device cuda.*--executor inprocess"):
         local.check("cuda:1")
+
+
+def test_a_launch_killed_outright_stops_its_workers_and_the_next_ends_as_a_straight_run(tmp_path):
+    # SIGKILL (the OOM killer, a lost login node) gives the launch no chance to stop its workers: they stop
+    # themselves, and the next launch resumes the run from its checkpoint
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from convnext_roadmap.results import read_metrics
+
+    data = make_imagefolder(tmp_path / "data")
+    request = ["run", "--steps", "resnet50", "--recipe", "smoke", "--set", "train.epochs=40", "--set",
+               "train.batch_size=4", "--seeds", "1", "--data", f"imagefolder:{data}", "--results", str(tmp_path / "r"),
+               "--executor", "local"]
+    launch = [sys.executable, "-m", "convnext_roadmap.cli", *request, "--experiment", "killed"]
+    first = subprocess.Popen(launch, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = tmp_path / "r" / "killed" / "resnet50" / "seed0"
+    deadline = time.time() + 300
+    while not (run / "checkpoint.pt").exists() and time.time() < deadline and first.poll() is None:
+        time.sleep(0.1)
+    first.send_signal(signal.SIGKILL)
+    assert first.wait(timeout=30) == -signal.SIGKILL
+    assert (run / "checkpoint.pt").exists() and not (run / "summary.json").exists(), first.stdout.read()
+
+    def trainers():
+        mine = []
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                if str(tmp_path / "r" / "killed").encode() in (proc / "cmdline").read_bytes():
+                    mine.append(proc.name)
+            except OSError:
+                pass
+        return mine
+
+    deadline = time.time() + 30
+    while trainers() and time.time() < deadline:
+        time.sleep(0.2)
+    assert trainers() == []
+    assert not (run / "summary.json").exists()  # a worker left training would have finished the run (~10 s)
+    again = subprocess.run(launch, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout
+    logs = "".join(p.read_text() for p in (tmp_path / "r" / "killed" / "local").rglob("*.out"))
+    assert "has ended without stopping this worker: it stops now" in logs  # the first launch's worker
+    assert "resuming resnet50 seed0 after epoch" in logs  # the second's
+    assert subprocess.run([sys.executable, "-m", "convnext_roadmap.cli", *request, "--experiment", "straight"],
+                          capture_output=True, timeout=300).returncode == 0
+    resumed, straight = read_metrics(run), read_metrics(tmp_path / "r" / "straight" / "resnet50" / "seed0")
+    assert [m["epoch"] for m in resumed] == list(range(1, 41))
+    for a, b in zip(straight, resumed):
+        assert (a["train_loss"], a["val_loss"], a["top1"]) == pytest.approx((b["train_loss"], b["val_loss"], b["top1"]),
+                                                                          abs=1e-6)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from .. import results
 from ..job import Job
 
 CANCELLED = "cancelled"  # in a queue's folder: `roadmap cancel` ended it
+LAUNCH_GONE = 75  # a local worker's exit code when it stopped because its launch had died
 
 
 def run(job: Job) -> dict:
@@ -57,6 +60,38 @@ def slot_gpus(launch_gpus: str | None, positions: str) -> str:
     return ",".join(theirs[int(place)] for place in positions.split(","))
 
 
+def _started(pid: int) -> str | None:
+    """When process `pid` started (Linux: /proc/PID/stat's start time, in clock ticks), to tell it from a later
+    process given the same pid; None where /proc has no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after the command name, which may hold spaces
+    return None if fields[0] in ("Z", "X") else fields[19]  # a zombie has ended: only its exit status is left
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    if Path("/proc").is_dir():
+        now = _started(pid)
+        return now is not None and now == started
+    try:  # no /proc (macOS): whether the pid exists
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _stop_when_gone(pid: int, started: str | None, every_s: float = 1.0) -> None:
+    while _alive(pid, started):
+        time.sleep(every_s)
+    print(f"the launch (pid {pid}) has ended without stopping this worker: it stops now; the next `roadmap run` "
+          f"resumes its run from its last checkpoint", flush=True)
+    os._exit(LAUNCH_GONE)  # from this thread: the training in the main thread ends with the process
+
+
 class SubmittedRun:
     """What a submitit job calls (on SLURM or on this machine): `run_job` inside the job's process group. On a
     time-out or preemption submitit calls `checkpoint`, which requeues the same call: `run_job` resumes from the
@@ -86,6 +121,7 @@ class Queue:
     def __init__(self, jobs: list[Job], claims: Path, slot: int, launch_gpus: str | None = None):
         self.jobs, self.claims, self.slot = jobs, claims, slot
         self.launch_gpus = launch_gpus  # the launch's own CUDA_VISIBLE_DEVICES, if it had one
+        self.launch = (os.getpid(), _started(os.getpid()))  # made in the launch's process, which the worker outlives
         self.parent: int | None = None  # submitit's controller, which the launch watches and cancels
 
     def __call__(self) -> None:
@@ -94,6 +130,9 @@ class Queue:
 
         # before anything asks CUDA: torch reads CUDA_VISIBLE_DEVICES once, when CUDA starts
         os.environ["CUDA_VISIBLE_DEVICES"] = slot_gpus(self.launch_gpus, os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+        # a launch killed outright (SIGKILL: the OOM killer, a lost login node) cannot stop its workers: each stops
+        # itself, at once, and the next launch resumes its run from the last checkpoint
+        threading.Thread(target=_stop_when_gone, args=self.launch, daemon=True, name="launch-watch").start()
         worker = submitit.JobEnvironment().job_id
         self.parent = os.getppid()
         with process_group(self.jobs[0].device) as distributed:  # a launch's jobs share one --device

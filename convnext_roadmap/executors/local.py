@@ -102,7 +102,7 @@ class Local(Executor):
             records = [{**record(job, handles[0], self.name), "job_id": f"{workers[0]}_{i}", "workers": workers,
                         "claim": str(claims / str(i))} for i, job in enumerate(order)]
             results.record_jobs(self.experiment_dir, records)
-            self._follow(order, records, handles, claims, threads)
+            self._follow(order, records, handles, claims, queue, threads)
         except BaseException:  # interrupted (Ctrl-C, kill): the jobs started here end too; they resume next time
             for handle in handles.values():
                 handle.cancel(check=False)
@@ -114,7 +114,8 @@ class Local(Executor):
                 pass
         return records
 
-    def _follow(self, order: list[Job], records: list[dict], handles: dict, claims: Path, threads: int) -> None:
+    def _follow(self, order: list[Job], records: list[dict], handles: dict, claims: Path, queue,
+                threads: int) -> None:
         """Print each run's epochs and its outcome as the workers get through the queue. A run whose worker died
         under it gets a failed summary with the worker's end, and a fresh worker takes that one's place while
         runs wait; a run that no worker reached, when they have all ended, gets one that says so. After `roadmap
