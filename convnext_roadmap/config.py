@@ -100,6 +100,8 @@ class Head(Section):
 class Train(Section):
     """How a network is trained; set by a recipe (ablations/recipes/)."""
 
+    # sized for GPUs (days on a CPU): a request whose jobs would get no GPU is refused unless --device cpu says so
+    needs_gpu: bool = False
     epochs: Positive
     batch_size: Positive  # per process; the effective batch is batch_size × processes × accum_steps
     accum_steps: Positive = 1  # micro-batches whose gradients add up to one optimizer step

@@ -24,6 +24,7 @@ def run(variants: list[Variant], seeds: list[int], experiment_dir: Path, executo
     plan.check_initial_weights(variants, classes)
     plan.check_training(variants, executor.processes)
     executor.check(device)
+    plan.check_gpu(variants, device, executor.without_gpu(device))
     if tensorboard:
         _check_tensorboard()
     measures = plan.measure(variants, classes)

@@ -60,6 +60,18 @@ def check_config(cfg: Config, source_of) -> None:
             raise RoadmapError(f"{source_of('data.auto_augment')}: data.auto_augment: {problem}")
 
 
+def check_gpu(variants: list[Variant], device: str, without_gpu: str | None) -> None:
+    """A recipe sized for GPUs (`train.needs_gpu`) on jobs that would get none is refused, unless `--device cpu`
+    says that is meant: otherwise 300 epochs would start on a CPU without a word."""
+    if without_gpu is None or device == "cpu":
+        return
+    for v in variants:
+        if v.cfg.train is not None and v.cfg.train.needs_gpu:
+            raise RoadmapError(f"{without_gpu}; but {v.name} trains with a recipe sized for GPUs "
+                               f"({v.source_of('train.needs_gpu')}: train.needs_gpu): give the jobs a GPU, or "
+                               f"--device cpu to train on the CPU all the same")
+
+
 def check_training(variants: list[Variant], processes: int) -> None:
     """What the schema alone cannot check, as one error line before anything runs: an optimizer timm has not, a
     target batch that the processes of each job cannot reach."""

@@ -338,3 +338,18 @@ def test_a_run_a_live_process_holds_is_running_in_the_table_not_interrupted(tmp_
     assert [r["status"] for r in Experiment.load(tmp_path).cells] == ["running"]
     lock.release()  # its trainer ended without a summary
     assert [r["status"] for r in Experiment.load(tmp_path).cells] == ["interrupted"]
+
+
+def test_a_recipe_sized_for_gpus_on_a_machine_without_one_is_refused_unless_cpu_is_asked(tmp_path, data, capsys,
+                                                                                         monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = ["run", "--steps", "resnet50", "--recipe", "paper_in1k", "--seeds", "1", "--data", f"imagefolder:{data}",
+            "--results", str(tmp_path), "--dry-run"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("roadmap: error: --device auto: this machine has no CUDA device; but resnet50 trains with "
+                          "a recipe sized for GPUs (") and "paper_in1k.yaml: train.needs_gpu)" in err
+    assert "or --device cpu to train on the CPU all the same" in err and list(tmp_path.iterdir()) == []
+    assert main([*args, "--device", "cpu"]) == 0
+    assert main([*args[:3], "--recipe", "cpu_proxy", *args[5:]]) == 0  # the CPU proxy is no GPU recipe

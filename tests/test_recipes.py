@@ -103,7 +103,7 @@ def test_the_paper_recipe_itself_runs_to_the_end(tmp_path, photos, capsys):
               "--set", "train.epochs=2", "--set", "train.warmup_epochs=1", "--set", "train.batch_size=8",
               "--set", "train.target_batch=16", "--set", "data.workers=1"]
     assert main(["run", "--steps", "resnet50", "--recipe", "paper_in1k", "--data", f"imagefolder:{photos}",
-                 *scaled, "--seeds", "1", "--executor", "inprocess", "--results", str(tmp_path),
+                 *scaled, "--seeds", "1", "--executor", "inprocess", "--device", "cpu", "--results", str(tmp_path),
                  "--experiment", "paper"]) == 0
     summary = json.loads((tmp_path / "paper" / "resnet50" / "seed0" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["accum_steps"] == 2 and summary["effective_batch"] == 16
@@ -170,7 +170,7 @@ def test_imagenet_proxy_runs_on_a_subset_built_by_roadmap_subset(tmp_path, capsy
     assert main(["run", "--steps", "resnet50", "--recipe", "imagenet_proxy", "--data", f"imagefolder:{tmp_path / 'in4'}",
                  "--set", "data.img_size=32", "--set", "stages.width_mult=0.125", "--set", "train.epochs=1",
                  "--set", "train.warmup_epochs=0", "--set", "train.batch_size=8", "--set", "data.workers=1",
-                 "--seeds", "1", "--executor", "inprocess", "--results", str(tmp_path / "r")]) == 0
+                 "--seeds", "1", "--executor", "inprocess", "--device", "cpu", "--results", str(tmp_path / "r")]) == 0
     summary = json.loads((tmp_path / "r" / "resnet50-imagenet_proxy" / "resnet50" / "seed0" / "summary.json")
                          .read_text())
     assert summary["status"] == "completed" and len(summary["classes"]) == 4
@@ -187,7 +187,7 @@ def test_the_torchvision_recipe_is_the_first_bar(tmp_path, photos):
     assert main(["run", "--upto", "resnet50", "--recipe", "torchvision_r50", "--data", f"imagefolder:{photos}",
                  "--set", "data.img_size=32", "--set", "stages.width_mult=0.125", "--set", "train.epochs=2",
                  "--set", "train.batch_size=8", "--set", "train.decay_epochs=1", "--set", "data.workers=0",
-                 "--seeds", "1", "--executor", "inprocess", "--results", str(tmp_path)]) == 0
+                 "--seeds", "1", "--executor", "inprocess", "--device", "cpu", "--results", str(tmp_path)]) == 0
     table = pd.read_csv(tmp_path / "resnet50-torchvision_r50" / "table.csv")
     assert table.step.tolist() == ["resnet50"] and table.paper_top1.tolist() == [76.13]
     lrs = [m["lr"] for m in read_metrics(tmp_path / "resnet50-torchvision_r50" / "resnet50" / "seed0")]

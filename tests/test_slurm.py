@@ -109,6 +109,14 @@ def test_a_request_the_partition_can_never_run_is_refused_before_submission(tmp_
     assert main(["run", "--steps", "resnet50", *JOB, "--device", "cuda", "--data", f"imagefolder:{data}",
                  "--results", str(tmp_path)]) == 2
     assert "slurm/local.yaml: gpus_per_node: 0, but --device cuda trains on a GPU" in capsys.readouterr().err
+    # a recipe sized for GPUs on the profile's CPU nodes, not 300 epochs started on their CPUs without a word
+    args = ["run", "--steps", "resnet50", "--recipe", "paper_in1k", "--executor", "slurm", "--cluster", "local",
+            "--seeds", "1", "--data", f"imagefolder:{data}", "--results", str(tmp_path), "--dry-run"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "slurm/local.yaml: gpus_per_node: 0, so the jobs get no GPU; but resnet50 " \
+                                     "trains with a recipe sized for GPUs" in err and "or --device cpu" in err
+    assert main([*args, "--device", "cpu"]) == 0
     # what only sbatch can judge (a feature, an account) is its own error line, not a traceback
     assert main(["run", "--steps", "resnet50", *JOB, "--constraint", "nosuch", "--data", f"imagefolder:{data}",
                  "--results", str(tmp_path)]) == 2

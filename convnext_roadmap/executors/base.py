@@ -85,6 +85,13 @@ class Executor:
         """Where and how the jobs (this many, where known) will run, for the dry run and the first line of a run."""
         return ""
 
+    def without_gpu(self, device: str) -> str | None:
+        """Why the jobs would train with no GPU (naming the flag or profile field that decides it), or None when
+        they get one. Jobs on this machine: `--device` as this machine resolves it."""
+        from ..device import pick_device
+
+        return None if pick_device(device).type == "cuda" else f"--device {device}: this machine has no CUDA device"
+
     def check(self, device: str) -> None:
         """Refuse, before anything runs, what could never run where the jobs go (one RoadmapError line); jobs on
         this machine: a device it has not."""

@@ -120,6 +120,11 @@ class Slurm(Executor):
         if limits["max_min"] is not None and p.timeout_min > limits["max_min"]:
             refuse("timeout_min", f"{p.timeout_min} min, but {where} allows at most {limits['max_min']} min")
 
+    def without_gpu(self, device: str) -> str | None:
+        if self.profile.gpus_per_node:
+            return None
+        return f"{self.source_of('gpus_per_node')}: gpus_per_node: 0, so the jobs get no GPU"
+
     def submit(self, jobs: list[Job]) -> list[dict]:
         import submitit
 
