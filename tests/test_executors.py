@@ -379,13 +379,34 @@ def test_the_root_cause_in_a_jobs_log_is_not_a_warning(tmp_path):
     assert last_error_line(str(log)).startswith("slurmstepd: error: *** JOB 12 ON node1 CANCELLED")
 
 
+def _no_process_left(experiment, within_s: float) -> bool:
+    """Whether, within that many seconds, no process of this machine names the experiment's folder (a launch's
+    workers have it in their command line)."""
+    import time
+    from pathlib import Path
+
+    def processes():
+        mine = []
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                if str(experiment).encode() in (proc / "cmdline").read_bytes():
+                    mine.append(proc.name)
+            except OSError:
+                pass
+        return mine
+
+    deadline = time.time() + within_s
+    while processes() and time.time() < deadline:
+        time.sleep(0.2)
+    return processes() == []
+
+
 @pytest.mark.parametrize("sigint", ["handled", "ignored"])
 def test_a_killed_local_run_takes_its_jobs_with_it_and_resumes(tmp_path, sigint):
     import signal
     import subprocess
     import sys
     import time
-    from pathlib import Path
 
     # "ignored": as a command started in a script's background (`roadmap run … &`) is, and its children would be
     ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint == "ignored" else None
@@ -404,20 +425,7 @@ def test_a_killed_local_run_takes_its_jobs_with_it_and_resumes(tmp_path, sigint)
     assert (run / "checkpoint.pt").exists(), f"no checkpoint to resume from; the run said:\n{first.stdout.read()}"
     assert code == 143
 
-    def trainers():
-        mine = []
-        for proc in Path("/proc").glob("[0-9]*"):
-            try:
-                if str(tmp_path / "r" / "k").encode() in (proc / "cmdline").read_bytes():
-                    mine.append(proc.name)
-            except OSError:
-                pass
-        return mine
-
-    deadline = time.time() + 60
-    while trainers() and time.time() < deadline:
-        time.sleep(0.5)
-    assert trainers() == []  # no job left training behind the killed command
+    assert _no_process_left(tmp_path / "r" / "k", 60)  # no job left training behind the killed command
     again = subprocess.run([*args, "--dry-run"], capture_output=True, text=True, timeout=120)
     assert "seed0: resume" in again.stdout, again.stdout  # from its checkpoint, next time
 
@@ -515,7 +523,6 @@ def test_a_launch_killed_outright_stops_its_workers_and_the_next_ends_as_a_strai
     import subprocess
     import sys
     import time
-    from pathlib import Path
 
     from convnext_roadmap.results import read_metrics
 
@@ -533,20 +540,7 @@ def test_a_launch_killed_outright_stops_its_workers_and_the_next_ends_as_a_strai
     assert first.wait(timeout=30) == -signal.SIGKILL
     assert (run / "checkpoint.pt").exists() and not (run / "summary.json").exists(), first.stdout.read()
 
-    def trainers():
-        mine = []
-        for proc in Path("/proc").glob("[0-9]*"):
-            try:
-                if str(tmp_path / "r" / "killed").encode() in (proc / "cmdline").read_bytes():
-                    mine.append(proc.name)
-            except OSError:
-                pass
-        return mine
-
-    deadline = time.time() + 30
-    while trainers() and time.time() < deadline:
-        time.sleep(0.2)
-    assert trainers() == []
+    assert _no_process_left(tmp_path / "r" / "killed", 30)
     assert not (run / "summary.json").exists()  # a worker left training would have finished the run (~10 s)
     again = subprocess.run(launch, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout
