@@ -282,7 +282,8 @@ def _executor_flags(p: argparse.ArgumentParser) -> None:
         text = f"--executor {' or '.join(names)}: {info.description or field.replace('_', ' ')}"
         flag = f"--{field.replace('_', '-')}"
         if kind is bool:
-            p.add_argument(flag, action="store_true", default=None, help=text)  # None: the profile's value stands
+            # --flag / --no-flag; neither: None, and the profile's own value stands
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
             continue
         minimum = next((getattr(m, "ge") for m in info.metadata if hasattr(m, "ge")), None)
         p.add_argument(flag, metavar="N" if kind in (int, float) else "NAME",

@@ -195,14 +195,7 @@ class TimmModel(Section):
     # whether timm knows `name`: plan.check_configs, which may import timm
 
 
-class _Network(Section):
-    """What both kinds of network share: with a recipe, how they train and on what."""
-
-    train: Union[Train, None] = None  # None: architecture only, no recipe applied
-    data: Union[Data, None] = None
-
-
-class RoadmapNet(_Network):
+class RoadmapNet(Section):
     """The roadmap's configurable network, every architecture section in full; with a recipe, train and data."""
 
     stem: Stem
@@ -210,6 +203,8 @@ class RoadmapNet(_Network):
     block: Block
     downsample: Downsample
     head: Head
+    train: Union[Train, None] = None  # None: architecture only, no recipe applied
+    data: Union[Data, None] = None
 
     @model_validator(mode="after")
     def _groups_divide(self):
@@ -223,20 +218,23 @@ class RoadmapNet(_Network):
         return self
 
 
-ARCHITECTURE = tuple(name for name in RoadmapNet.model_fields if name not in _Network.model_fields)
+ARCHITECTURE = ("stem", "stages", "block", "downsample", "head")
 
 
-class TimmNet(_Network):
+class TimmNet(Section):
     """A timm model in place of the roadmap's network (a reference); with a recipe, train and data."""
 
     timm: TimmModel
+    train: Union[Train, None] = None  # the same two sections as RoadmapNet's
+    data: Union[Data, None] = None
 
     @model_validator(mode="before")
     @classmethod
     def _alone(cls, data):
         both = [s for s in ARCHITECTURE if isinstance(data, dict) and s in data]
         if both:
-            name = data["timm"].get("name") if isinstance(data["timm"], dict) else data["timm"]
+            timm = data.get("timm")
+            name = timm.get("name") if isinstance(timm, dict) else timm
             raise Problem("timm", f"the timm model {name} beside the roadmap's network ({both[0]} …), expected one "
                                   f"of the two")
         return data
@@ -253,6 +251,7 @@ def _kind(data) -> str:
 Config = Annotated[Union[Annotated[RoadmapNet, Tag("roadmap")], Annotated[TimmNet, Tag("timm")]],
                    Discriminator(_kind)]
 KINDS = {"roadmap": RoadmapNet, "timm": TimmNet}  # the union's tags, which pydantic puts first in an error's loc
+SECTIONS = (*ARCHITECTURE, "timm", "train", "data")  # what a config's top level may hold, of either kind
 _CONFIG = TypeAdapter(Config)
 
 

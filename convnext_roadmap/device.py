@@ -42,6 +42,19 @@ def rank_device(device: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
+def train_device(device: str, world: int) -> torch.device:
+    """The device this process trains on, made CUDA's current one where it is a rank's GPU (a process alone keeps
+    the current device: `torch.cuda.set_device` takes only an indexed device)."""
+    import os
+
+    if world == 1:
+        return pick_device(device)
+    mine = rank_device(device, int(os.environ.get("LOCAL_RANK", 0)))
+    if mine.type == "cuda":
+        torch.cuda.set_device(mine)
+    return mine
+
+
 def backend(device: torch.device) -> str:
     """torch.distributed's backend for the device the ranks train on (not for whether the machine has CUDA)."""
     return "nccl" if device.type == "cuda" else "gloo"

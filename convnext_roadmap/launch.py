@@ -74,7 +74,7 @@ def run(variants: list[Variant], seeds: list[int], experiment_dir: Path, executo
     return 1 if failed else 0
 
 
-def check_wait(executor: type[Executor] | Executor, wait: bool, timeout_wait: float | None) -> None:
+def check_wait(executor: type[Executor], wait: bool, timeout_wait: float | None) -> None:
     """--wait (and --timeout-wait) are the launch's: only an executor whose `submit` returns before its jobs end
     has anything to wait for."""
     if executor.blocking and (wait or timeout_wait is not None):

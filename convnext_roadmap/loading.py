@@ -15,7 +15,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .config import KINDS, Config, Problem, parse
+from .config import ARCHITECTURE, KINDS, SECTIONS, Config, Problem, parse
 from .errors import RoadmapError
 
 
@@ -147,9 +147,12 @@ def _describe(err: dict, merged: Merged, schema: type[BaseModel]) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         parent = _section(schema, loc[:-1])
-        allowed = ", ".join(parent.model_fields) if parent else "?"
+        allowed = ", ".join(SECTIONS if schema in KINDS.values() and len(loc) == 1 else
+                            parent.model_fields if parent else "?")
         where = ".".join(loc[:-1]) or "the top level"
         return f"{source}: {key}: unknown key ({where} takes: {allowed})"
+    if kind == "missing" and loc == [loc[0]] and loc[0] in ARCHITECTURE:
+        return f"{source}: {key}: missing (a config describes the roadmap's network in full, or names a timm model)"
     if kind == "missing":
         return f"{source}: {key}: missing (the base config and the recipe must set every field)"
     field = _field(schema, loc)

@@ -30,8 +30,8 @@ def set_state(state: dict, device: torch.device | None = None) -> None:
     torch.set_rng_state(state["torch"].cpu())
     cuda = state.get("cuda")
     if cuda is not None and device is not None and device.type == "cuda":
-        if isinstance(cuda, (list, tuple)):  # an earlier version kept every visible GPU's: this process had the first
-            cuda = cuda[0]
+        if isinstance(cuda, (list, tuple)):  # an earlier version kept every visible GPU's
+            cuda = cuda[device.index or 0] if (device.index or 0) < len(cuda) else cuda[0]
         torch.cuda.set_rng_state(cuda.cpu(), device)
 
 

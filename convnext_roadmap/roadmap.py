@@ -368,8 +368,13 @@ def _structure(cfg: Config) -> dict:
 
 
 @functools.singledispatch
-def timm_twin(cfg: RoadmapNet) -> str | None:
-    """The timm model whose network this config builds (a path's end), if any."""
+def timm_twin(cfg: Config) -> str | None:
+    """The timm model whose network this config builds (a path's end, or the timm model it names), if any."""
+    raise TypeError(f"not a config: {type(cfg).__name__}")
+
+
+@timm_twin.register
+def _(cfg: RoadmapNet) -> str | None:
     arch = _structure(cfg)
     return next((name for end, name in _ends() if end == arch), None)
 

@@ -22,3 +22,19 @@ def test_auto_takes_bf16_only_where_the_gpu_computes_it_natively(monkeypatch, na
 def test_an_explicit_choice_is_taken_on_any_device(amp, want):
     for device in ("cpu", "cuda"):
         assert autocast_dtype(amp, torch.device(device)) == (want, None)
+
+
+@pytest.mark.parametrize("world, local_rank, want", [(1, 0, None), (2, 3, 1)])
+def test_a_process_alone_keeps_the_current_gpu_and_a_rank_takes_its_own(monkeypatch, world, local_rank, want):
+    # torch.cuda.set_device takes only an indexed device: a single-process run on `cuda` must not call it
+    from torch._utils import _get_device_index
+
+    from convnext_roadmap.device import train_device
+
+    set_to = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: set_to.append(_get_device_index(d, optional=False)))
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    device = train_device("auto", world)
+    assert device.type == "cuda" and set_to == ([] if want is None else [want]) and device.index == want

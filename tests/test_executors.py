@@ -509,11 +509,16 @@ def test_a_gpu_number_is_refused_where_each_worker_sees_only_its_own(tmp_path, m
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")  # the launch's GPUs: its cuda:1 is GPU 5
     local = Local(tmp_path)
     local.check("cuda")
     with pytest.raises(RoadmapError, match=r"^--device cuda:1: each local worker sees only its own GPU\(s\).*"
-                                           r"CUDA_VISIBLE_DEVICES=1 and --device cuda.*--executor inprocess"):
+                                           r"CUDA_VISIBLE_DEVICES=5 and --device cuda.*--executor inprocess"):
         local.check("cuda:1")
+    # NCCL takes one rank per GPU: two ranks on one GPU would fail inside it, after the start
+    with pytest.raises(RoadmapError, match=r"^--tasks-per-job 4: with GPUs, a job has one process per GPU "
+                                           r"\(--gpus-per-job 2\)"):
+        Local(tmp_path, gpus_per_job=2, tasks_per_job=4)
 
 
 def test_a_launch_killed_outright_stops_its_workers_and_the_next_ends_as_a_straight_run(tmp_path):

@@ -60,3 +60,25 @@ def test_each_rank_resumes_its_own_streams_and_another_count_is_said(tmp_path):
                     "streams (seed + rank)")
     _, note = state.resume(_trainer("cpu", 0, 1), tmp_path / "checkpoint.pt")
     assert note == "the checkpoint was saved by 2 process(es), this run has 1: the random streams of rank 1 are left"
+
+
+def test_the_fp16_loss_scale_and_an_earlier_versions_schedule_come_back_from_the_checkpoint(tmp_path):
+    from convnext_roadmap.train.schedule import WarmupCosine
+
+    trainer = _trainer("cpu")
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    trainer.scaler.scale(torch.ones(()))  # the scale starts at the first use
+    trainer.scaler.update(new_scale=128.0)
+    torch.save(state.snapshot(trainer, 0, [], 0.0, state.streams(trainer)), tmp_path / "checkpoint.pt")
+    again = _trainer("cpu")
+    again.scaler = torch.amp.GradScaler("cpu")
+    _, note = state.resume(again, tmp_path / "checkpoint.pt")
+    assert again.scaler.get_scale() == 128.0 and note is None
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    saved["scheduler"] = {"t_initial": 1800, "warmup_t": 100}  # timm's CosineLRScheduler's, as it was saved
+    torch.save(saved, tmp_path / "checkpoint.pt")
+    old = _trainer("cpu")
+    old.scheduler = WarmupCosine(old.optimizer, 1800, 100, 0.0, 1e-5)
+    _, note = state.resume(old, tmp_path / "checkpoint.pt")
+    assert note.startswith("the checkpoint was written under timm's cosine schedule; the run goes on under the "
+                           "official one")

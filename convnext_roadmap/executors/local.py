@@ -58,19 +58,24 @@ class Local(Executor):
         self.gpus_per_job = (gpus_per_job or 1) if self.gpus else 0
         most = self.gpus // self.gpus_per_job if self.gpus else os.cpu_count() or 1
         self.parallel = min(parallel or most, most) if self.gpus else (parallel or most)
+        if self.gpus and tasks_per_job not in (None, self.gpus_per_job):  # NCCL: one rank per GPU
+            raise RoadmapError(f"--tasks-per-job {tasks_per_job}: with GPUs, a job has one process per GPU "
+                               f"(--gpus-per-job {self.gpus_per_job})")
         self.tasks = self.processes = tasks_per_job or self.gpus_per_job or 1
         self.threads_per_job = threads_per_job
 
     def check(self, device: str) -> None:
         """A device this machine has; and no GPU index: each worker sees only its own GPUs, counted from 0."""
         from ..device import parse_device
+        from .injob import slot_gpus
 
         super().check(device)
         parsed = parse_device(device)
         if parsed is not None and parsed.index is not None:
+            gpu = slot_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), str(parsed.index))
             raise RoadmapError(f"--device {device}: each local worker sees only its own GPU(s), so a GPU number "
-                               f"cannot apply; choose the GPUs with CUDA_VISIBLE_DEVICES={parsed.index} and --device "
-                               f"cuda, or train in this process: --executor inprocess --device {device}")
+                               f"cannot apply; choose the GPUs with CUDA_VISIBLE_DEVICES={gpu} and --device cuda, "
+                               f"or train in this process: --executor inprocess --device {device}")
 
     def slots(self, jobs: int | None = None) -> int:
         """Jobs at once: `parallel`, or fewer when fewer jobs are left."""

@@ -138,10 +138,14 @@ def adapts_input_size(cfg: TimmNet) -> bool:
 
 
 @functools.singledispatch
-def input_size_note(cfg: RoadmapNet) -> str | None:
-    """What a run says when timm builds its model for another input size than the one it was made for (the
-    roadmap's network takes any)."""
-    return None
+def input_size_note(cfg: Config) -> str | None:
+    """What a run says when timm builds its model for another input size than the one it was made for."""
+    raise TypeError(f"not a config: {type(cfg).__name__}")
+
+
+@input_size_note.register
+def _(cfg: RoadmapNet) -> str | None:
+    return None  # the roadmap's network takes any size
 
 
 @input_size_note.register

@@ -5,7 +5,6 @@ node; it never knows how it was launched."""
 from __future__ import annotations
 
 import json
-import os
 import time
 import traceback
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 
 from .. import results, rng
 from ..config import parse
-from ..device import pick_device, rank_device
+from ..device import train_device
 from ..errors import RoadmapError
 from ..job import Job
 from ..loading import to_yaml
@@ -73,7 +72,8 @@ def claim(out: Path, lock: results.RunLock):
         lock.release()
         return "done"
     if holder is None:  # a failed attempt's summary and traceback would speak for this one while it trains
-        for stale in (out / "summary.json", out / "error.txt", *out.glob("error.rank*.txt")):
+        # and a write cut short (a worker that stopped itself mid-write) leaves its temporary file: not the run's
+        for stale in (out / "summary.json", out / "error.txt", *out.glob("error.rank*.txt"), *out.glob(".*.pt.*")):
             stale.unlink(missing_ok=True)
         # nothing to resume: the epochs and the images left out by an attempt that never reached its first
         # checkpoint (another config's, maybe other data) are not this run's
@@ -105,9 +105,7 @@ def _train(job: Job, out: Path, rank: int, world: int) -> dict:
     cfg = parse(job.cfg)
     if cfg.train is None or cfg.data is None:
         raise RoadmapError(f"{job.name}: the config has no recipe (train and data sections)")
-    device = rank_device(job.device, int(os.environ.get("LOCAL_RANK", 0))) if world > 1 else pick_device(job.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    device = train_device(job.device, world)
     t = cfg.train
     rng.seed_all(job.seed + rank)
     if rank == 0:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from .. import rng
+from .schedule import WarmupCosine
 
 
 def streams(trainer) -> list[dict]:
@@ -30,8 +31,8 @@ def snapshot(trainer, epoch: int, history: list[dict], best: float, every_rng: l
 
 
 def resume(trainer, path: Path) -> tuple[dict, str | None]:
-    """Restore the trainer from its checkpoint; return the checkpoint, and a line to say when it was saved by
-    another number of processes than this run has."""
+    """Restore the trainer from its checkpoint; return the checkpoint, and a line to say where the run cannot go on
+    exactly as the saved one would (another number of processes, a checkpoint of an earlier version)."""
     saved = torch.load(path, map_location="cpu", weights_only=False)
     trainer.model.load_state_dict(saved["model"])
     trainer.optimizer.load_state_dict(saved["optimizer"])
@@ -40,15 +41,28 @@ def resume(trainer, path: Path) -> tuple[dict, str | None]:
         trainer.ema.load_state_dict(saved["ema"])
     if trainer.scaler is not None and saved.get("scaler") is not None:
         trainer.scaler.load_state_dict(saved["scaler"])
-    every = saved["rng"] if isinstance(saved["rng"], list) else [saved["rng"]]  # an earlier version kept rank 0's
+    if isinstance(trainer.scheduler, WarmupCosine) and saved["scheduler"]:  # timm's CosineLRScheduler's state
+        note = ("the checkpoint was written under timm's cosine schedule; the run goes on under the official one "
+                "(docs/gpu.md), so its epochs before and after the resume follow two schedules")
+        return saved, _restore_streams(trainer, saved["rng"]) or note
+    return saved, _restore_streams(trainer, saved["rng"])
+
+
+def _restore_streams(trainer, saved_rng) -> str | None:
+    """This rank's streams from the checkpoint; a line to say when it cannot be the saved run's own."""
+    if isinstance(saved_rng, dict):  # an earlier version kept rank 0's alone
+        rng.set_state(saved_rng, trainer.device)
+        return None if trainer.world == 1 else ("the checkpoint kept only rank 0's random streams: every rank goes "
+                                                "on with them")
+    every = saved_rng
     if trainer.rank < len(every):
         rng.set_state(every[trainer.rank], trainer.device)
     if len(every) == trainer.world:
-        return saved, None
+        return None
     said = f"the checkpoint was saved by {len(every)} process(es), this run has {trainer.world}"
     if len(every) < trainer.world:
-        return saved, f"{said}: {_ranks(len(every), trainer.world)} go on with fresh random streams (seed + rank)"
-    return saved, f"{said}: the random streams of {_ranks(trainer.world, len(every))} are left"
+        return f"{said}: {_ranks(len(every), trainer.world)} go on with fresh random streams (seed + rank)"
+    return f"{said}: the random streams of {_ranks(trainer.world, len(every))} are left"
 
 
 def _ranks(first: int, end: int) -> str:
