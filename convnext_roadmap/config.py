@@ -72,6 +72,10 @@ class Block(Section):
     norm_at: list[Position]
     layer_scale: Union[Annotated[float, Field(gt=0)], None] = None  # initial value of a learnable per-channel scale
     drop_path: Probability = 0.0  # stochastic depth of the last block; rises linearly from 0 over the blocks
+    # the initial weights of the whole network. trunc_normal: every conv and linear truncated-normal, std 0.02,
+    # as the paper trains every step (Table 5); resnet: timm's ResNet init (Kaiming-normal convs, fan-out; the last
+    # norm of each block's branch zero, so that each block starts as its shortcut)
+    init: Literal["trunc_normal", "resnet"] = "trunc_normal"
 
     @field_validator("kernel_size")
     @classmethod
@@ -131,6 +135,13 @@ class Train(Section):
     amp: Union[bool, Literal["auto", "bf16", "fp16"]]
     channels_last: bool  # NHWC memory format, on any device
     compile: bool
+    # CUDA only: cuDNN picks the fastest conv algorithms for each shape (timm and the official code turn it on);
+    # TF32 matmuls and convs on Ampere and newer (PyTorch's default for convs, not for matmuls)
+    cudnn_benchmark: bool = Field(True, json_schema_extra={"bookkeeping": True})
+    tf32: bool = True
+    # a progress line every this many batches (step, loss, lr, img/s, data wait, peak GPU memory), with or without
+    # a terminal: ~a minute of the paper's recipe on one H100 (~18 batches of 128 a second)
+    log_every: Positive = Field(1000, json_schema_extra={"bookkeeping": True})
     seed: int  # the first seed; --seeds N runs seed, seed+1, …
     # false; true: timm's hub weights of this network; timm:NAME: the hub weights of NAME; a path: a local file
     pretrained: Union[bool, str] = False
@@ -171,7 +182,11 @@ class Data(Section):
     random_erasing: float = Field(ge=0, le=1)
     mean: list[float] = Field(min_length=3, max_length=3)
     std: list[float] = Field(min_length=3, max_length=3)
-    workers: int = Field(ge=0)  # loader worker processes (pil pipeline)
+    # loader worker processes per training process (pil pipeline); auto: as many as the CPUs the process may use
+    # (its affinity, shared with the other processes of its job here). Each image's random draws come from its
+    # place in the epoch, so the count changes the speed, not the run.
+    workers: Union[Annotated[int, Field(ge=0)], Literal["auto"]] = Field(
+        "auto", json_schema_extra={"bookkeeping": True})
     # pil: each image read and augmented by timm's transforms in loader workers (any data set);
     # tensor: the set decoded once into a uint8 cache, batches augmented as tensors (small sets; the CPU proxy)
     pipeline: Literal["pil", "tensor"] = "pil"
@@ -263,6 +278,10 @@ def parse(data: Any) -> RoadmapNet | TimmNet:
     return _CONFIG.validate_python(data)
 
 
+# the official ConvNeXt's run_with_submitit.py: 10 CPUs for each GPU's task, its 10 loader workers' worth
+CPUS_PER_GPU_TASK = 10
+
+
 class ClusterProfile(Section):
     """Where and how SLURM jobs run (slurm/*.yaml); see slurm/default.yaml for each field. A field a profile leaves
     out takes the default here, which is default.yaml's (a test holds the two together)."""
@@ -274,7 +293,7 @@ class ClusterProfile(Section):
     nodes: Positive = 1
     gpus_per_node: int = Field(0, ge=0)
     tasks_per_node: Union[Positive, None] = None
-    cpus_per_task: Positive = 2
+    cpus_per_task: Union[Positive, None] = None  # None: CPUS_PER_GPU_TASK with GPUs, 2 without
     mem_gb: Union[Positive, None] = None  # None: the cluster's default
     timeout_min: Positive = 60
     array_parallelism: Positive = 16
@@ -285,9 +304,22 @@ class ClusterProfile(Section):
     def tasks(self) -> int:
         return self.tasks_per_node or max(self.gpus_per_node, 1)
 
+    def cpus(self) -> int:
+        """CPUs per task: as set, or a GPU task's CPUS_PER_GPU_TASK, a CPU job's 2."""
+        return self.cpus_per_task or (CPUS_PER_GPU_TASK if self.gpus_per_node else 2)
 
-def diff(a: BaseModel, b: BaseModel) -> dict[str, tuple[Any, Any]]:
-    """Dotted keys whose values differ between two configs, with (a's value, b's value)."""
+
+def bookkeeping() -> set[str]:
+    """Dotted keys that change how a run reports or how fast it goes, not what it trains (declared on the field):
+    a run's seeds may differ in them."""
+    return {f"{name}.{key}" for name, section in (("train", Train), ("data", Data))
+            for key, field in section.model_fields.items()
+            if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("bookkeeping")}
+
+
+def diff(a: BaseModel, b: BaseModel, trained_only: bool = False) -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose values differ between two configs, with (a's value, b's value); `trained_only`: not the
+    bookkeeping keys."""
     out: dict[str, tuple[Any, Any]] = {}
 
     def walk(x: Any, y: Any, prefix: str) -> None:
@@ -298,4 +330,5 @@ def diff(a: BaseModel, b: BaseModel) -> dict[str, tuple[Any, Any]]:
             out[prefix[:-1]] = (x, y)
 
     walk(a.model_dump(), b.model_dump(), "")
-    return dict(sorted(out.items()))
+    skip = bookkeeping() if trained_only else set()
+    return {k: v for k, v in sorted(out.items()) if k not in skip}

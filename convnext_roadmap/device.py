@@ -55,9 +55,41 @@ def train_device(device: str, world: int) -> torch.device:
     return mine
 
 
+CPUS_VAR = "ROADMAP_CPUS"  # a local launch's share of the cores for each process it starts
+
+
+def cpus_per_process() -> int:
+    """The CPUs this process may use, itself and its loader workers: a local launch's share (ROADMAP_CPUS), a SLURM
+    task's cpus-per-task, or this process's CPU affinity shared with the other ranks of its job on this node."""
+    import os
+
+    for given in (os.environ.get(CPUS_VAR), os.environ.get("SLURM_CPUS_PER_TASK")):
+        if given and given.isdigit() and int(given) > 0:
+            return int(given)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity (macOS)
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def loader_workers(workers: int | str) -> int:
+    """`data.workers` in this process: as given, or (auto) one per CPU it may use."""
+    return cpus_per_process() if workers == "auto" else workers
+
+
 def backend(device: torch.device) -> str:
     """torch.distributed's backend for the device the ranks train on (not for whether the machine has CUDA)."""
     return "nccl" if device.type == "cuda" else "gloo"
+
+
+def configure_backends(train_cfg, device: torch.device) -> None:
+    """On CUDA, cuDNN's autotuner and TF32 as the recipe says (`train.cudnn_benchmark`, `train.tf32`): settings of
+    the process, which trains one run at a time."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = train_cfg.cudnn_benchmark
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = train_cfg.tf32
 
 
 def autocast_dtype(amp: bool | str, device: torch.device) -> tuple[torch.dtype | None, str | None]:

@@ -25,6 +25,7 @@ def run(variants: list[Variant], seeds: list[int], experiment_dir: Path, executo
     plan.check_training(variants, executor.processes)
     executor.check(device)
     plan.check_gpu(variants, device, executor.without_gpu(device))
+    plan.check_workers(variants, *executor.cpus(len(variants) * len(seeds)))
     if tensorboard:
         _check_tensorboard()
     measures = plan.measure(variants, classes)

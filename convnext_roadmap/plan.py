@@ -72,6 +72,17 @@ def check_gpu(variants: list[Variant], device: str, without_gpu: str | None) -> 
                                f"--device cpu to train on the CPU all the same")
 
 
+def check_workers(variants: list[Variant], cpus: int, where: str) -> None:
+    """Loader workers (`data.workers`, pil pipeline) beyond the CPUs each process of a job will have are refused:
+    they would contend for the cores the training needs. `where`: what gives the jobs `cpus` CPUs, in words."""
+    for v in variants:
+        d = v.cfg.data
+        if d is not None and d.pipeline == "pil" and d.workers != "auto" and d.workers > cpus:
+            raise RoadmapError(f"{v.source_of('data.workers')}: data.workers: {d.workers} loader workers per "
+                               f"process, but {where}: give the jobs more CPUs, or --set data.workers=auto (one "
+                               f"per CPU they have)")
+
+
 def check_training(variants: list[Variant], processes: int) -> None:
     """What the schema alone cannot check, as one error line before anything runs: an optimizer timm has not, a
     target batch that the processes of each job cannot reach."""
@@ -102,7 +113,7 @@ def check_conflicts(jobs: list[Job], force: bool = False,
                 recorded = parse(cfg)
             except ValueError:  # queued by a version whose configs this one cannot read: it will fail on its own
                 continue
-            if changes := diff(recorded, new):
+            if changes := diff(recorded, new, trained_only=True):
                 key, (old, value) = next(iter(changes.items()))
                 raise RoadmapError(f"{job.name} seed{seed} is {where} with another config ({key}: {old} → {value}), "
                                    f"and a run's seeds share one; cancel that job first (`roadmap cancel "
@@ -112,7 +123,7 @@ def check_conflicts(jobs: list[Job], force: bool = False,
             path = folder / "config.yaml"
             if not path.exists() or (force and folder in requested) or _nothing_trained(folder):
                 continue
-            changes = diff(read_config(path), new)
+            changes = diff(read_config(path), new, trained_only=True)
             if not changes:
                 continue
             key, (old, value) = next(iter(changes.items()))

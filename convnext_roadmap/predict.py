@@ -12,6 +12,7 @@ from . import results
 from .config import Config
 from .data import (IMAGE_EXTENSIONS, ImageDataset, Split, eval_transform, find_image, load_splits,
                    training_classes)
+from .device import loader_workers
 from .errors import RoadmapError
 from .loading import read_config
 
@@ -39,7 +40,7 @@ def load_run(path: Path, device: torch.device):
 
 def _loader(cfg: Config, split: Split, batch_size: int):
     return torch.utils.data.DataLoader(ImageDataset(split, eval_transform(cfg.data), skip=False), batch_size,
-                                       shuffle=False, num_workers=cfg.data.workers)
+                                       shuffle=False, num_workers=loader_workers(cfg.data.workers))
 
 
 @torch.no_grad()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import numpy as np
@@ -12,6 +13,23 @@ def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def seed_cpu(seed: int) -> None:
+    """Python's, numpy's and torch's CPU generator, not CUDA's (which `torch.manual_seed` would reseed too)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.random.default_generator.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def restored():
+    """The CPU streams as they were before the block, whatever it drew."""
+    outside = get_state()
+    try:
+        yield
+    finally:
+        set_state(outside)
 
 
 def get_state(device: torch.device | None = None) -> dict:
@@ -33,23 +51,3 @@ def set_state(state: dict, device: torch.device | None = None) -> None:
         if isinstance(cuda, (list, tuple)):  # an earlier version kept every visible GPU's
             cuda = cuda[device.index or 0] if (device.index or 0) < len(cuda) else cuda[0]
         torch.cuda.set_rng_state(cuda.cpu(), device)
-
-
-class Streams:
-    """Streams of their own, seeded once, swapped in for the length of each `with` block and kept between blocks,
-    so that what draws inside the blocks and what draws outside them do not shift each other."""
-
-    def __init__(self, seed: int):
-        outside = get_state()
-        seed_all(seed)
-        self.mine = get_state()
-        set_state(outside)
-
-    def __enter__(self):
-        self.outside = get_state()
-        set_state(self.mine)
-
-    def __exit__(self, *exc):
-        self.mine = get_state()
-        set_state(self.outside)
-        return False

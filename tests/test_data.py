@@ -3,6 +3,7 @@ import json
 import logging
 
 import pytest
+import torch
 
 from convnext_roadmap import RoadmapError, resolve_config
 from convnext_roadmap.cli import main
@@ -108,6 +109,61 @@ def test_augmentations_in_this_process_do_not_depend_on_the_network(tmp_path):
 
     a, b = epoch(10), epoch(1000)
     assert len(a) == len(b) > 1 and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def _epoch(cfg, epoch=1, seed=3):
+    train, _, _ = make_loaders(cfg.data, 4, 8, seed=seed)
+    train.set_epoch(epoch)
+    return [x for x, _ in train]
+
+
+def test_an_images_draws_are_its_own_whatever_the_workers(tmp_path):
+    # each image's crop, flip and RandAugment draws come from (seed, epoch, its place): the same with no worker,
+    # with two (persistent) ones, and from a loader made afresh for that epoch, as a resumed run makes it
+    root = make_imagefolder(tmp_path / "d")
+    common = ["data.pipeline=pil", "data.random_erasing=0.5"]
+    alone = resolve_config(recipe="smoke", data=f"imagefolder:{root}", overrides=[*common, "data.workers=0"])
+    two = resolve_config(recipe="smoke", data=f"imagefolder:{root}", overrides=[*common, "data.workers=2"])
+    a, b = _epoch(alone), _epoch(two)
+    assert len(a) == len(b) > 1 and all(torch.equal(x, y) for x, y in zip(a, b))
+    train, _, _ = make_loaders(two.data, 4, 8, seed=3)
+    for epoch in (0, 1):  # the workers kept from epoch 0 make epoch 1 as fresh ones do
+        train.set_epoch(epoch)
+        batches = [x for x, _ in train]
+    assert all(torch.equal(x, y) for x, y in zip(batches, a)) and not torch.equal(_epoch(two, 2)[0], a[0])
+
+
+def test_evaluation_batches_are_timms_normalized_images(tmp_path):
+    # uint8 from the workers, normalized where the run trains: the same numbers as timm's own float transform
+    from timm.data import create_transform
+
+    root = make_imagefolder(tmp_path / "d")
+    cfg = resolve_config(recipe="smoke", data=f"imagefolder:{root}", overrides=["data.pipeline=pil"])
+    d = cfg.data
+    _, val, _ = make_loaders(d, 4, 8, seed=3)
+    timm_tf = create_transform(d.img_size, is_training=False, crop_pct=d.crop_pct, interpolation=d.interpolation,
+                               mean=d.mean, std=d.std)
+    _, val_split = load_splits(d.source)
+    x, y = next(iter(val))
+    expected = torch.stack([timm_tf(__import__("PIL.Image").Image.open(p).convert("RGB"))
+                            for p, _ in val_split.samples[:len(x)]])
+    assert x.dtype == torch.float32 and y.tolist() == [t for _, t in val_split.samples[:len(x)]]
+    torch.testing.assert_close(x, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_random_erasing_on_the_device_erases_one_box_of_2_to_33_percent(tmp_path):
+    root = make_imagefolder(tmp_path / "d", size=48)
+    common = ["data.pipeline=pil", "data.workers=0", "data.img_size=40", "data.auto_augment=null"]
+    kept = _epoch(resolve_config(recipe="smoke", data=f"imagefolder:{root}",
+                                 overrides=[*common, "data.random_erasing=0"]))
+    erased = _epoch(resolve_config(recipe="smoke", data=f"imagefolder:{root}",
+                                   overrides=[*common, "data.random_erasing=1.0"]))
+    for x, y in zip(kept, erased):  # the same crops: only the boxes differ
+        changed = (x != y).any(1)  # N×H×W
+        share = changed.flatten(1).float().mean(1)
+        assert ((share > 0.015) & (share <= 1 / 3 + 0.01)).all()
+        rows, cols = changed.any(2), changed.any(1)  # a box: its bounding rectangle is all changed
+        assert torch.equal(rows.sum(1) * cols.sum(1), changed.flatten(1).sum(1))
 
 
 def test_split_dataclass_is_plain():

@@ -1,4 +1,4 @@
-"""device.py: which precision `train.amp` trains in on a given device."""
+"""device.py: the precision `train.amp` trains in on a given device, the GPU a rank takes, the CPUs a process has."""
 
 import pytest
 import torch
@@ -38,3 +38,40 @@ def test_a_process_alone_keeps_the_current_gpu_and_a_rank_takes_its_own(monkeypa
     monkeypatch.setenv("LOCAL_RANK", str(local_rank))
     device = train_device("auto", world)
     assert device.type == "cuda" and set_to == ([] if want is None else [want]) and device.index == want
+
+
+@pytest.mark.parametrize("env, affinity, want", [
+    ({"ROADMAP_CPUS": "3", "SLURM_CPUS_PER_TASK": "10"}, 16, 3),  # a local launch's share comes first
+    ({"SLURM_CPUS_PER_TASK": "10"}, 64, 10),                      # a SLURM task's cpus-per-task
+    ({"LOCAL_WORLD_SIZE": "4"}, 16, 4),                            # torchrun's 4 ranks share the affinity
+    ({}, 6, 6)])
+def test_workers_auto_is_the_cpus_this_process_may_use(monkeypatch, env, affinity, want):
+    import os
+
+    from convnext_roadmap.device import loader_workers
+
+    for name in ("ROADMAP_CPUS", "SLURM_CPUS_PER_TASK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(affinity)), raising=False)
+    assert loader_workers("auto") == want and loader_workers(5) == 5
+
+
+def test_cudnn_benchmark_and_tf32_follow_the_recipe_on_cuda_only():
+    from types import SimpleNamespace
+
+    from convnext_roadmap.device import configure_backends
+
+    before = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        configure_backends(SimpleNamespace(cudnn_benchmark=True, tf32=True), torch.device("cpu"))
+        assert (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32) == before[:2]
+        configure_backends(SimpleNamespace(cudnn_benchmark=True, tf32=True), torch.device("cuda"))
+        assert torch.backends.cudnn.benchmark and torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32
+        configure_backends(SimpleNamespace(cudnn_benchmark=False, tf32=False), torch.device("cuda"))
+        assert not (torch.backends.cudnn.benchmark or torch.backends.cuda.matmul.allow_tf32
+                    or torch.backends.cudnn.allow_tf32)
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

@@ -36,6 +36,8 @@ def test_no_sbatch_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys)
 def test_profile_flags_override_and_unknown_keys_fail(tmp_path, monkeypatch):
     p, source_of = load_profile("default", {"gpus_per_node": 8, "nodes": 2, "partition": None})
     assert (p.gpus_per_node, p.nodes, p.tasks(), p.timeout_min) == (8, 2, 8, 60)
+    # the default's CPUs: the official run_with_submitit.py's 10 per GPU task; a CPU job's 2
+    assert (p.cpus(), load_profile("default", {})[0].cpus(), load_profile("local", {})[0].cpus()) == (10, 2, 1)
     assert source_of("nodes") == "--nodes" and source_of("cpus_per_task").endswith("slurm/default.yaml")
     bad = tmp_path / "mine.yaml"
     bad.write_text("gpus: 4\n")

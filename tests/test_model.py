@@ -168,3 +168,31 @@ def test_proxy_network_trains_as_with_torchs_convs(monkeypatch):
     for g, e in zip(grads, expected):
         torch.testing.assert_close(g, e, rtol=1e-8, atol=1e-10)
     assert sum(isinstance(m, layers.DepthwiseConv2d) for m in model.modules()) >= 4
+
+
+def _zero_weights(model):
+    return {name for name, p in model.named_parameters() if name.endswith("weight") and not p.detach().any()}
+
+
+def test_resnet_init_is_timms():
+    # the oracle is timm's own ResNet-50, freshly initialised: which of its weights start at zero (each bottleneck's
+    # bn3), read in our names by loading its state dict into our network, and its convs' Kaiming fan-out spread
+    cfg = resolve_config("resnet50", overrides=["block.init=resnet"])
+    torch.manual_seed(0)
+    ours = build_model(cfg)
+    theirs_in_ours = load_timm_state_dict(build_model(resolve_config("resnet50")),
+                                          timm.create_model("resnet50", pretrained=False).state_dict())
+    assert _zero_weights(ours) == _zero_weights(theirs_in_ours) and len(_zero_weights(ours)) == 16
+    conv = ours.stages[2].blocks[1].conv2  # 3×3, 256 → 256: fan-out 256·9, std √(2 / 2304) = 0.0295
+    assert conv.weight.std().item() == pytest.approx((2 / (256 * 9)) ** 0.5, rel=0.02)
+    default = build_model(resolve_config("resnet50")).stages[2].blocks[1].conv2
+    assert default.weight.std().item() == pytest.approx(0.02, rel=0.03)  # truncated at ±2 (not ±2σ): 0.02
+    assert not _zero_weights(build_model(resolve_config("resnet50")))
+
+
+def test_resnet_init_zeroes_each_blocks_last_norm_on_every_layout():
+    for step in ["fewer_norms", "layer_scale"]:  # one norm per block (after the depthwise conv), BN then LN
+        model = build_model(resolve_config(step, overrides=["block.init=resnet", "stages.width_mult=0.25"]))
+        for block in (b for stage in model.stages for b in stage.blocks):
+            norms = [n for n in (block.norm1, block.norm2, block.norm3) if getattr(n, "weight", None) is not None]
+            assert len(norms) == 1 and not norms[0].weight.any()

@@ -198,6 +198,13 @@ def test_table_and_figure_agree_on_every_row(tmp_path, data, monkeypatch, capsys
     (["--executor", "local", "--cpus-per-task", "9"], "--cpus-per-task is for --executor slurm, not local"),
     # the launch's flags are checked before the executor is made (which would say what the machine lacks)
     (["--executor", "local", "--gpus-per-job", "64", "--wait"], "--wait is for --executor slurm, not local"),
+    # loader workers beyond the CPUs each process will have, named with what gives it those CPUs
+    (["--executor", "local", "--threads-per-job", "2", "--set", "data.pipeline=pil", "--set", "data.workers=3"],
+     "--set data.workers=3: data.workers: 3 loader workers per process, but --executor local gives each process "
+     "2 CPU(s) (--threads-per-job)"),
+    (["--executor", "inprocess", "--set", "data.pipeline=pil", "--set", "data.workers=4096"],
+     f"data.workers: 4096 loader workers per process, but this process may use {len(os.sched_getaffinity(0))} "
+     f"CPU(s)"),
     pytest.param(["--executor", "local", "--gpus-per-job", "2"], "--gpus-per-job 2: this machine has 0 GPU(s)",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")),
 ])

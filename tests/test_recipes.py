@@ -115,9 +115,11 @@ def test_the_paper_recipe_itself_runs_to_the_end(tmp_path, photos, capsys):
 
 def test_accumulation_gives_the_losses_of_the_larger_batch(tmp_path, photos):
     # a LayerNorm network (no batch statistics), no mixup, the per-image path in this process: the same images
-    # in the same order with the same augmentations either way
+    # in the same order with the same augmentations either way (each image's draws are its own; the erasing's
+    # noise, drawn a batch at a time on the device, is left out)
     common = ["run", "--steps", "layernorm", "--recipe", "smoke", "--data", f"imagefolder:{photos}",
               "--set", "data.pipeline=pil", "--set", "data.workers=0", "--set", "train.mixup=0",
+              "--set", "data.random_erasing=0",
               "--set", "train.epochs=2", "--seeds", "1", "--executor", "inprocess", "--results", str(tmp_path)]
     assert main([*common, "--experiment", "big", "--set", "train.batch_size=32"]) == 0
     assert main([*common, "--experiment", "accum", "--set", "train.batch_size=8",
@@ -233,3 +235,26 @@ def test_a_recipe_file_needs_no_yaml_suffix(tmp_path, capsys):
     recipe.write_text("inherit: smoke\ntrain:\n  epochs: 3\n")
     assert main(["run", "--steps", "resnet50", "--recipe", str(recipe), "--dry-run"]) == 0
     assert "recipe: 3 epochs" in capsys.readouterr().out
+
+
+def test_stochastic_depth_is_the_bases_and_a_proxy_sets_its_own():
+    # Table 5: ConvNeXt-T trains with stochastic depth 0.1, ConvNeXt-B with 0.5; the paper's recipe takes each
+    # path's from its base, on every step of it
+    for base, rate in [("resnet50", 0.1), ("resnet200", 0.5)]:
+        for step in [base, "large_kernel", "layer_scale"]:
+            assert resolve_config(step, base=base, recipe="paper_in1k", data="synthetic").block.drop_path == rate
+    assert resolve_config("layer_scale", recipe="imagenet_proxy", data="synthetic").block.drop_path == 0.1
+    assert resolve_config("layer_scale", recipe="cpu_proxy", data="synthetic").block.drop_path == 0.0
+
+
+def test_layer_scale_on_every_step_is_one_override():
+    # the reading the paper leaves open: layer scale only on the last step (as here), or from the start
+    from convnext_roadmap import build_model
+    from convnext_roadmap.roadmap import steps
+
+    for step in ["resnet50", *(s.name for s in steps("resnet50"))]:
+        everywhere = build_model(resolve_config(step, overrides=["block.layer_scale=1e-6", "stages.width_mult=0.25"]))
+        gammas = [b.gamma for stage in everywhere.stages for b in stage.blocks]
+        assert all(g is not None and torch.all(g == 1e-6) for g in gammas)
+        last_only = build_model(resolve_config(step, overrides=["stages.width_mult=0.25"]))
+        assert all((b.gamma is not None) == (step == "layer_scale") for s in last_only.stages for b in s.blocks)

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -215,3 +216,47 @@ def test_a_data_parallel_run_resumed_after_a_stop_ends_as_the_straight_one(tmp_p
     for x, y in zip(a, b):
         assert x["train_loss"] == pytest.approx(y["train_loss"], abs=1e-6)
         assert x["val_loss"] == pytest.approx(y["val_loss"], abs=1e-6)
+
+
+def test_progress_lines_come_every_log_every_batches_without_a_terminal(tmp_path, data, capsys):
+    # a SLURM log has no terminal: the lines must come all the same, each with what a user watches a run for
+    assert run_job(_job(tmp_path, data, "logged", overrides=["train.log_every=2"]))["status"] == "completed"
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if re.match(r"\s+epoch \d+ batch ", ln)]
+    assert [ln.split()[1:4] for ln in lines] == [["1", "batch", "2/3"], ["2", "batch", "2/3"], ["3", "batch", "2/3"]]
+    assert all(re.search(r"loss \d+\.\d{3}  lr \d\.\d\de-\d\d  [\d,]+ img/s  data wait \d+%$", ln) for ln in lines)
+
+
+_BN = """
+import datetime, sys
+from types import SimpleNamespace
+import torch, torch.distributed as dist
+from convnext_roadmap.train.loop import Trainer
+rank, init = int(sys.argv[1]), sys.argv[2]
+dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
+model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.BatchNorm2d(2), torch.nn.Flatten(),
+                            torch.nn.Linear(2 * 4 * 4, 2))
+model[1].running_mean.fill_(1.0 + 2 * rank)  # each rank's statistics of its own images
+trainer = Trainer.__new__(Trainer)
+trainer.model, trainer.world, trainer.device, trainer.amp, trainer.classes = model, 2, torch.device("cpu"), None, [0, 1]
+trainer.cfg = SimpleNamespace(train=SimpleNamespace(channels_last=False))
+trainer.val_loader = [(torch.randn(2, 3, 4, 4), torch.tensor([0, 1]))]
+trainer.evaluate(model)
+print(model[1].running_mean.tolist())
+dist.destroy_process_group()
+"""
+
+
+def test_evaluation_under_ddp_takes_the_mean_of_the_ranks_batch_norm_statistics(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ranks = [subprocess.Popen([sys.executable, "-c", _BN, str(rank), f"file://{tmp_path / 'pg'}"],
+                              stdout=subprocess.PIPE, text=True, env=env) for rank in (0, 1)]
+    try:
+        outs = [r.communicate(timeout=120)[0].strip().splitlines()[-1] for r in ranks]
+    finally:
+        for r in ranks:
+            r.kill()
+    assert outs == ["[2.0, 2.0]", "[2.0, 2.0]"]  # (1 + 3) / 2 on both

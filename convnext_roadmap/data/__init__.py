@@ -36,17 +36,21 @@ def augmentation_problem(data_cfg) -> str | None:
 
 
 def make_loaders(data_cfg, train_batch: int, eval_batch: int, seed: int, distributed: tuple[int, int] = (0, 1),
-                 prefetch: bool = False, skipped: SkipRecord | None = None):
+                 device=None, skipped: SkipRecord | None = None):
     """(train loader, val loader, class names). Both loaders yield (images, targets); the train loader's
     `set_epoch(e)` draws that epoch's order (and augmentations) from (seed, e), so that a resumed run sees the same
-    batches as an uninterrupted one and seed k of every network sees the same data. Images that cannot be read or
-    augmented are left out and go to `skipped`."""
+    batches as an uninterrupted one and seed k of every network sees the same data. The per-image pipeline's
+    batches are on `device` (default: the CPU), the tensor pipeline's on the CPU, made in a thread ahead of use
+    when the run trains on a GPU. Images that cannot be read or augmented are left out and go to `skipped`."""
+    import torch
+
     from .tensor import tensor_loaders
     from .pil import image_loaders
 
     train_split, val_split = load_splits(data_cfg.source)
     make = tensor_loaders if data_cfg.pipeline == "tensor" else image_loaders
-    extra = {"prefetch": prefetch} if data_cfg.pipeline == "tensor" else {}
+    device = device or torch.device("cpu")
+    extra = {"prefetch": device.type == "cuda"} if data_cfg.pipeline == "tensor" else {"device": device}
     train, val = make(data_cfg, train_split, val_split, train_batch, eval_batch, seed, *distributed,
                       skipped or SkipRecord(), **extra)
     return train, val, train_split.classes

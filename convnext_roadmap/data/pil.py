@@ -1,19 +1,20 @@
-"""The per-image path, for sets of any size: each image read and augmented by timm's transforms in loader workers."""
+"""The per-image path, for sets of any size: each image read and augmented by timm's transforms in loader workers,
+as uint8; normalized and randomly erased on the device the run trains on, as timm's prefetcher does."""
 
 from __future__ import annotations
 
 import logging
-import random
+from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, ImageOps
 from timm.data import create_transform
 
 from ..errors import RoadmapError
-from ..rng import Streams
+from ..rng import restored, seed_cpu
 from .sources import EpochSampler, SkipRecord, Split
+from .tensor import erase
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,11 @@ class ImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, item):
+        """`item`: an index, or (index, seed) from a `SampleSeeds` sampler: the image's random draws seeded first."""
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        if seed is not None:
+            seed_cpu(seed)
         for offset in range(min(len(self.samples), self.MAX_IN_A_ROW)):
             path, target = self.samples[(index + offset) % len(self.samples)]
             try:
@@ -60,16 +65,18 @@ class ImageDataset(torch.utils.data.Dataset):
                     len(self.skipped))
 
 
-def transforms(data_cfg):
-    """timm's training and evaluation transforms for a `data` config."""
+def transforms(data_cfg, uint8: bool = False):
+    """timm's training and evaluation transforms for a `data` config. `uint8`: as timm's prefetcher takes them (uint8
+    tensors, not normalized, no random erasing: the device does those, `DeviceBatches`)."""
     d = data_cfg
     train = create_transform(d.img_size, is_training=True, scale=tuple(d.crop_scale), hflip=0.5,
                              color_jitter=d.color_jitter, auto_augment=d.auto_augment, re_prob=d.random_erasing,
-                             re_mode="pixel", interpolation=d.interpolation, mean=d.mean, std=d.std)
+                             re_mode="pixel", interpolation=d.interpolation, mean=d.mean, std=d.std,
+                             use_prefetcher=uint8)
     for op in _augment_ops(train):
         if op.name.startswith("Posterize"):
             op.aug_fn = posterize
-    return train, eval_transform(d)
+    return train, eval_transform(d, uint8)
 
 
 def _augment_ops(transform):
@@ -91,54 +98,147 @@ def posterize(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
     return ImageOps.posterize(img, bits_to_keep)
 
 
-def eval_transform(data_cfg):
+def eval_transform(data_cfg, uint8: bool = False):
     d = data_cfg
     return create_transform(d.img_size, is_training=False, crop_pct=d.crop_pct, interpolation=d.interpolation,
-                            mean=d.mean, std=d.std)
+                            mean=d.mean, std=d.std, use_prefetcher=uint8)
 
 
-def _seed_worker(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
+class SampleSeeds:
+    """An EpochSampler whose indices come with a seed each, from (seed, epoch, rank, place in the epoch): an
+    image's crop, flip and RandAugment draws are the same whichever worker makes it, with any number of workers,
+    persistent or not, and again after a resume."""
+
+    def __init__(self, sampler: EpochSampler, seed: int):
+        self.sampler, self.seed, self.epoch = sampler, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        base = ((self.seed * 100_003 + self.epoch) * 65_537 + self.sampler.rank) << 24
+        for place, index in enumerate(self.sampler):
+            yield index, (base + place) % 2**63
 
 
 class EpochLoader(torch.utils.data.DataLoader):
-    """A DataLoader whose order and whose workers' random streams are drawn from (seed, epoch): the same on every
-    run of that seed, whatever the network, and again after a resume."""
-
-    def __init__(self, dataset, batch_size: int, sampler: EpochSampler, seed: int, **kwargs):
-        super().__init__(dataset, batch_size, sampler=sampler, generator=torch.Generator(), **kwargs)
-        self.seed = seed
+    """A DataLoader of `SampleSeeds`: its order and its images' random draws come from (seed, epoch), the same on
+    every run of that seed, whatever the network, and again after a resume."""
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)  # each DDP rank (sampler.rank) draws its own augmentations
-        self.generator.manual_seed(self.seed * 100_003 + epoch + 7 + self.sampler.rank * 7_919_000)
 
     def __iter__(self):
-        if self.num_workers > 0:  # each worker's streams are seeded from the generator (_seed_worker)
+        if self.num_workers > 0:
             yield from super().__iter__()
             return
-        # In this process timm's transforms draw from the global generators, which the network draws from too
-        # (its init, drop path): they get streams of their own, seeded from (seed, epoch) as a worker's are.
-        streams, batches = Streams(self.generator.initial_seed()), super().__iter__()
+        # In this process the draws reseed the global CPU generators, which the network draws from too (its init,
+        # drop path): they are put back after each batch.
+        batches = super().__iter__()
         while True:
-            with streams:
+            with restored():
                 batch = next(batches, None)
             if batch is None:
                 return
             yield batch
 
 
+class DeviceBatches:
+    """A loader's uint8 batches as normalized float batches on `device`, randomly erased with chance `erasing`:
+    timm's PrefetchLoader (the copy on a side stream on CUDA, the next batch's while the current one trains,
+    normalization and erasing on the device), with the erasing drawn from (seed, epoch, rank) rather than from
+    the global streams, which the network draws from too, so that seed k of every network sees the same boxes."""
+
+    def __init__(self, loader, data_cfg, device: torch.device, seed: int = 0, rank: int = 0, erasing: float = 0.0):
+        self.loader, self.device, self.seed, self.rank, self.erasing = loader, device, seed, rank, erasing
+        self.mean = torch.tensor([255 * m for m in data_cfg.mean], device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor([255 * s for s in data_cfg.std], device=device).view(1, 3, 1, 1)
+        self.epoch, self.stream = 0, None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+        self.epoch = epoch
+
+    @property
+    def sampler(self):
+        return self.loader.sampler
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def _ready(self, x, y, g, noise):
+        x = x.to(self.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
+        y = y.to(self.device, non_blocking=True)
+        return (erase(x, self.erasing, g, noise) if self.erasing > 0 else x), y
+
+    def __iter__(self):
+        key = self.seed * 100_003 + self.epoch + 13 + self.rank * 7_919_000
+        g = torch.Generator().manual_seed(key)
+        noise = torch.Generator(device=self.device).manual_seed(key)
+        cuda = self.device.type == "cuda"
+        if cuda and self.stream is None:  # one for the loader's life: the allocator pools memory per stream
+            self.stream = torch.cuda.Stream(self.device)
+        consumer = torch.cuda.current_stream(self.device) if cuda else None
+        pending = None
+        for x, y in self.loader:
+            if cuda:  # memory the consumer freed may be reused below: not before its queued work is done
+                self.stream.wait_stream(consumer)
+            with torch.cuda.stream(self.stream) if cuda else nullcontext():
+                batch = self._ready(x, y, g, noise)
+            if pending is not None:
+                yield pending
+            if cuda:
+                consumer = torch.cuda.current_stream(self.device)
+                consumer.wait_stream(self.stream)
+                for t in batch:  # made on the side stream, used on the consumer's
+                    t.record_stream(consumer)
+            pending = batch
+        if pending is not None:
+            yield pending
+
+
 def image_loaders(data_cfg, train_split: Split, val_split: Split, train_batch: int, eval_batch: int, seed: int,
-                  rank: int, world: int, skipped: SkipRecord):
-    train_tf, val_tf = transforms(data_cfg)
+                  rank: int, world: int, skipped: SkipRecord, device: torch.device = torch.device("cpu")):
+    from timm.data.loader import fast_collate
+
+    from ..device import loader_workers
+
+    train_tf, val_tf = transforms(data_cfg, uint8=True)
     train_set = ImageDataset(train_split, train_tf, record=skipped)
     val_set = ImageDataset(val_split, val_tf, record=skipped)
     val_sampler = torch.utils.data.distributed.DistributedSampler(val_set, world, rank, shuffle=False) \
         if world > 1 else None
-    common = dict(num_workers=data_cfg.workers, worker_init_fn=_seed_worker, pin_memory=torch.cuda.is_available())
-    train = EpochLoader(train_set, train_batch, EpochSampler(len(train_set), seed, rank, world), seed,
-                        drop_last=True, **common)
+    workers = loader_workers(data_cfg.workers)
+    # uint8 through the workers' shared memory (a quarter of float32's bytes), pinned for an asynchronous copy;
+    # the workers kept between epochs, not forked again for each
+    common = dict(num_workers=workers, collate_fn=fast_collate, pin_memory=device.type == "cuda",
+                  persistent_workers=workers > 0)
+    train = EpochLoader(train_set, train_batch, sampler=SampleSeeds(EpochSampler(len(train_set), seed, rank, world),
+                                                                    seed), drop_last=True, **common)
     val = torch.utils.data.DataLoader(val_set, eval_batch, sampler=val_sampler, **common)
-    return train, val
+    return (DeviceBatches(train, data_cfg, device, seed, rank, data_cfg.random_erasing),
+            DeviceBatches(_Epochless(val), data_cfg, device))
+
+
+class _Epochless:
+    """An evaluation loader: the same batches every time."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    @property
+    def sampler(self):
+        return self.loader.sampler
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        return iter(self.loader)

@@ -158,7 +158,7 @@ class BatchAugment:
         if self.rand is not None:
             x = self._rand_augment(x, g)
         x = (x / 255 - self.mean) / self.std
-        return self._erase(x, g) if self.erasing > 0 else x
+        return erase(x, self.erasing, g) if self.erasing > 0 else x
 
     def _crop_and_flip(self, n: int, side: int, g: torch.Generator) -> torch.Tensor:
         """timm's RandomResizedCrop draws (area in scale, log-uniform ratio in [3/4, 4/3], the first of 10 tries
@@ -275,26 +275,31 @@ class BatchAugment:
         return F.grid_sample(x - self.fill, grid, mode=self.mode, padding_mode="zeros",
                              align_corners=False) + self.fill
 
-    def _erase(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """timm's RandomErasing (mode pixel, one box): with chance p, a box of 2-33% of the image, log-uniform
-        aspect in [0.3, 3.3], the first of 10 tries that fits, filled with normal noise."""
-        n, _, hgt, wid = x.shape
-        chosen = torch.rand(n, generator=g) < self.erasing
-        area = hgt * wid * (0.02 + (1 / 3 - 0.02) * torch.rand(n, 10, generator=g))
-        ratio = torch.exp(math.log(0.3) + (math.log(1 / 0.3) - math.log(0.3)) * torch.rand(n, 10, generator=g))
-        h, w = (area * ratio).sqrt().round(), (area / ratio).sqrt().round()
-        fits = (w < wid) & (h < hgt)
-        first = fits.float().argmax(1, keepdim=True)
-        h, w = h.gather(1, first), w.gather(1, first)
-        top = (torch.rand(n, 1, generator=g) * (hgt - h + 1)).floor()
-        left = (torch.rand(n, 1, generator=g) * (wid - w + 1)).floor()
-        rows, cols = torch.arange(hgt).view(1, -1), torch.arange(wid).view(1, -1)
-        inside = ((rows >= top) & (rows < top + h)).unsqueeze(2) & ((cols >= left) & (cols < left + w)).unsqueeze(1)
-        inside &= (chosen & fits.any(1)).view(n, 1, 1)
-        erased = inside.flatten(1).any(1).nonzero()[:, 0]
-        x[erased] = torch.where(inside[erased].unsqueeze(1), torch.randn((len(erased), *x.shape[1:]), generator=g),
-                                x[erased])
-        return x
+
+def erase(x: torch.Tensor, probability: float, g: torch.Generator, noise: torch.Generator | None = None):
+    """timm's RandomErasing (mode pixel, one box) on a normalized batch, in place: with chance p, a box of 2-33% of
+    the image, log-uniform aspect in [0.3, 3.3], the first of 10 tries that fits, filled with normal noise. The
+    boxes are drawn from `g` (on the CPU), the noise from `noise` on x's device (default: `g`)."""
+    n, _, hgt, wid = x.shape
+    chosen = torch.rand(n, generator=g) < probability
+    area = hgt * wid * (0.02 + (1 / 3 - 0.02) * torch.rand(n, 10, generator=g))
+    ratio = torch.exp(math.log(0.3) + (math.log(1 / 0.3) - math.log(0.3)) * torch.rand(n, 10, generator=g))
+    h, w = (area * ratio).sqrt().round(), (area / ratio).sqrt().round()
+    fits = (w < wid) & (h < hgt)
+    first = fits.float().argmax(1, keepdim=True)
+    h, w = h.gather(1, first), w.gather(1, first)
+    top = (torch.rand(n, 1, generator=g) * (hgt - h + 1)).floor()
+    left = (torch.rand(n, 1, generator=g) * (wid - w + 1)).floor()
+    # which samples are erased is known here, on the CPU: a batch on a GPU is never waited for
+    erased = (chosen & fits.any(1) & (h[:, 0] > 0) & (w[:, 0] > 0)).nonzero()[:, 0]
+    top, left, h, w = (t[erased].to(x.device, non_blocking=True) for t in (top, left, h, w))
+    erased = erased.to(x.device, non_blocking=True)
+    rows = torch.arange(hgt, device=x.device).view(1, -1)
+    cols = torch.arange(wid, device=x.device).view(1, -1)
+    inside = ((rows >= top) & (rows < top + h)).unsqueeze(2) & ((cols >= left) & (cols < left + w)).unsqueeze(1)
+    fill = torch.randn((len(erased), *x.shape[1:]), generator=noise or g, device=x.device, dtype=x.dtype)
+    x[erased] = torch.where(inside.unsqueeze(1), fill, x[erased])
+    return x
 
 
 # ------------------------------------------------------------------------------------------------- loaders

@@ -92,6 +92,14 @@ class Executor:
 
         return None if pick_device(device).type == "cuda" else f"--device {device}: this machine has no CUDA device"
 
+    def cpus(self, jobs: int | None = None) -> tuple[int, str]:
+        """The CPUs each process of a job will have (for itself and its loader workers), and what decides it in
+        words, naming the flag or profile field: in this process, the CPUs it may use."""
+        from ..device import cpus_per_process
+
+        n = cpus_per_process()
+        return n, f"this process may use {n} CPU(s)"
+
     def check(self, device: str) -> None:
         """Refuse, before anything runs, what could never run where the jobs go (one RoadmapError line); jobs on
         this machine: a device it has not."""

@@ -86,6 +86,11 @@ class Local(Executor):
         alone gets them all)."""
         return self.threads_per_job or max(1, (os.cpu_count() or 1) // (self.slots(jobs) * self.tasks))
 
+    def cpus(self, jobs: int | None = None) -> tuple[int, str]:
+        n, why = self.threads(jobs), "--threads-per-job" if self.threads_per_job else \
+            f"this machine's {os.cpu_count()} cores shared by {self.slots(jobs)} job(s) × {self.tasks} process(es)"
+        return n, f"--executor local gives each process {n} CPU(s) ({why})"
+
     def describe(self, jobs: int | None = None) -> str:
         if self.gpus:
             return f"{self.slots(jobs)} job(s) at once, {self.gpus_per_job} GPU(s) each"
@@ -190,8 +195,11 @@ class Local(Executor):
                                    gpus_per_node=len(gpus), visible_gpus=gpus)
         # through the environment the job inherits, not submitit's `setup` lines: those put a shell between the
         # job's handle and its controller, and cancelling the handle would then leave the job training
-        previous = os.environ.get("OMP_NUM_THREADS")
-        os.environ["OMP_NUM_THREADS"] = str(threads)
+        from ..device import CPUS_VAR
+
+        given = {"OMP_NUM_THREADS": str(threads), CPUS_VAR: str(threads)}  # CPU threads; loader workers (auto)
+        previous = {name: os.environ.get(name) for name in given}
+        os.environ.update(given)
         # a launch from a script's background ignores SIGINT, and its children would inherit that; but SIGINT is
         # how a submitit controller is cancelled. A handler that does nothing is not inherited (exec resets it),
         # so the controller starts with Python's own, and this process goes on ignoring Ctrl-C meanwhile.
@@ -206,10 +214,11 @@ class Local(Executor):
         finally:
             if ignored:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
-            if previous is None:
-                del os.environ["OMP_NUM_THREADS"]
-            else:
-                os.environ["OMP_NUM_THREADS"] = previous
+            for name, value in previous.items():
+                if value is None:
+                    del os.environ[name]
+                else:
+                    os.environ[name] = value
 
     @staticmethod
     def states(records: list[dict]) -> dict[str, JobState]:

@@ -105,9 +105,9 @@ class Slurm(Executor):
             raise RoadmapError(f"{self.source_of('gpus_per_node')}: gpus_per_node: 0, but --device {device} trains "
                                f"on a GPU (--gpus-per-node N)")
 
-        cpus = p.cpus_per_task * p.tasks()
+        cpus = p.cpus() * p.tasks()
         if limits["cpus"] and cpus > limits["cpus"]:
-            refuse("cpus_per_task", f"{p.cpus_per_task} CPU(s) × {p.tasks()} task(s) per node = {cpus}, but the "
+            refuse("cpus_per_task", f"{p.cpus()} CPU(s) × {p.tasks()} task(s) per node = {cpus}, but the "
                                     f"nodes of {where} have at most {limits['cpus']}")
         if p.mem_gb and limits["mem_mb"] and p.mem_gb * 1024 > limits["mem_mb"]:
             refuse("mem_gb", f"{p.mem_gb} GB per node, but the nodes of {where} have at most "
@@ -119,6 +119,12 @@ class Slurm(Executor):
             refuse("nodes", f"{p.nodes} nodes, but {where} has {limits['nodes']}")
         if limits["max_min"] is not None and p.timeout_min > limits["max_min"]:
             refuse("timeout_min", f"{p.timeout_min} min, but {where} allows at most {limits['max_min']} min")
+
+    def cpus(self, jobs: int | None = None) -> tuple[int, str]:
+        p = self.profile
+        said = f"cpus_per_task: {p.cpus_per_task}" if p.cpus_per_task else \
+            f"cpus_per_task: null, {p.cpus()} per task {'with' if p.gpus_per_node else 'without'} GPUs"
+        return p.cpus(), f"{self.source_of('cpus_per_task')}: {said}"
 
     def without_gpu(self, device: str) -> str | None:
         if self.profile.gpus_per_node:
@@ -133,11 +139,11 @@ class Slurm(Executor):
         extra = dict(p.additional_parameters)
         executor.update_parameters(
             job_name=f"roadmap-{self.experiment_dir.name}", nodes=p.nodes, ntasks_per_node=p.tasks(),
-            cpus_per_task=p.cpus_per_task, time=p.timeout_min, array_parallelism=p.array_parallelism,
+            cpus_per_task=p.cpus(), time=p.timeout_min, array_parallelism=p.array_parallelism,
             signal_delay_s=p.signal_delay_s,
             # torch would take a thread per core of the node, not of the job: oversubscribed, the jobs sharing a
             # node spin against each other (an epoch 40× slower on the local cluster's two nodes of two CPUs)
-            setup=[f"export OMP_NUM_THREADS={p.cpus_per_task}"],
+            setup=[f"export OMP_NUM_THREADS={p.cpus()}"],
             **({"gpus_per_node": p.gpus_per_node} if p.gpus_per_node else {}),
             **({"mem": f"{p.mem_gb}GB"} if p.mem_gb else {}),
             **{k: getattr(p, k) for k in ("partition", "account", "qos", "constraint") if getattr(p, k)},

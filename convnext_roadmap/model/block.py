@@ -49,6 +49,13 @@ class Block(nn.Module):
         self.act_out = make_act(act if "output" in act_at else "none")
         self.out_channels = c
 
+    def zero_init_last(self) -> None:
+        """The scale of the branch's last norm to zero, where it has one: the block starts as its shortcut."""
+        for norm in (self.norm3, self.norm2, self.norm1):
+            if getattr(norm, "weight", None) is not None:
+                nn.init.zeros_(norm.weight)
+                return
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.shortcut(x)
         x = self.act1(self.norm1(self.conv1(x)))

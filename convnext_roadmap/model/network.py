@@ -85,7 +85,7 @@ class Network(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.num_features = c
         self.head = Head(c, num_classes, cfg.head.norm, cfg.head.dropout)
-        self.apply(_init_weights)
+        INITS[b.init](self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
@@ -94,12 +94,25 @@ class Network(nn.Module):
         return self.head(self.forward_features(x))
 
 
-def _init_weights(m: nn.Module) -> None:
+def _trunc_normal(m: nn.Module) -> None:
     # The paper trains every step with the same recipe, truncated-normal init included (Table 5).
     if isinstance(m, (nn.Conv2d, nn.Linear)):
         trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
+
+
+def _resnet(network: nn.Module) -> None:
+    # timm's ResNet.init_weights: the convs' weights Kaiming-normal (fan-out), the rest as torch made it, and each
+    # block's branch starting at zero (its last norm's scale)
+    for m in network.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if isinstance(m, Block):
+            m.zero_init_last()
+
+
+INITS = {"trunc_normal": lambda net: net.apply(_trunc_normal), "resnet": _resnet}  # block.init
 
 
 @functools.singledispatch

@@ -135,7 +135,8 @@ def _train(job: Job, out: Path, rank: int, world: int) -> dict:
         for epoch in range(start, t.epochs):
             tick = time.time()
             with progress_bar(len(trainer.train_loader), f"{job.name} s{job.seed} {epoch + 1}/{t.epochs}") as bar:
-                trained = trainer.train_epoch(epoch, bar, board.step if board else None)
+                trained = trainer.train_epoch(epoch, bar, board.step if board else None,
+                                              say=(bar.write if not bar.disable else _print) if rank == 0 else None)
             metrics = {"epoch": epoch + 1, **trained, **trainer.evaluate(trainer.model),
                        "lr": trainer.optimizer.param_groups[0]["lr"], "epoch_s": time.time() - tick}
             if trainer.ema is not None:
@@ -165,6 +166,10 @@ def _train(job: Job, out: Path, rank: int, world: int) -> dict:
     if rank == 0:
         results.write_json(out / "summary.json", done)
     return done
+
+
+def _print(text: str) -> None:
+    print(text, flush=True)
 
 
 def _say(rank: int, text: str) -> None:

@@ -12,9 +12,11 @@ import torch
 import torch.nn as nn
 
 from ..config import Config
-from ..device import autocast_dtype
+from ..device import autocast_dtype, configure_backends
 from ..errors import RoadmapError
 from .schedule import build_schedule
+
+SYNC_EVERY = 50  # batches between the loss's checks on a GPU (each waits for the device)
 
 
 def build_optimizer(model: nn.Module, t, lr: float) -> torch.optim.Optimizer:
@@ -58,8 +60,9 @@ class Trainer:
 
         t, self.cfg, self.device, self.rank, self.world = cfg.train, cfg, device, rank, world
         self.cuda = device.type == "cuda"
+        configure_backends(t, device)
         self.train_loader, self.val_loader, self.classes = make_loaders(
-            cfg.data, t.batch_size, t.batch_size * 2, seed, (rank, world), prefetch=self.cuda, skipped=skipped)
+            cfg.data, t.batch_size, t.batch_size * 2, seed, (rank, world), device=device, skipped=skipped)
         self.model = build_model(cfg, len(self.classes))
         self.notes = load_initial_weights(self.model, cfg) if t.pretrained else []
         self.notes += [note] if (note := input_size_note(cfg)) else []
@@ -98,16 +101,18 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
 
-    def train_epoch(self, epoch: int, progress, on_step=None) -> dict[str, float]:
+    def train_epoch(self, epoch: int, progress, on_step=None, say=None) -> dict[str, float]:
         """One pass over the training split: its mean loss, and its images per second (all processes, data
         loading included) as the table's throughput. Every `accum` micro-batches make one optimizer step; DDP
-        all-reduces the gradients only on the last of them."""
+        all-reduces the gradients only on the last of them. Every `train.log_every` batches, `say` gets a progress
+        line; the host waits for the device only then and every SYNC_EVERY batches (the loss's check)."""
         self.model.train()
         self.train_loader.set_epoch(epoch)
         micro = len(self.train_loader)
         total, count, start = torch.zeros((), device=self.device), 0, time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         waited, tick = 0.0, start
+        window = _Window(start, self.cuda, self.device)
         for i, (x, y) in enumerate(self.train_loader):
             waited += time.perf_counter() - tick  # loading and augmenting, not overlapped with training
             x, y = self._to_device(x, y)
@@ -119,23 +124,14 @@ class Trainer:
                 with self.autocast():
                     logits = self.forward(x)
                     loss = self.criterion(logits, y)
-                if self.world == 1 and (not self.cuda or (i + 1) % 50 == 0) and not torch.isfinite(loss):
+                if self.world == 1 and (not self.cuda or (i + 1) % SYNC_EVERY == 0) and not torch.isfinite(loss):
                     raise RuntimeError(f"the loss is {loss.item()} at epoch {epoch + 1}, step {i + 1}")
                 scaled = loss / group
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             if self.amp:
                 self.autocast_dtype = logits.dtype
             if last:
-                if self.scaler is not None:
-                    self.scaler.unscale_(self.optimizer)  # so that the clipping sees the true gradients
-                if self.cfg.train.clip_grad is not None:
-                    nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_grad)
-                if self.scaler is not None:
-                    self.scaler.step(self.optimizer)  # skipped where a gradient overflowed
-                    self.scaler.update()
-                else:
-                    self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                self._step()
                 step = epoch * self.steps_per_epoch + i // self.accum + 1
                 self.scheduler.step_update(step)
                 if self.ema is not None:
@@ -144,10 +140,14 @@ class Trainer:
                     on_step(step, loss, self.optimizer.param_groups[0]["lr"])
             total += loss.detach() * len(x)
             count += len(x)
-            if not progress.disable:  # a loss.item() every step would wait for the GPU every step
+            lr = self.optimizer.param_groups[0]["lr"]
+            if not progress.disable:
                 progress.update(1)
-                progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                if (i + 1) % SYNC_EVERY == 0:  # a loss.item() every batch would wait for the GPU every batch
+                    progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
             tick = time.perf_counter()
+            if say is not None and (i + 1) % self.cfg.train.log_every == 0:
+                say(window.line(epoch, i + 1, micro, loss, lr, count * self.world, waited, tick))
         seconds = time.perf_counter() - start
         mean = self._reduce(total, count)  # the same on every rank: they stop together
         if not math.isfinite(mean):
@@ -155,10 +155,25 @@ class Trainer:
         return {"train_loss": mean, "train_img_s": count * self.world / seconds, "train_s": seconds,
                 "data_s": waited}
 
+    def _step(self) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # so that the clipping sees the true gradients
+        if self.cfg.train.clip_grad is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_grad)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped where a gradient overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        from timm.utils import accuracy
+        from timm.utils import accuracy, distribute_bn
 
+        if self.world > 1 and model is self.model:
+            # each rank's batch-norm statistics are its own images': their mean, as timm's --dist-bn reduce
+            distribute_bn(model, self.world, reduce=True)
         model.eval()
         sums = torch.zeros(4, device=self.device, dtype=torch.float64)  # loss, top-1, top-5, count
         for x, y in self.val_loader:
@@ -167,8 +182,8 @@ class Trainer:
                 logits = model(x)
             loss = nn.functional.cross_entropy(logits.float(), y, reduction="sum")
             top1, top5 = accuracy(logits, y, topk=(1, min(5, len(self.classes))))
-            sums += torch.tensor([loss.item(), top1.item() * len(x) / 100, top5.item() * len(x) / 100, len(x)],
-                                 device=self.device, dtype=torch.float64)
+            n = torch.tensor(float(len(x)), device=self.device, dtype=torch.float64)
+            sums += torch.stack([loss.double(), top1.double() * n / 100, top5.double() * n / 100, n])
         if self.world > 1:
             torch.distributed.all_reduce(sums)
         loss, top1, top5, n = sums.tolist()
@@ -180,6 +195,22 @@ class Trainer:
             torch.distributed.all_reduce(both)
             return (both[0] / both[1]).item()
         return (total / max(count, 1)).item()
+
+
+class _Window:
+    """The progress line's figures since the line before: images per second, the share spent waiting for data."""
+
+    def __init__(self, start: float, cuda: bool, device: torch.device):
+        self.time, self.images, self.waited, self.cuda, self.device = start, 0, 0.0, cuda, device
+
+    def line(self, epoch: int, batch: int, batches: int, loss, lr: float, images: int, waited: float,
+             now: float) -> str:
+        seconds = max(now - self.time, 1e-9)
+        rate, wait = (images - self.images) / seconds, (waited - self.waited) / seconds
+        self.time, self.images, self.waited = now, images, waited
+        memory = f"  peak {torch.cuda.max_memory_allocated(self.device) / 2**30:.1f} GiB" if self.cuda else ""
+        return (f"      epoch {epoch + 1} batch {batch}/{batches}  loss {loss.item():.3f}  lr {lr:.2e}  "
+                f"{rate:,.0f} img/s  data wait {100 * wait:.0f}%{memory}")
 
 
 def progress_bar(total: int, desc: str):
