@@ -158,6 +158,17 @@ def cmd_bench(args) -> None:
     _print_frame(pd.DataFrame(rows), args.format)
 
 
+def cmd_doctor(args) -> int:
+    from .doctor import Doctor
+
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    doctor = Doctor(device, args.data, say=lambda line: print(line, flush=True))  # a device not here: one line
+    print(f"# roadmap doctor --device {device}" + (f" --data {args.data}" if args.data else ""), flush=True)
+    return doctor.run()
+
+
 def _results_root(args) -> Path:
     # absolute: job records keep their run folders' paths, which later commands read from any folder
     return Path(args.results).resolve() if args.results else Path.cwd() / "results"
@@ -338,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", action="store_true", help="bf16 autocast, as the paper's recipe trains (any device)")
     _format(p)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("doctor", help="check that this machine trains the paper's recipe as it should (≤ 5 min)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="the device to check (default: cuda where there is one)")
+    p.add_argument("--data", metavar="SPEC", help="time the data path on these images (default: generated JPEGs)")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("run", help="train every step (up to --upto), then write the table and the plots")
     _selection(p, "train the path up to this step (default: all of it)", modes=True)

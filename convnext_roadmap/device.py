@@ -73,6 +73,20 @@ def cpus_per_process() -> int:
     return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what platform knows."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def loader_workers(workers: int | str) -> int:
     """`data.workers` in this process: as given, or (auto) one per CPU it may use."""
     return cpus_per_process() if workers == "auto" else workers

@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from convnext_roadmap.cli import main
 
@@ -104,3 +105,27 @@ def test_a_reader_that_stops_early_is_no_traceback():
     result = subprocess.run(f"{sys.executable} -m convnext_roadmap.cli steps | true", shell=True,
                             capture_output=True, text=True)
     assert result.stderr == ""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
+def test_doctor_on_cuda_without_a_gpu_is_one_line_exit_2(capsys):
+    assert main(["doctor", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err == "roadmap: error: --device cuda: no CUDA device is available here\n"
+
+
+@pytest.mark.slow
+def test_doctor_on_the_cpu_passes_here_with_a_gpu_named_that_is_not_here(tmp_path):
+    # CUDA_VISIBLE_DEVICES names a GPU this machine has not: the CPU checks must not care
+    import os
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "3", "ROADMAP_CACHE": str(tmp_path / "cache"),
+           "TMPDIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "convnext_roadmap.cli", "doctor", "--device", "cpu"], env=env,
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, done.stdout + done.stderr
+    verdicts = [ln.split()[0] for ln in lines[1:-1]]
+    assert set(verdicts) <= {"PASS", "INFO"} and verdicts.count("PASS") == 4, lines  # two ends, resume, DDP
+    assert "CUDA_VISIBLE_DEVICES=3" in done.stdout and lines[-1] == "every check passed"
+    assert not list(tmp_path.glob("roadmap-doctor-*"))  # its scratch folder is gone

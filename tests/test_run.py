@@ -52,9 +52,11 @@ def _job(tmp_path, data, name, stop_after=None, overrides=()):
                device="cpu", stop_after=stop_after)
 
 
-@pytest.mark.parametrize("amp", ["false", "fp16"])  # fp16: its loss scale is in the checkpoint too
-def test_resume_gives_the_same_run(tmp_path, data, amp):
-    overrides = [f"train.amp={amp}"]
+@pytest.mark.parametrize("amp, pipeline", [("false", "tensor"), ("fp16", "tensor"), ("false", "pil")])
+def test_resume_gives_the_same_run(tmp_path, data, amp, pipeline):
+    # fp16: its loss scale is in the checkpoint too; pil: two persistent loader workers, started in epoch 1 by the
+    # straight run and in epoch 2 by the resumed one, must not shift the network's random draws
+    overrides = [f"train.amp={amp}", f"data.pipeline={pipeline}", "data.workers=2"]
     straight = run_job(_job(tmp_path, data, "straight", overrides=overrides))
     assert run_job(_job(tmp_path, data, "resumed", 1, overrides))["status"] == "interrupted"
     assert [m["epoch"] for m in read_metrics(tmp_path / "resumed")] == [1]
@@ -260,3 +262,26 @@ def test_evaluation_under_ddp_takes_the_mean_of_the_ranks_batch_norm_statistics(
         for r in ranks:
             r.kill()
     assert outs == ["[2.0, 2.0]", "[2.0, 2.0]"]  # (1 + 3) / 2 on both
+
+
+def test_a_gpu_epoch_reads_the_loss_back_only_every_sync_every_batches(tmp_path, data, monkeypatch):
+    # each .item() makes the host wait for the GPU: on a terminal the progress bar used to ask for one per batch.
+    # The CPU stands in for the GPU here (the flag the loop keys on), with a progress bar on, as on a terminal.
+    import io
+
+    from tqdm import tqdm
+
+    from convnext_roadmap.train import loop
+
+    cfg = resolve_config("patchify_stem", recipe="smoke", data=f"imagefolder:{data}",
+                         overrides=["train.batch_size=2", "train.mixup=0.2"])
+    trainer = loop.Trainer(cfg, 0, torch.device("cpu"))
+    trainer.cuda = True
+    monkeypatch.setattr(loop, "SYNC_EVERY", 4)
+    reads = []
+    item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append(1) or item(t))
+    batches = len(trainer.train_loader)
+    with tqdm(total=batches, file=io.StringIO(), disable=False) as bar:
+        trainer.train_epoch(0, bar)
+    assert batches >= 12 and len(reads) == batches // 4 + 1  # the bar every 4th batch, the epoch's mean once

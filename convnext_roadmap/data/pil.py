@@ -217,9 +217,12 @@ def image_loaders(data_cfg, train_split: Split, val_split: Split, train_batch: i
     # the workers kept between epochs, not forked again for each
     common = dict(num_workers=workers, collate_fn=fast_collate, pin_memory=device.type == "cuda",
                   persistent_workers=workers > 0)
+    # a generator of their own: a loader starting its workers draws their base seed from it, and from the global
+    # stream otherwise, which would shift the network's draws by whether (and when) the workers were started
     train = EpochLoader(train_set, train_batch, sampler=SampleSeeds(EpochSampler(len(train_set), seed, rank, world),
-                                                                    seed), drop_last=True, **common)
-    val = torch.utils.data.DataLoader(val_set, eval_batch, sampler=val_sampler, **common)
+                                                                    seed), drop_last=True, generator=torch.Generator(),
+                        **common)
+    val = torch.utils.data.DataLoader(val_set, eval_batch, sampler=val_sampler, generator=torch.Generator(), **common)
     return (DeviceBatches(train, data_cfg, device, seed, rank, data_cfg.random_erasing),
             DeviceBatches(_Epochless(val), data_cfg, device))
 

@@ -37,6 +37,7 @@ def summary(job: Job, cfg: Config, trainer, history: list[dict], best: float, wa
         "lr_rule": f"{cfg.train.lr:g} × {trainer.effective_batch} / {cfg.train.base_batch_size} (linear)",
         "autocast": str(trainer.autocast_dtype).removeprefix("torch.") if trainer.autocast_dtype else None,
         "channels_last": is_channels_last(trainer.model),
+        "fused_optimizer": bool(trainer.optimizer.defaults.get("fused")),
         "processes": world, "hosts": hosts(world), "pretrained": cfg.train.pretrained, "notes": notes,
         "skipped_images": skipped,
         "wall_s": wall,
@@ -62,10 +63,13 @@ def is_channels_last(model: nn.Module) -> bool:
 
 
 def hardware(device: torch.device) -> dict:
-    hw = {"device": str(device), "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+    from ..device import cpu_name
+
+    hw = {"device": str(device), "cpu": cpu_name(), "cpus": os.cpu_count(),
           "torch_threads": torch.get_num_threads(), "host": platform.node()}
     if device.type == "cuda":
         hw["gpu"] = torch.cuda.get_device_name(device)
+        hw["visible_gpus"] = os.environ.get("CUDA_VISIBLE_DEVICES")  # what this process was given, as given
     return hw
 
 
