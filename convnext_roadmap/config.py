@@ -73,8 +73,8 @@ class Block(Section):
     layer_scale: Union[Annotated[float, Field(gt=0)], None] = None  # initial value of a learnable per-channel scale
     drop_path: Probability = 0.0  # stochastic depth of the last block; rises linearly from 0 over the blocks
     # the initial weights of the whole network. trunc_normal: every conv and linear truncated-normal, std 0.02,
-    # as the paper trains every step (Table 5); resnet: timm's ResNet init (Kaiming-normal convs, fan-out; the last
-    # norm of each block's branch zero, so that each block starts as its shortcut)
+    # as the paper trains every step (Table 5); resnet: timm's ResNet init (Kaiming-normal convs, fan-out; the scale
+    # of each block's last norm zero, so that a ResNet block, whose branch ends in it, starts as its shortcut)
     init: Literal["trunc_normal", "resnet"] = "trunc_normal"
 
     @field_validator("kernel_size")

@@ -66,11 +66,17 @@ def cpus_per_process() -> int:
     for given in (os.environ.get(CPUS_VAR), os.environ.get("SLURM_CPUS_PER_TASK")):
         if given and given.isdigit() and int(given) > 0:
             return int(given)
+    return max(1, cpus_allowed() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def cpus_allowed() -> int:
+    """The CPUs this process may run on (its affinity: a cpuset, taskset, a SLURM allocation), not the machine's."""
+    import os
+
     try:
-        cpus = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # no affinity (macOS)
-        cpus = os.cpu_count() or 1
-    return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+        return os.cpu_count() or 1
 
 
 def cpu_name() -> str:

@@ -115,14 +115,14 @@ class Doctor:
 
     def ends(self) -> list[Line]:
         """Two optimizer steps of each end under the paper's recipe, at 224², on this device."""
-        data = jpegs(self.scratch / "photos", train=self.batch, val=self.batch // 2)
+        data = jpegs(self.scratch / "photos", classes=2, train=self.batch // 2, val=self.batch // 4)  # 2 batches
         overrides = ["train.epochs=1", "train.warmup_epochs=0", "train.target_batch=null",
                      f"train.batch_size={self.batch // 2}"]
         runs = self._train(self._variants(list(ENDS), data, overrides), "ends")
         dtype, _ = autocast_dtype("auto", self.device)
         want = str(dtype).removeprefix("torch.") if dtype else None
         out = []
-        for name, (summary, metrics) in runs.items():
+        for (name, _), (summary, metrics) in runs.items():
             check = f"{name} ({ENDS[name]}) under paper_in1k"
             if summary.get("status") != "completed":
                 out.append(Line("FAIL", check, summary.get("error", "no summary")))
@@ -141,9 +141,9 @@ class Doctor:
     def resume(self) -> list[Line]:
         """A tiny run stopped after its first epoch and resumed here ends as the uninterrupted one does."""
         variants = self._variants(["layer_scale"], self._tiny(), TINY)
-        straight = self._train(variants, "straight")["layer_scale"]
+        straight = self._train(variants, "straight")["layer_scale", 0]
         self._train(variants, "resumed", stop_after=1)
-        resumed = self._train(variants, "resumed")["layer_scale"]
+        resumed = self._train(variants, "resumed")["layer_scale", 0]
         if straight[0].get("status") != "completed" or resumed[0].get("status") != "completed":
             return [Line("FAIL", "resume", straight[0].get("error") or resumed[0].get("error") or "no summary")]
         tolerance = 1e-3 if self.cuda else 1e-6  # GPU kernels add in varying order
@@ -176,7 +176,7 @@ class Doctor:
             return [Line("INFO", "DDP", f"{gpus} GPU: DDP over 2 GPUs not checked")]
         options = {"gpus_per_job": 2, "parallel": 1} if self.cuda else {"tasks_per_job": 2, "parallel": 1}
         variants = self._variants(["layer_scale"], self._tiny(), [*TINY, "train.epochs=1", "train.batch_size=2"])
-        summary, _ = self._train(variants, "ddp", executor=("local", options))["layer_scale"]
+        summary, _ = self._train(variants, "ddp", executor=("local", options))["layer_scale", 0]
         what = "2 GPUs (NCCL)" if self.cuda else "2 CPU processes (gloo)"
         ok = summary.get("status") == "completed" and summary.get("processes") == 2
         return [Line("PASS" if ok else "FAIL", "DDP", f"one run over {what}: "
@@ -245,7 +245,7 @@ class Doctor:
     def _train(self, variants, experiment: str, stop_after: int | None = None, seeds=(0,),
                executor=("inprocess", {})) -> dict:
         """Train the variants in a scratch experiment through an executor, as `roadmap run` would, its output into
-        the log; each run's (summary, metrics) by name (the last seed's)."""
+        the log; each run's (summary, metrics) by (name, seed)."""
         from .executors import make
 
         exp = self.scratch / experiment
@@ -263,7 +263,7 @@ class Doctor:
         out = {}
         for job in jobs:
             folder = Path(job.run_dir)
-            out[job.name] = (results.read_json(folder / "summary.json") or {}, results.read_metrics(folder))
+            out[job.name, job.seed] = (results.read_json(folder / "summary.json") or {}, results.read_metrics(folder))
         return out
 
 

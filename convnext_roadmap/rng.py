@@ -18,7 +18,7 @@ def seed_all(seed: int) -> None:
 def seed_cpu(seed: int) -> None:
     """Python's, numpy's and torch's CPU generator, not CUDA's (which `torch.manual_seed` would reseed too)."""
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed([seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF])  # every bit: numpy's seed alone takes 32
     torch.random.default_generator.manual_seed(seed)
 
 

@@ -129,3 +129,38 @@ def test_doctor_on_the_cpu_passes_here_with_a_gpu_named_that_is_not_here(tmp_pat
     assert set(verdicts) <= {"PASS", "INFO"} and verdicts.count("PASS") == 4, lines  # two ends, resume, DDP
     assert "CUDA_VISIBLE_DEVICES=3" in done.stdout and lines[-1] == "every check passed"
     assert not list(tmp_path.glob("roadmap-doctor-*"))  # its scratch folder is gone
+
+
+def test_doctor_expects_one_run_on_each_visible_gpu(tmp_path, monkeypatch):
+    # a machine of two GPUs, stood in for: the executor records what each run saw, the doctor compares
+    import json
+
+    from convnext_roadmap import doctor as d
+
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the doctor's scratch folder
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-aa,GPU-bb")
+    doc = d.Doctor("cpu", None, say=lambda line: None)
+    doc.cuda = True
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    seen = {0: "GPU-aa", 1: "GPU-bb"}
+
+    class Pinned:
+        def check(self, device):
+            pass
+
+        def submit(self, jobs):
+            for job in jobs:
+                folder = Path(job.run_dir)
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "summary.json").write_text(json.dumps(
+                    {"status": "completed", "hardware": {"visible_gpus": seen[job.seed]}}))
+
+    monkeypatch.setattr("convnext_roadmap.executors.make", lambda kind, exp, options: Pinned())
+    monkeypatch.setattr(d.plan, "measure", lambda variants, classes: {v.name: {} for v in variants})
+    (line,) = doc.pinned()
+    assert line.verdict == "PASS" and "['GPU-aa', 'GPU-bb']" in line.text
+    seen[1] = "GPU-aa"  # both runs on one GPU
+    (line,) = doc.pinned()
+    assert line.verdict == "FAIL"

@@ -75,3 +75,17 @@ def test_cudnn_benchmark_and_tf32_follow_the_recipe_on_cuda_only():
                     or torch.backends.cudnn.allow_tf32)
     finally:
         torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_an_images_seed_reaches_numpy_whole():
+    # numpy's global seed takes 32 bits: seeds differing only above them (another epoch, another rank) must
+    # still draw differently, as timm's RandAugment picks its ops from numpy
+    import numpy as np
+
+    from convnext_roadmap.rng import seed_cpu
+
+    draws = []
+    for seed in (5, 5 + 2**32, 5 + 2**40):
+        seed_cpu(seed)
+        draws.append(np.random.randint(0, 2**31, 4).tolist())
+    assert draws[0] != draws[1] != draws[2] != draws[0]

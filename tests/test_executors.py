@@ -63,6 +63,20 @@ def test_profile_flags_override_and_unknown_keys_fail(tmp_path, monkeypatch):
     assert load_profile(str(bad), {})[0] == ClusterProfile(partition="gpu")
 
 
+def test_the_local_share_of_cpus_is_of_those_the_launch_may_use(tmp_path, monkeypatch):
+    # in a cpuset or an salloc allocation the machine has more cores than the launch may use: 3 of 64 here
+    import os
+
+    from convnext_roadmap.executors.local import Local
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 5, 6}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    local = Local(tmp_path)
+    assert local.parallel == 3 and local.cpus(3) == (1, "--executor local gives each process 1 CPU(s) (the 3 CPUs "
+                                                       "this launch may use shared by 3 job(s) × 1 process(es))")
+    assert Local(tmp_path, parallel=1).cpus(5)[0] == 3
+
+
 def test_two_jobs_at_once_give_what_one_at_a_time_gives(tmp_path):
     from convnext_roadmap.results import read_metrics
 

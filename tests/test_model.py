@@ -196,3 +196,12 @@ def test_resnet_init_zeroes_each_blocks_last_norm_on_every_layout():
         for block in (b for stage in model.stages for b in stage.blocks):
             norms = [n for n in (block.norm1, block.norm2, block.norm3) if getattr(n, "weight", None) is not None]
             assert len(norms) == 1 and not norms[0].weight.any()
+
+
+def test_resnet_init_starts_each_resnet_block_as_its_shortcut():
+    cfg = resolve_config("resnet50", overrides=["block.init=resnet", "stages.width_mult=0.25"])
+    model = build_model(cfg).eval()
+    block = model.stages[1].blocks[1]  # no projection: the shortcut is the input itself
+    x = torch.randn(2, block.conv1.in_channels, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), torch.relu(x))  # the branch is zero: ReLU(0 + x)

@@ -237,9 +237,9 @@ def test_a_recipe_file_needs_no_yaml_suffix(tmp_path, capsys):
     assert "recipe: 3 epochs" in capsys.readouterr().out
 
 
-def test_stochastic_depth_is_the_bases_and_a_proxy_sets_its_own():
+def test_stochastic_depth_is_the_bases_and_the_cpu_proxy_sets_its_own():
     # Table 5: ConvNeXt-T trains with stochastic depth 0.1, ConvNeXt-B with 0.5; the paper's recipe takes each
-    # path's from its base, on every step of it
+    # path's from its base, on every step of it, and so does imagenet_proxy, which inherits it; cpu_proxy sets 0
     for base, rate in [("resnet50", 0.1), ("resnet200", 0.5)]:
         for step in [base, "large_kernel", "layer_scale"]:
             assert resolve_config(step, base=base, recipe="paper_in1k", data="synthetic").block.drop_path == rate

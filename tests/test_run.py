@@ -264,9 +264,11 @@ def test_evaluation_under_ddp_takes_the_mean_of_the_ranks_batch_norm_statistics(
     assert outs == ["[2.0, 2.0]", "[2.0, 2.0]"]  # (1 + 3) / 2 on both
 
 
-def test_a_gpu_epoch_reads_the_loss_back_only_every_sync_every_batches(tmp_path, data, monkeypatch):
-    # each .item() makes the host wait for the GPU: on a terminal the progress bar used to ask for one per batch.
-    # The CPU stands in for the GPU here (the flag the loop keys on), with a progress bar on, as on a terminal.
+@pytest.mark.parametrize("pipeline", ["tensor", "pil"])
+def test_a_gpu_epoch_reads_the_loss_back_only_every_sync_every_batches(tmp_path, data, monkeypatch, pipeline):
+    # each .item() or truth test of a tensor makes the host wait for the GPU: on a terminal the progress bar used
+    # to ask for one per batch. The CPU stands in for the GPU here (the flag the loop keys on), with a progress bar
+    # on, as on a terminal; pil: the per-image path, erasing on the device, in this process.
     import io
 
     from tqdm import tqdm
@@ -274,14 +276,23 @@ def test_a_gpu_epoch_reads_the_loss_back_only_every_sync_every_batches(tmp_path,
     from convnext_roadmap.train import loop
 
     cfg = resolve_config("patchify_stem", recipe="smoke", data=f"imagefolder:{data}",
-                         overrides=["train.batch_size=2", "train.mixup=0.2"])
+                         overrides=["train.batch_size=2", "train.mixup=0.2", f"data.pipeline={pipeline}",
+                                    "data.workers=0", "data.random_erasing=0.5"])
     trainer = loop.Trainer(cfg, 0, torch.device("cpu"))
     trainer.cuda = True
     monkeypatch.setattr(loop, "SYNC_EVERY", 4)
-    reads = []
-    item = torch.Tensor.item
-    monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append(1) or item(t))
+    import sys
+
+    reads, truths = [], []
+    item, truth = torch.Tensor.item, torch.Tensor.__bool__
+
+    def ours(kept: list):  # asked for by this project's code: torch's and torchvision's own are CPU tensors
+        return "convnext_roadmap" in sys._getframe(2).f_code.co_filename and kept.append(1)
+
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: ours(reads) or item(t))
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: ours(truths) or truth(t))
     batches = len(trainer.train_loader)
     with tqdm(total=batches, file=io.StringIO(), disable=False) as bar:
         trainer.train_epoch(0, bar)
-    assert batches >= 12 and len(reads) == batches // 4 + 1  # the bar every 4th batch, the epoch's mean once
+    # the bar every 4th batch and the epoch's mean once; the loss's finiteness every 4th batch
+    assert batches >= 12 and len(reads) == batches // 4 + 1 and len(truths) == batches // 4

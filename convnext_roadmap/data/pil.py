@@ -178,7 +178,7 @@ class DeviceBatches:
     def __iter__(self):
         key = self.seed * 100_003 + self.epoch + 13 + self.rank * 7_919_000
         g = torch.Generator().manual_seed(key)
-        noise = torch.Generator(device=self.device).manual_seed(key)
+        noise = torch.Generator(device=self.device).manual_seed(key + 1)  # not g's stream, on the CPU
         cuda = self.device.type == "cuda"
         if cuda and self.stream is None:  # one for the loader's life: the allocator pools memory per stream
             self.stream = torch.cuda.Stream(self.device)
@@ -214,14 +214,14 @@ def image_loaders(data_cfg, train_split: Split, val_split: Split, train_batch: i
         if world > 1 else None
     workers = loader_workers(data_cfg.workers)
     # uint8 through the workers' shared memory (a quarter of float32's bytes), pinned for an asynchronous copy;
-    # the workers kept between epochs, not forked again for each
-    common = dict(num_workers=workers, collate_fn=fast_collate, pin_memory=device.type == "cuda",
-                  persistent_workers=workers > 0)
+    # the training workers kept between epochs, not forked again for each (the evaluation's come and go, so that
+    # only one set of workers is alive at a time)
+    common = dict(num_workers=workers, collate_fn=fast_collate, pin_memory=device.type == "cuda")
     # a generator of their own: a loader starting its workers draws their base seed from it, and from the global
     # stream otherwise, which would shift the network's draws by whether (and when) the workers were started
     train = EpochLoader(train_set, train_batch, sampler=SampleSeeds(EpochSampler(len(train_set), seed, rank, world),
                                                                     seed), drop_last=True, generator=torch.Generator(),
-                        **common)
+                        persistent_workers=workers > 0, **common)
     val = torch.utils.data.DataLoader(val_set, eval_batch, sampler=val_sampler, generator=torch.Generator(), **common)
     return (DeviceBatches(train, data_cfg, device, seed, rank, data_cfg.random_erasing),
             DeviceBatches(_Epochless(val), data_cfg, device))

@@ -29,6 +29,13 @@ A_WEEK_MIN = 7 * 24 * 60
 CONTROLLERS_LOG = "controllers.log"  # what submitit's controllers print (in `local/`)
 
 
+def _cpus() -> int:
+    """The CPUs this launch may use (its affinity, not the machine's count)."""
+    from ..device import cpus_allowed  # imports torch: not at a launch's --help
+
+    return cpus_allowed()
+
+
 class Local(Executor):
     """On this machine, N at once. Up to `parallel` workers, submitit local jobs that take the runs from one
     queue (`injob.Queue`), longest first, this process following them. With GPUs, each worker gets `gpus_per_job`
@@ -56,7 +63,7 @@ class Local(Executor):
         if (gpus_per_job or 0) > self.gpus:
             raise RoadmapError(f"--gpus-per-job {gpus_per_job}: this machine has {self.gpus} GPU(s)")
         self.gpus_per_job = (gpus_per_job or 1) if self.gpus else 0
-        most = self.gpus // self.gpus_per_job if self.gpus else os.cpu_count() or 1
+        most = self.gpus // self.gpus_per_job if self.gpus else _cpus()
         self.parallel = min(parallel or most, most) if self.gpus else (parallel or most)
         if self.gpus and tasks_per_job not in (None, self.gpus_per_job):  # NCCL: one rank per GPU
             raise RoadmapError(f"--tasks-per-job {tasks_per_job}: with GPUs, a job has one process per GPU "
@@ -84,11 +91,12 @@ class Local(Executor):
     def threads(self, jobs: int | None = None) -> int:
         """CPU threads per process: as asked, or the cores divided between the jobs that run at once (one job
         alone gets them all)."""
-        return self.threads_per_job or max(1, (os.cpu_count() or 1) // (self.slots(jobs) * self.tasks))
+        return self.threads_per_job or max(1, _cpus() // (self.slots(jobs) * self.tasks))
 
     def cpus(self, jobs: int | None = None) -> tuple[int, str]:
         n, why = self.threads(jobs), "--threads-per-job" if self.threads_per_job else \
-            f"this machine's {os.cpu_count()} cores shared by {self.slots(jobs)} job(s) × {self.tasks} process(es)"
+            f"the {_cpus()} CPUs this launch may use shared by {self.slots(jobs)} job(s) × {self.tasks} " \
+            f"process(es)"
         return n, f"--executor local gives each process {n} CPU(s) ({why})"
 
     def describe(self, jobs: int | None = None) -> str:

@@ -50,7 +50,9 @@ class Block(nn.Module):
         self.out_channels = c
 
     def zero_init_last(self) -> None:
-        """The scale of the branch's last norm to zero, where it has one: the block starts as its shortcut."""
+        """The scale of the branch's last norm to zero, where it has one (timm's ResNet: bn3). Where the branch ends
+        in that norm the block starts as its shortcut; where convs with biases follow it (from `fewer_norms` on),
+        their biases still pass."""
         for norm in (self.norm3, self.norm2, self.norm1):
             if getattr(norm, "weight", None) is not None:
                 nn.init.zeros_(norm.weight)

@@ -61,6 +61,8 @@ class Trainer:
         t, self.cfg, self.device, self.rank, self.world = cfg.train, cfg, device, rank, world
         self.cuda = device.type == "cuda"
         configure_backends(t, device)
+        if self.cuda:  # a local worker trains run after run: each run's progress lines show its own peak
+            torch.cuda.reset_peak_memory_stats(device)
         self.train_loader, self.val_loader, self.classes = make_loaders(
             cfg.data, t.batch_size, t.batch_size * 2, seed, (rank, world), device=device, skipped=skipped)
         self.model = build_model(cfg, len(self.classes))
@@ -171,9 +173,8 @@ class Trainer:
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         from timm.utils import accuracy, distribute_bn
 
-        if self.world > 1 and model is self.model:
-            # each rank's batch-norm statistics are its own images': their mean, as timm's --dist-bn reduce
-            distribute_bn(model, self.world, reduce=True)
+        if self.world > 1:  # the model or its EMA: each rank's batch-norm statistics are its own images'
+            distribute_bn(model, self.world, reduce=True)  # their mean, as timm's --dist-bn reduce
         model.eval()
         sums = torch.zeros(4, device=self.device, dtype=torch.float64)  # loss, top-1, top-5, count
         for x, y in self.val_loader:
@@ -182,8 +183,8 @@ class Trainer:
                 logits = model(x)
             loss = nn.functional.cross_entropy(logits.float(), y, reduction="sum")
             top1, top5 = accuracy(logits, y, topk=(1, min(5, len(self.classes))))
-            n = torch.tensor(float(len(x)), device=self.device, dtype=torch.float64)
-            sums += torch.stack([loss.double(), top1.double() * n / 100, top5.double() * n / 100, n])
+            sums[:3] += torch.stack([loss.double(), top1.double() * len(x) / 100, top5.double() * len(x) / 100])
+            sums[3] += len(x)
         if self.world > 1:
             torch.distributed.all_reduce(sums)
         loss, top1, top5, n = sums.tolist()
