@@ -114,23 +114,6 @@ def test_doctor_on_cuda_without_a_gpu_is_one_line_exit_2(capsys):
     assert err == "roadmap: error: --device cuda: no CUDA device is available here\n"
 
 
-@pytest.mark.slow
-def test_doctor_on_the_cpu_passes_here_with_a_gpu_named_that_is_not_here(tmp_path):
-    # CUDA_VISIBLE_DEVICES names a GPU this machine has not: the CPU checks must not care
-    import os
-
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "3", "ROADMAP_CACHE": str(tmp_path / "cache"),
-           "TMPDIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-m", "convnext_roadmap.cli", "doctor", "--device", "cpu"], env=env,
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    lines = done.stdout.splitlines()
-    assert done.returncode == 0, done.stdout + done.stderr
-    verdicts = [ln.split()[0] for ln in lines[1:-1]]
-    assert set(verdicts) <= {"PASS", "INFO"} and verdicts.count("PASS") == 4, lines  # two ends, resume, DDP
-    assert "CUDA_VISIBLE_DEVICES=3" in done.stdout and lines[-1] == "every check passed"
-    assert not list(tmp_path.glob("roadmap-doctor-*"))  # its scratch folder is gone
-
-
 def test_doctor_expects_one_run_on_each_visible_gpu(tmp_path, monkeypatch):
     # a machine of two GPUs, stood in for: the executor records what each run saw, the doctor compares
     import json
