@@ -169,6 +169,37 @@ def cmd_doctor(args) -> int:
     return doctor.run()
 
 
+def cmd_paper(args) -> None:
+    import math
+
+    import pandas as pd
+
+    from . import report
+
+    steps = report.paper_test(args.base)
+    rows = pd.DataFrame([{"step": r["step"], "Δ top-1": f"{r['delta']:+.2f}",
+                          "p": "" if math.isnan(r["p"]) else f"{r['p']:.4f}",
+                          "Holm p": "" if math.isnan(r["p_holm"]) else f"{r['p_holm']:.2f}", "verdict": r["verdict"]}
+                         for r in steps])
+    print(f"# the paper's own Δs on the {args.base} path: each step against the one before, Welch's t on the "
+          f"printed means and stds of 3 runs, Holm over the {sum(not math.isnan(r['p']) for r in steps)} tested")
+    print(rows.to_string(index=False))
+
+
+def cmd_seeds(args) -> None:
+    from . import report
+
+    if args.sigma is not None and args.experiment is None:
+        if args.rows is None:
+            raise RoadmapError("--sigma without an EXPERIMENT: give --rows K too (the networks compared together)")
+        exp_dir = None
+    else:
+        exp_dir = _experiment(args)
+    head, frame = report.seeds_table(exp_dir, delta=args.delta, sigma=args.sigma, networks=args.rows)
+    print(head)
+    print(frame.to_string(index=False))
+
+
 def _results_root(args) -> Path:
     # absolute: job records keep their run folders' paths, which later commands read from any folder
     return Path(args.results).resolve() if args.results else Path.cwd() / "results"
@@ -397,6 +428,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="auto")
         p.add_argument("--results", metavar="DIR", help="where experiments are (default: ./results)")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("paper", help="the paper's own Δs under Welch's t and Holm: which of its steps pass")
+    p.add_argument("--base", default="resnet50")
+    p.set_defaults(func=cmd_paper)
+
+    p = sub.add_parser("seeds", help="how many seeds a Δ needs (80%% power), and what they cost")
+    p.add_argument("experiment", nargs="?", help="its pooled σ, networks and run times (default: the latest)")
+    p.add_argument("--delta", type=float, metavar="D", help="the Δ to resolve, in points (default: the table's and "
+                                                             "the paper's Δs, and 1)")
+    p.add_argument("--sigma", type=float, metavar="S", help="the seed-to-seed σ, in points (default: the "
+                                                             "experiment's pooled one)")
+    p.add_argument("--rows", type=positive, metavar="K", help="networks compared in one family (default: the "
+                                                               "experiment's)")
+    p.add_argument("--results", metavar="DIR", help="where experiments are (default: ./results)")
+    p.set_defaults(func=cmd_seeds)
 
     for name, func, text in (("table", cmd_table, "build table.csv and table.md of an experiment"),
                              ("plot", cmd_plot, "draw an experiment's figures (Figure 2 replica, curves)"),

@@ -29,6 +29,12 @@ def row(base: str, name: str, recipe: str = "paper_in1k") -> dict | None:
             for k, v in df.loc[(base, name, recipe)].items()}
 
 
+def path(base: str, steps: list[str], recipe: str = "paper_in1k") -> list[tuple[str, float, float | None]]:
+    """The paper's (step, top-1, std) along a base's path (the base first), for the steps it prints."""
+    rows = [(name, row(base, name, recipe)) for name in [base, *steps]]
+    return [(name, r["paper_top1"], r["paper_top1_std"]) for name, r in rows if r is not None]
+
+
 def check_flops(gflops: float, ref: dict | None) -> dict:
     """Our GFLOPs against the paper's: the difference, and whether it is within rounding of what the paper says
     (or, for its known anomalies, of what it should have said)."""

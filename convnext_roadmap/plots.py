@@ -76,11 +76,14 @@ def figure2(df: pd.DataFrame, groups: dict[str, str], path: Path, title: str, fi
     ax.set_xlabel("our top-1 (%), mean and 95% interval over seeds")
     ax.grid(axis="x", alpha=0.3)
     ax.set_axisbelow(True)
+    # the paper's own Δ within noise (Welch's t on its printed means and stds, Holm over its path): an open marker
+    paper_noise = df.get("paper_verdict", pd.Series([None] * n)).eq("within noise").tolist()
     if paper.notna().any():
-        right.scatter(paper, y, marker="D", s=22, color="black", zorder=3)
-        for yi, v in zip(y, paper):
+        right.scatter(paper, y, marker="D", s=22, facecolors=["white" if q else "black" for q in paper_noise],
+                      edgecolors="black", zorder=3)
+        for yi, v, q in zip(y, paper, paper_noise):
             if pd.notna(v):
-                right.text(v + 0.1, yi, f"{v:.1f}", va="center", fontsize=7.5)
+                right.text(v + 0.1, yi, f"{v:.1f}" + ("  (within noise)" if q else ""), va="center", fontsize=7.5)
         span = paper.dropna()
         right.set_xlim(span.min() - 1.0, span.max() + 1.0)
     right.set_xlabel("the paper's top-1 (%), ImageNet-1K")
@@ -91,6 +94,9 @@ def figure2(df: pd.DataFrame, groups: dict[str, str], path: Path, title: str, fi
     if any(noise):
         handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="#999999", hatch="///", edgecolor="white"))
         names.append("Δ within noise")
+    if any(paper_noise):
+        handles.append(plt.Line2D([], [], marker="D", linestyle="", markerfacecolor="white", markeredgecolor="black"))
+        names.append("the paper's Δ within noise")
     if names:  # none when every row's group is one of a user's own and no step is within noise
         fig.legend(handles, names, loc="lower center", ncol=min(len(names), 5), fontsize=7, frameon=False)
     subtitle = f"\n{fidelity_text(fidelity)}" if fidelity else ""
@@ -105,7 +111,7 @@ def fidelity_text(f: dict) -> str:
     if not f or not f.get("rows"):
         return "no row in common with the paper"
     agree = (f"{len(f['signs_agree'])}/{len(f['signs_counted'])} Δ signs agree" if f.get("signs_counted")
-             else "no paper Δ beyond its std")
+             else "no paper Δ beyond noise")
     def num(v):
         return "n/a" if v is None or v != v else f"{v:+.2f}"
 

@@ -5,34 +5,45 @@ table."""
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 
 import pandas as pd
 
 from . import plots, results, stats
+from .errors import RoadmapError
 from .experiment import Experiment
 
 
 def annotate(table: pd.DataFrame, top1: dict[str, dict[int, float]],
              baselines: dict[str, str | None]) -> tuple[pd.DataFrame, dict]:
-    """The table with each row's paired Δ against its baseline (stats.compare), after top1_std."""
+    """The table with each row's Δ against its baseline (stats.compare: the blocked analysis, or the paired test
+    where the guard says so), after top1_std; and stats.compare's result."""
     compared = stats.compare(top1, baselines)
     columns = {"delta_top1": "delta", "delta_ci_low": "ci_low", "delta_ci_high": "ci_high", "delta_p": "p_t",
-               "delta_p_holm": "p_holm", "delta_resolvable": "resolvable", "verdict": "verdict"}
+               "delta_p_holm": "p_holm", "delta_resolvable": "resolvable", "verdict": "verdict",
+               "analysis": "analysis", "residual_df": "residual_df"}
     out = table.copy()
     at = out.columns.get_loc("top1_std") + 1
     for i, (column, key) in enumerate(columns.items()):
-        out.insert(at + i, column, [compared.get(s, {}).get(key) for s in out["step"]])
+        out.insert(at + i, column, [compared["rows"].get(s, {}).get(key) for s in out["step"]])
     return out, compared
 
 
-def fidelity(table: pd.DataFrame, exp: Experiment) -> dict:
+def paper_test(base: str) -> list[dict]:
+    """The paper's own Δs along the base's path, under Welch's t and Holm (stats.paper_steps)."""
+    from . import paper, roadmap
+
+    return stats.paper_steps(paper.path(base, [s.name for s in roadmap.steps(base)]))
+
+
+def fidelity(table: pd.DataFrame, exp: Experiment, paper_steps: list[dict]) -> dict:
     """stats.fidelity over the roadmap's rows (references and patched networks left out)."""
     path = [s for s in table["step"] if exp.groups.get(s) not in ("reference", "patched")]
     ours = {s: v for s, v in zip(table["step"], table["top1"]) if s in path and pd.notna(v)}
     rows = {s: exp.paper_rows.get(s) for s in path}
-    return stats.fidelity(ours, {s: r["paper_top1"] for s, r in rows.items() if r},
-                          {s: r["paper_top1_std"] for s, r in rows.items() if r}, exp.baselines)
+    return stats.fidelity(ours, {s: r["paper_top1"] for s, r in rows.items() if r}, exp.baselines,
+                          {(r["step"], r["baseline"]): r["verdict"] for r in paper_steps})
 
 
 def format_table(df: pd.DataFrame, compared: dict) -> pd.DataFrame:
@@ -44,7 +55,7 @@ def format_table(df: pd.DataFrame, compared: dict) -> pd.DataFrame:
         "params (M)": df["params_m"].map(lambda v: f"{v:.1f}"),
         "train img/s": df["train_img_s"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}"),
         "top-1": [_pm(m, s) for m, s in zip(df["top1"], df["top1_std"])],
-        "Δ top-1 [95% CI]": [_delta(compared.get(s)) for s in df["step"]],
+        "Δ top-1 [95% CI]": [_delta(compared["rows"].get(s)) for s in df["step"]],
         "verdict": df["verdict"].fillna(""),
         "seeds": df["seeds"],
         "paper top-1": df["paper_top1"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}"),
@@ -83,6 +94,76 @@ def not_levelled_off(exp: Experiment) -> str:
             f"networks learn, not what they reach: train longer (train.epochs)")
 
 
+def resolution_line(compared: dict, delta: float = 1.0) -> str:
+    """What the family's seeds resolve, from the blocked fit's pooled σ, and the seeds a `delta`-point Δ needs
+    (80% power at Holm's strictest level; `roadmap seeds` says more), or ""."""
+    f = compared["family"]
+    rows = [r for r in compared["rows"].values() if r["analysis"] == "blocked" and not math.isnan(r["resolvable"])]
+    if math.isnan(f["sigma"]) or not rows:
+        return ""
+    seeds = round(statistics.median(r["n"] for r in rows))
+    resolvable = statistics.median(r["blocked"]["resolvable"] for r in rows)
+    need = stats.seeds_needed(delta, f["sigma"], len(f["networks"]))
+    return (f"resolution: {seeds} seeds of {len(f['networks'])} networks resolve Δs of {resolvable:.1f} points "
+            f"(pooled σ {f['sigma']:.2f} on {f['residual_df']} df, Holm's strictest level); a {delta:g}-point Δ "
+            f"would need {need if need else 'more than 100,000'} seeds per network for 80% power (roadmap seeds)")
+
+
+def seeds_table(experiment_dir: Path | None, delta: float | None = None, sigma: float | None = None,
+                networks: int | None = None) -> tuple[str, pd.DataFrame]:
+    """How many seeds per network the blocked analysis needs to resolve a Δ with 80% power (stats.seeds_needed),
+    from an experiment's pooled σ and networks (or those given), for `delta`, else for 1 point, the experiment's
+    Δs and the paper's; with an experiment, what those seeds would cost at its runs' measured wall time. Returns
+    the line that says where σ came from, and the table."""
+    deltas: list[tuple[str, float]] = []
+    cost = None
+    if experiment_dir is not None:
+        exp = Experiment.load(experiment_dir)
+        compared = stats.compare(exp.top1_by_seed(), exp.baselines)
+        f = compared["family"]
+        if sigma is None and math.isnan(f["sigma"]):
+            raise RoadmapError(f"{experiment_dir.name}: no pooled σ (fewer than two seeds of a family finished); "
+                               f"give --sigma S")
+        sigma = f["sigma"] if sigma is None else sigma
+        networks = networks or len(f["networks"])
+        head = (f"# σ {sigma:.2f} (pooled: {experiment_dir.name}, {len(f['networks'])} networks, {f['cells']} runs, "
+                f"{f['residual_df']} residual df); {networks} networks")
+        deltas += [(name, r["delta"]) for name, r in compared["rows"].items() if not math.isnan(r["delta"])]
+        cost = _run_cost(exp)
+    else:
+        head = f"# σ {sigma:.2f} (given); {networks} networks"
+    if networks < 2:
+        raise RoadmapError(f"--rows {networks}: a family needs two networks or more")
+    head += "; 80% power, each of the networks − 1 comparisons at Holm's strictest level, two-sided"
+    if delta is not None:
+        deltas = [("--delta", delta)]
+    else:
+        deltas = [("1 point", 1.0), *deltas]
+        deltas += [(f"paper: {r['step']}", r["delta"]) for r in paper_test(exp.plan["base"] if experiment_dir
+                                                                             else "resnet50")]
+    rows = []
+    for what, d in deltas:
+        need = stats.seeds_needed(abs(d), sigma, networks)
+        row = {"Δ (points)": f"{abs(d):.2f}", "for": what, "seeds per network": need or "> 100,000"}
+        if cost is not None:
+            hours, unit = cost
+            row[f"cost ({unit})"] = f"{need * networks * hours:,.1f}" if need else ""
+        rows.append(row)
+    return head, pd.DataFrame(rows)
+
+
+def _run_cost(exp: Experiment) -> tuple[float, str]:
+    """The mean cost of one run of the experiment, in GPU-hours (wall time × GPUs) or CPU-hours (wall time × CPU
+    threads × processes), as its summaries measured it."""
+    done = [c["summary"] for c in exp.cells if c["status"] == "completed" and c["summary"].get("wall_s")]
+    if not done:
+        return math.nan, "hours"
+    gpu = any(str(s.get("hardware", {}).get("device", "")).startswith("cuda") for s in done)
+    per = [s["wall_s"] / 3600 * s.get("processes", 1) * (1 if gpu else s.get("hardware", {}).get("torch_threads", 1))
+           for s in done]
+    return statistics.mean(per), "GPU-hours" if gpu else "CPU-hours"
+
+
 def _no_nan(d: dict) -> dict:
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in d.items()}
 
@@ -93,15 +174,23 @@ def write(experiment_dir: Path, quiet: bool = False):
     written unless `quiet`. Returns the table for people, the figures' paths and the lines under it."""
     exp = Experiment.load(experiment_dir)  # read once: everything below works from it
     table, compared = annotate(exp.table(), exp.top1_by_seed(), exp.baselines)
+    steps = paper_test(exp.plan["base"]) if exp.plan.get("paper_recipe", "paper_in1k") == "paper_in1k" else []
+    paper_verdict = {r["step"]: r["verdict"] for r in steps}
+    table["paper_verdict"] = [paper_verdict.get(s) if exp.paper_rows.get(s) and exp.baselines.get(s) ==
+                              next((r["baseline"] for r in steps if r["step"] == s), None) else None
+                              for s in table["step"]]
     pretty = format_table(table, compared)
     results.write_table(experiment_dir, table, pretty)
-    fid = fidelity(table, exp)
+    fid = fidelity(table, exp, steps)
     results.write_json(Path(experiment_dir) / "fidelity.json", _no_nan(fid))
-    # every row's statistics in full: n, both p-values (t and exact sign-flip), the CI's method
-    results.write_json(Path(experiment_dir) / "stats.json",
-                       {name: {**_no_nan(r), "baseline": exp.baselines[name]} for name, r in compared.items()})
+    # every row's statistics in full, both analyses (the blocked fit, the paired seeds), and the fit itself
+    results.write_json(Path(experiment_dir) / "stats.json", {
+        "rows": {name: {**_no_nan(r), "blocked": _no_nan(r["blocked"]), "paired": _no_nan(r["paired"]),
+                        "baseline": exp.baselines[name]} for name, r in compared["rows"].items()},
+        "family": _no_nan(compared["family"]), "notes": compared["notes"]})
     paths = plots.plot_experiment(exp, table, fid)
-    under = "\n".join(filter(None, [f"fidelity to the paper: {plots.fidelity_text(fid)} (fidelity.json)",
+    under = "\n".join(filter(None, [*(f"! {note}" for note in compared["notes"]), resolution_line(compared),
+                                     f"fidelity to the paper: {plots.fidelity_text(fid)} (fidelity.json)",
                                      not_levelled_off(exp)]))
     if not quiet:
         print(pretty.to_string(index=False))

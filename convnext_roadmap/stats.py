@@ -1,8 +1,11 @@
-"""Is a step's difference real? Paired Δ across seeds with its interval and p-values, Holm's correction across the
-table, a verdict; and how closely an experiment follows the paper's numbers.
+"""Is a step's difference real? The table analysed as the blocked experiment it is (networks × seeds), each row's
+contrast with its baseline, its interval and p-value, Holm's correction across the family, a verdict; the paired
+test where the blocked model does not fit; the paper's own Δs under the same test; how many seeds a Δ needs; and
+how closely an experiment follows the paper's numbers.
 
-Seeds are paired: seed k of every network trains on the same data order and augmentations, so the Δ of seed k is
-a fair comparison and the spread of the Δs (not of the accuracies) measures the noise. Nothing here reads files.
+Seeds are blocks: seed k of every network trains on the same data order and augmentations. A two-way model (top-1
+on network and seed) takes the seed's share out and pools the noise of every row into one residual variance, on
+(networks − 1)(seeds − 1) degrees of freedom instead of the seeds − 1 of one pair. Nothing here reads files.
 """
 
 from __future__ import annotations
@@ -68,6 +71,76 @@ def paired(a, b, alpha: float = ALPHA, family: int = 1) -> dict:
     return out
 
 
+GUARD_ALPHA = 0.05  # the guard's level: Brown–Forsythe on the residuals by row, and the Bonferroni outlier test
+
+
+def blocked(top1: dict[str, dict[int, float]], baselines: dict[str, str | None], alpha: float = ALPHA) -> dict:
+    """The family's cells (each row with a baseline, and the baselines) fitted as top-1 = network + seed + noise
+    (statsmodels OLS, both factors categorical, a missing cell simply absent): per row the contrast with its
+    baseline (`delta`, its standard error `se` from the fitted model), the t interval and two-sided p on the
+    residual degrees of freedom, and `resolvable`, the Δ these seeds always resolve: the half-width at Holm's
+    strictest level, alpha / rows. With no residual degrees of freedom (one seed), Δs without intervals.
+    Returns {"rows": name → statistics, "family": the fit's networks, cells, residual df, pooled σ, and the guard:
+    Brown–Forsythe's p on the residuals by network and the cells the outlier test flags}."""
+    import statsmodels.api as sm
+
+    rows = [r for r, b in baselines.items() if b is not None and r in top1 and b in top1]
+    networks = sorted({*rows, *(baselines[r] for r in rows)}, key=lambda n: list(top1).index(n))
+    cells = [(n, seed, top1[n][seed]) for n in networks for seed in sorted(top1[n])]
+    seeds = sorted({seed for _, seed, _ in cells})
+    family = {"networks": networks, "cells": len(cells), "residual_df": 0, "sigma": math.nan,
+              "brown_forsythe_p": math.nan, "outliers": []}
+    out = {r: {"n": len(set(top1[r]) & set(top1[baselines[r]])), "delta": math.nan, "se": math.nan,
+               "ci_low": math.nan, "ci_high": math.nan, "p_t": math.nan, "resolvable": math.nan,
+               "residual_df": 0, "ci_method": ""} for r in rows}
+    if not rows:
+        return {"rows": out, "family": family}
+    # the design by hand: an intercept, a dummy per network but the first, a dummy per seed but the first
+    col = {n: i for i, n in enumerate(networks[1:], start=1)}
+    X = np.zeros((len(cells), len(networks) + len(seeds) - 1))
+    X[:, 0] = 1
+    for i, (n, seed, _) in enumerate(cells):
+        if n in col:
+            X[i, col[n]] = 1
+        if seed != seeds[0]:
+            X[i, len(networks) - 1 + seeds.index(seed)] = 1
+    y = np.array([v for *_, v in cells])
+    fit = sm.OLS(y, X).fit()
+    df = int(round(fit.df_resid)) if np.linalg.matrix_rank(X) == X.shape[1] else 0
+    family["residual_df"] = df
+    for r in rows:
+        contrast = np.zeros(X.shape[1])
+        for name, sign in ((r, 1.0), (baselines[r], -1.0)):
+            if name in col:
+                contrast[col[name]] += sign
+        out[r].update(delta=float(contrast @ fit.params), residual_df=df)
+        if df < 1:
+            out[r]["ci_method"] = "one seed: no interval"
+            continue
+        test = fit.t_test(contrast)
+        se = float(np.squeeze(test.sd))
+        low, high = np.squeeze(test.conf_int(alpha))
+        out[r].update(se=se, ci_low=float(low), ci_high=float(high), p_t=float(np.squeeze(test.pvalue)),
+                      resolvable=float(st.t.ppf(1 - alpha / (2 * len(rows)), df) * se), ci_method="blocked t")
+    if df < 1:
+        return {"rows": out, "family": family}
+    family["sigma"] = float(math.sqrt(max(fit.scale, 0.0)))
+    if family["sigma"] <= 1e-9 * max(1.0, float(np.abs(y).max())):
+        return {"rows": out, "family": family}  # no spread but float noise: compare falls back (`alike`)
+    residuals = {n: [e for (m, *_), e in zip(cells, fit.resid) if m == n] for n in networks}
+    groups = [g for g in residuals.values() if len(g) > 1]
+    with warnings.catch_warnings():  # a row of one seed has no residual of its own (leverage 1): no test there
+        warnings.simplefilter("ignore")
+        if len(groups) > 1:
+            p = st.levene(*groups, center="median").pvalue
+            family["brown_forsythe_p"] = float(p) if np.isfinite(p) else math.nan
+        if df >= 3:  # an externally studentized residual needs a few degrees of freedom left without its cell
+            bonferroni = fit.outlier_test(method="bonf")[:, 2]
+            family["outliers"] = [{"network": cells[i][0], "seed": cells[i][1]}
+                                  for i in np.flatnonzero(np.nan_to_num(bonferroni, nan=1.0) < GUARD_ALPHA)]
+    return {"rows": out, "family": family}
+
+
 def holm(pvalues) -> list[float]:
     """Holm's step-down adjustment of a family of p-values (NaNs are left out of the family and stay NaN)."""
     p = np.asarray(pvalues, dtype=float)
@@ -88,31 +161,110 @@ def verdict(delta: float, p_holm: float, alpha: float = ALPHA) -> str:
 
 
 def compare(top1: dict[str, dict[int, float]], baselines: dict[str, str | None], alpha: float = ALPHA) -> dict:
-    """Every row against its baseline (the row before it on the path; the full path for leave-one-out), over the
-    seeds both finished: name → `paired` statistics with `p_holm` (Holm across the rows) and `verdict`."""
-    seeds = {name: sorted(set(top1[name]) & set(top1[base])) for name, base in baselines.items()
-             if base is not None and base in top1 and name in top1}
-    tested = sum(len(s) > 1 for s in seeds.values())  # the rows with a p-value: Holm's family
-    out = {name: paired([top1[name][s] for s in seeds[name]], [top1[baselines[name]][s] for s in seeds[name]],
-                        alpha, max(tested, 1))
-           for name in seeds}
+    """Every row against its baseline (the row before it on the path; the full path for leave-one-out): the blocked
+    analysis of the family, or, for the rows the guard picks, the paired test of their own seeds; Holm across the
+    family either way. Returns {"rows": name → the statistics of the analysis it gets, with `analysis`
+    (blocked / paired), `p_holm`, `verdict`, and both analyses in full under "blocked" and "paired"; "family": the
+    blocked fit (`blocked`'s); "notes": a line per row or rows that fell back, saying why}."""
+    fitted = blocked(top1, baselines, alpha)
+    rows, family = fitted["rows"], fitted["family"]
+    m = max(sum(not math.isnan(r["p_t"]) for r in rows.values()), 1)
+    pairs = {r: paired([top1[r][s] for s in sorted(set(top1[r]) & set(top1[baselines[r]]))],
+                       [top1[baselines[r]][s] for s in sorted(set(top1[r]) & set(top1[baselines[r]]))], alpha, m)
+             for r in rows}
+    fallback, notes = set(), []
+    alike = family["residual_df"] > 0 and family["sigma"] <= 1e-9 * max(
+        1.0, max(abs(v) for n in family["networks"] for v in top1[n].values()))
+    if alike:  # every row moved by the same amount on every seed: a t-test would call anything certain
+        fallback = set(rows)
+        notes.append("every row moved by the same amount on every seed (no residual spread): each Δ is from its "
+                     "own paired seeds, by the exact sign-flip test")
+    elif family["brown_forsythe_p"] < GUARD_ALPHA:
+        fallback = set(rows)
+        notes.append(f"the rows' residual variances differ beyond chance (Brown–Forsythe p = "
+                     f"{family['brown_forsythe_p']:.3f}): every Δ is from its own paired seeds")
+    for cell in family["outliers"]:
+        hit = [r for r in rows if cell["network"] in (r, baselines[r])]
+        fallback |= set(hit)
+        notes.append(f"{cell['network']} seed{cell['seed']} is far off its row (Bonferroni outlier test, p < "
+                     f"{GUARD_ALPHA:g}): {', '.join(hit)} from their own paired seeds")
+    out = {}
+    for r in rows:
+        chosen = pairs[r] if r in fallback else rows[r]
+        out[r] = {**{k: v for k, v in chosen.items()}, "analysis": "paired" if r in fallback else "blocked",
+                  "residual_df": max(pairs[r]["n"] - 1, 0) if r in fallback else rows[r]["residual_df"],
+                  "blocked": rows[r], "paired": pairs[r]}
     adjusted = holm([r["p_t"] for r in out.values()])
     for r, p in zip(out.values(), adjusted):
         r["p_holm"] = p
         r["verdict"] = verdict(r["delta"], p, alpha)
+    return {"rows": out, "family": family, "notes": notes}
+
+
+def power(seeds: int, networks: int, sigma: float, delta: float, alpha: float = ALPHA) -> float:
+    """The chance that the blocked analysis of `networks` networks × `seeds` seeds calls a true Δ of `delta`
+    beyond noise, each of the networks − 1 comparisons at Holm's strictest level alpha / (networks − 1), two-sided,
+    on (networks − 1)(seeds − 1) residual degrees of freedom: the noncentral t's mass beyond ±t_crit."""
+    df = (networks - 1) * (seeds - 1)
+    if df < 1 or sigma <= 0:
+        return math.nan
+    se = sigma * math.sqrt(2 / seeds)
+    crit = st.t.ppf(1 - alpha / (2 * max(networks - 1, 1)), df)
+    return float(st.nct.sf(crit, df, delta / se) + st.nct.cdf(-crit, df, delta / se))
+
+
+def seeds_needed(delta: float, sigma: float, networks: int, target: float = 0.8, alpha: float = ALPHA,
+                 most: int = 100_000) -> int | None:
+    """The fewest seeds per network at which `power` reaches `target` (None beyond `most`)."""
+    if delta <= 0 or sigma <= 0 or networks < 2:
+        return None
+    lo, hi = 2, 2
+    while power(hi, networks, sigma, delta, alpha) < target:
+        if hi >= most:
+            return None
+        lo, hi = hi, min(hi * 2, most)
+    while lo < hi:  # power rises with the seeds: the first that reaches the target
+        mid = (lo + hi) // 2
+        if power(mid, networks, sigma, delta, alpha) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi
+
+
+PAPER_SEEDS = 3  # Table 10: "mean and std over 3 runs"
+
+
+def paper_steps(path: list[tuple[str, float, float | None]], seeds: int = PAPER_SEEDS,
+                alpha: float = ALPHA) -> list[dict]:
+    """The paper's own Δs under the same test: each step of a path (name, printed mean, printed std of `seeds`
+    runs, in path order) against the step before it, unpaired, by Welch's t from the printed numbers
+    (scipy.stats.ttest_ind_from_stats), Holm over the path's tested steps. A step without a printed std (its own
+    or the one before; Table 11's path has none) is not tested, and says so."""
+    out = []
+    for (name, mean, std), (before, base_mean, base_std) in zip(path[1:], path):
+        row = {"step": name, "baseline": before, "delta": mean - base_mean, "p": math.nan}
+        if std is not None and base_std is not None and not (_nan(std) or _nan(base_std)):
+            row["p"] = float(st.ttest_ind_from_stats(mean, std, seeds, base_mean, base_std, seeds,
+                                                     equal_var=False).pvalue)
+        out.append(row)
+    for row, p in zip(out, holm([r["p"] for r in out])):
+        row["p_holm"] = p
+        row["verdict"] = verdict(row["delta"], p, alpha) or "not tested: no std printed"
     return out
 
 
-def fidelity(ours: dict[str, float], paper: dict[str, float], paper_std: dict[str, float | None],
-             baselines: dict[str, str | None], paper_seeds: int = 3) -> dict:
+def fidelity(ours: dict[str, float], paper: dict[str, float], baselines: dict[str, str | None],
+             paper_verdicts: dict[tuple[str, str], str]) -> dict:
     """How closely our per-row top-1 follows the paper's, over the rows both have: Kendall's τ and Spearman's ρ of
     the accuracies, and the share of Δs (row against its baseline) whose sign agrees with the paper's, counting
-    only the paper's Δs larger than their own std. The paper's rows are means of `paper_seeds` runs (Table 10:
-    3) with the runs' std s, so a Δ of two rows has std √((s_row² + s_base²) / paper_seeds); every Δ counts where
-    the paper gives no std."""
+    only the paper's Δs that its own test calls beyond noise (`paper_verdicts`: (step, the step before) → the
+    verdict of `paper_steps`)."""
     rows = [r for r in ours if r in paper and not _nan(ours[r]) and not _nan(paper[r])]
     out = {"rows": rows, "kendall_tau": math.nan, "spearman_rho": math.nan, "sign_agreement": math.nan,
-           "signs_counted": [], "signs_agree": []}
+           "signs_counted": [], "signs_agree": [],
+           "signs_counted_are": "the paper's Δs beyond noise by Welch's t on its printed means and stds (3 runs), "
+                                "Holm over its path (roadmap paper)"}
     if len(rows) >= 2:
         x, y = [ours[r] for r in rows], [paper[r] for r in rows]
         with warnings.catch_warnings():  # a constant column has no rank correlation: NaN, as scipy says
@@ -121,15 +273,9 @@ def fidelity(ours: dict[str, float], paper: dict[str, float], paper_std: dict[st
             out["spearman_rho"] = float(st.spearmanr(x, y).statistic)
     for r in rows:
         b = baselines.get(r)
-        if b not in rows:
-            continue
-        paper_delta = paper[r] - paper[b]
-        s = [paper_std.get(r), paper_std.get(b)]
-        noise = math.sqrt(sum(v * v for v in s) / paper_seeds) if all(v is not None and not _nan(v) for v in s) \
-            else 0.0
-        if abs(paper_delta) > noise:
+        if b in rows and paper_verdicts.get((r, b)) in ("better", "worse"):
             out["signs_counted"].append(r)
-            if np.sign(ours[r] - ours[b]) == np.sign(paper_delta):
+            if np.sign(ours[r] - ours[b]) == np.sign(paper[r] - paper[b]):
                 out["signs_agree"].append(r)
     if out["signs_counted"]:
         out["sign_agreement"] = len(out["signs_agree"]) / len(out["signs_counted"])

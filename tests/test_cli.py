@@ -147,3 +147,25 @@ def test_doctor_expects_one_run_on_each_visible_gpu(tmp_path, monkeypatch):
     seen[1] = "GPU-aa"  # both runs on one GPU
     (line,) = doc.pinned()
     assert line.verdict == "FAIL"
+
+
+def test_paper_prints_its_own_steps_under_welch(capsys):
+    assert main(["paper"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "Welch's t" in out[0] and "Holm over the 12 tested" in out[0]
+    verdicts = {ln.split()[0]: ln.split(None, 4)[-1].strip() for ln in out[2:]}
+    assert verdicts["patchify_stem"] == verdicts["gelu"] == "within noise" and verdicts["widen"] == "better"
+    assert main(["paper", "--base", "resnet200"]) == 0
+    assert "not tested: no std printed" in capsys.readouterr().out
+
+
+def test_seeds_from_a_given_sigma_and_bad_requests_are_one_line(capsys, tmp_path):
+    assert main(["seeds", "--sigma", "1.95", "--rows", "8", "--delta", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("# σ 1.95 (given); 8 networks") and out[2].split() == ["1.00", "--delta", "96"]
+    assert main(["seeds", "--sigma", "1.95"]) == 2
+    assert "give --rows K too" in capsys.readouterr().err
+    assert main(["seeds", "--sigma", "1.95", "--rows", "1"]) == 2
+    assert "--rows 1: a family needs two networks or more" in capsys.readouterr().err
+    assert main(["seeds", "--results", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1

@@ -6,6 +6,54 @@ import pytest
 from convnext_roadmap.experiment import Experiment
 
 
+TOP1 = {"resnet50": [70.0, 71.0, 72.5], "stage_ratio": [71.0, 71.5, 74.5], "patchify_stem": [68.0, 68.0, 72.0]}
+
+
+def _three_by_three(folder):
+    """A constructed experiment of three networks × three seeds (TOP1), each run 0.5 CPU-hours."""
+    import json
+
+    from convnext_roadmap import results
+    from convnext_roadmap.plan import save
+
+    save(folder, "resnet50", "cpu_proxy", [0, 1, 2],
+         [{"name": n, "label": n, "baseline": b, "group": "path", "gflops": 4.0, "params": 25e6}
+          for n, b in (("resnet50", None), ("stage_ratio", "resnet50"), ("patchify_stem", "stage_ratio"))])
+    for name, values in TOP1.items():
+        for seed, v in enumerate(values):
+            run = results.run_dir(folder, name, seed)
+            run.mkdir(parents=True)
+            (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "top1": v, "train_loss": 1.0}) + "\n")
+            climbing = (name, seed) == ("stage_ratio", 2)
+            results.write_json(run / "summary.json", {"status": "completed", "name": name, "seed": seed,
+                                                      "final_top1": v, "train_img_s": 100.0,
+                                                      "levelled_off": not climbing,
+                                                      "last_epochs_below_best": 2.3 if climbing else 0.5,
+                                                      "wall_s": 900.0, "processes": 1,
+                                                      "hardware": {"device": "cpu", "torch_threads": 2}})
+    return TOP1
+
+
+def test_seeds_of_an_experiment_from_its_pooled_sigma(tmp_path, capsys):
+    # the experiment of the test below: pooled σ √(29/72) on 4 df, 3 networks; each run 900 s × 2 threads
+    from scipy import stats as scipy_stats
+
+    from convnext_roadmap.cli import main
+
+    _three_by_three(tmp_path / "t")
+    assert main(["seeds", "t", "--results", str(tmp_path), "--delta", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    sigma = (29 / 72) ** 0.5
+    assert out[0].startswith(f"# σ {sigma:.2f} (pooled: t, 3 networks, 9 runs, 4 residual df)")
+    # the fewest n with power ≥ 0.8 for Δ 1 over 3 networks: 2(n − 1) df, SE σ√(2/n), t at 1 − 0.05/4
+    def reaches(n):
+        df, se = 2 * (n - 1), sigma * (2 / n) ** 0.5
+        crit = scipy_stats.t.ppf(1 - 0.05 / 4, df)
+        return scipy_stats.nct(df, 1 / se).sf(crit) + scipy_stats.nct(df, 1 / se).cdf(-crit) >= 0.8
+    n = next(k for k in range(2, 100) if reaches(k))
+    assert out[1].split()[-1] == "(CPU-hours)" and out[2].split() == ["1.00", "--delta", str(n), f"{n * 3 * 0.5:.1f}"]
+
+
 def test_report_of_three_seeds_by_hand(tmp_path, monkeypatch):
     """The statistics as the table, table.md and fidelity.json carry them, for a constructed experiment of three
     seeds whose every number is worked out by hand below."""
@@ -15,22 +63,8 @@ def test_report_of_three_seeds_by_hand(tmp_path, monkeypatch):
     import pandas as pd
 
     from convnext_roadmap import report, results
-    from convnext_roadmap.plan import save
 
-    top1 = {"resnet50": [70.0, 71.0, 72.5], "stage_ratio": [71.0, 71.5, 74.5], "patchify_stem": [68.0, 68.0, 72.0]}
-    save(tmp_path, "resnet50", "cpu_proxy", [0, 1, 2],
-         [{"name": n, "label": n, "baseline": b, "group": "path", "gflops": 4.0, "params": 25e6}
-          for n, b in (("resnet50", None), ("stage_ratio", "resnet50"), ("patchify_stem", "stage_ratio"))])
-    for name, values in top1.items():
-        for seed, v in enumerate(values):
-            run = results.run_dir(tmp_path, name, seed)
-            run.mkdir(parents=True)
-            (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "top1": v, "train_loss": 1.0}) + "\n")
-            climbing = (name, seed) == ("stage_ratio", 2)
-            results.write_json(run / "summary.json", {"status": "completed", "name": name, "seed": seed,
-                                                      "final_top1": v, "train_img_s": 100.0,
-                                                      "levelled_off": not climbing,
-                                                      "last_epochs_below_best": 2.3 if climbing else 0.5})
+    top1 = _three_by_three(tmp_path)
     from matplotlib.container import BarContainer
 
     from convnext_roadmap import plots
@@ -40,37 +74,48 @@ def test_report_of_three_seeds_by_hand(tmp_path, monkeypatch):
     report.write(tmp_path, quiet=True)
     table = pd.read_csv(tmp_path / "table.csv")
     new = ["top1_std", "delta_top1", "delta_ci_low", "delta_ci_high", "delta_p", "delta_p_holm", "delta_resolvable",
-           "verdict"]
+           "verdict", "analysis", "residual_df"]
     at = list(table.columns).index("top1_std")
-    assert list(table.columns)[at:at + 8] == new
+    assert list(table.columns)[at:at + 10] == new
     r = table.set_index("step")
     # resnet50: 70, 71, 72.5: mean 71.1667, sample sd √(3.1667 / 2) = 1.258306
     assert r.top1_std["resnet50"] == pytest.approx(1.258306, abs=1e-6)
     assert pd.isna(r.delta_top1["resnet50"]) and pd.isna(r.verdict["resnet50"])
-    # stage_ratio − resnet50 = (1, 0.5, 2): mean 7/6, half-width 1.897291, p 0.118082 (test_paired_three_seeds_by_hand)
-    # patchify_stem − stage_ratio = (−3, −3.5, −2.5): mean −3, sd 0.5, t = −3 / (0.5 / √3) = −10.392305; on 2
-    # degrees of freedom p = 1 − |t| / √(2 + t²) = 1 − 10.392305 / √110 = 0.009133, half-width 4.302653 · 0.5 / √3
+    # the blocked analysis of the 3 × 3 table: row means 71 1/6, 72 1/3, 69 1/3, seed means 69 2/3, 70 1/6, 73,
+    # grand mean 70 17/18; residuals × 18: (2, 11, −13), (−1, −1, 2), (−1, −10, 11): SSE = 522 / 324 on
+    # (3 − 1)(3 − 1) = 4 df, MSE = 29/72, the SE of a Δ √(2 · MSE / 3) = √(29/108) = 0.518188
+    se = (29 / 108) ** 0.5
+    assert (r.analysis["stage_ratio"], r.residual_df["stage_ratio"]) == ("blocked", 4)
     assert r.delta_top1["stage_ratio"] == pytest.approx(7 / 6)
-    assert r.delta_p["patchify_stem"] == pytest.approx(0.009133, abs=1e-6)
+    # stage_ratio: t = (7/6) / 0.518188 = 2.251436; patchify_stem: t = −3 / 0.518188 = −5.789406, on 4 df
+    # (the t distribution on 4 df: F(t) = 1/2 + (t/√(4 + t²)) (1/2 + 1/(4 + t²)) · 1, with x = t/√(4+t²):
+    # p = 1 − x(3 − x²)/2 = 0.087506 and 0.004424)
+    assert r.delta_p["stage_ratio"] == pytest.approx(0.087506, abs=1e-6)
+    assert r.delta_p["patchify_stem"] == pytest.approx(0.004424, abs=1e-6)
+    half = 2.776445 * se  # t₀.₉₇₅,₄
     assert (r.delta_ci_low["patchify_stem"], r.delta_ci_high["patchify_stem"]) == pytest.approx(
-        (-3 - 1.242069, -3 + 1.242069), abs=1e-6)
-    # Holm over the two: 2 · 0.009133 = 0.018266, then max(0.018266, 1 · 0.118082)
-    assert r.delta_p_holm["patchify_stem"] == pytest.approx(0.018266, abs=1e-6)
-    assert r.delta_p_holm["stage_ratio"] == pytest.approx(0.118082, abs=1e-6)
-    # resolvable at 0.05 / 2: t at 0.9875 on 2 df, c = 0.975, t = c√2 / √(1 − c²) = 6.205338
-    assert r.delta_resolvable["patchify_stem"] == pytest.approx(6.205338 * 0.5 / 3 ** 0.5, abs=1e-5)
-    assert r.delta_resolvable["stage_ratio"] == pytest.approx(6.205338 * (7 / 12) ** 0.5 / 3 ** 0.5, abs=1e-5)
+        (-3 - half, -3 + half), abs=1e-5)
+    # Holm over the two: 2 · 0.004424 = 0.008848, then max(0.008848, 1 · 0.087506)
+    assert r.delta_p_holm["patchify_stem"] == pytest.approx(0.008848, abs=1e-6)
+    assert r.delta_p_holm["stage_ratio"] == pytest.approx(0.087506, abs=1e-6)
+    # resolvable at 0.05 / 2 on 4 df: t₀.₉₈₇₅,₄ = 3.495406
+    assert r.delta_resolvable["patchify_stem"] == pytest.approx(3.495406 * se, abs=1e-5)
     assert (r.verdict["stage_ratio"], r.verdict["patchify_stem"]) == ("within noise", "worse")
+    saved = json.loads((tmp_path / "stats.json").read_text())
+    assert saved["family"]["residual_df"] == 4 and saved["rows"]["stage_ratio"]["analysis"] == "blocked"
+    # the paired test stays beside it: stage_ratio − resnet50 = (1, 0.5, 2), p 0.118082 on 2 df
+    assert saved["rows"]["stage_ratio"]["paired"]["p_t"] == pytest.approx(0.118082, abs=1e-6)
     md = (tmp_path / "table.md").read_text()
-    assert "71.2 ± 1.3" in md and "+1.2 [−0.7, +3.1]" in md and "−3.0 [−4.2, −1.8]" in md
+    assert "71.2 ± 1.3" in md and "+1.2 [−0.3, +2.6]" in md and "−3.0 [−4.4, −1.6]" in md
     # fidelity against the paper's Table 10 (78.82 ± 0.07, 79.36 ± 0.07, 79.51 ± 0.18): our order stage_ratio >
     # resnet50 > patchify_stem, the paper's patchify_stem > stage_ratio > resnet50: of 3 pairs 1 concordant, 2
-    # not, τ = −1/3; rank differences (1, 1, −2), ρ = 1 − 6 · 6 / (3 · 8) = −0.5. Both paper Δs (+0.54, +0.15)
-    # exceed their std (0.057, 0.111); ours agree on the first only
+    # not, τ = −1/3; rank differences (1, 1, −2), ρ = 1 − 6 · 6 / (3 · 8) = −0.5. Of the paper's two Δs, +0.54
+    # passes its own test (Welch, Holm over its path) and +0.15 does not (test_stats): ours agrees on the one
     fid = json.loads((tmp_path / "fidelity.json").read_text())
     assert {"kendall_tau", "spearman_rho", "sign_agreement", "rows"} <= set(fid)
     assert fid["kendall_tau"] == pytest.approx(-1 / 3) and fid["spearman_rho"] == pytest.approx(-0.5)
-    assert fid["sign_agreement"] == pytest.approx(0.5)
+    assert fid["signs_counted"] == ["stage_ratio"] and fid["sign_agreement"] == 1.0
+    assert pd.isna(r.paper_verdict["resnet50"]) and r.paper_verdict["patchify_stem"] == "within noise"
     assert fid["rows"] == ["resnet50", "stage_ratio", "patchify_stem"]
     # Figure 2: rows top to bottom resnet50, stage_ratio, patchify_stem at y = 2, 1, 0; each bar's interval is
     # t₀.₉₇₅,₂ · sd / √3 about its mean (resnet50: 4.302653 · 1.258306 / √3 = 3.125804); only the within-noise

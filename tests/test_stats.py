@@ -42,7 +42,7 @@ def test_a_delta_larger_than_resolvable_is_never_within_noise():
         for i in range(1, m + 1):
             shift, spread = rng.normal(0, 4), rng.uniform(0.2, 3)
             top1[f"r{i}"] = {k: top1[f"r{i - 1}"][k] + shift + rng.normal(0, spread) for k in range(n)}
-        out = compare(top1, {"r0": None, **{f"r{i}": f"r{i - 1}" for i in range(1, m + 1)}})
+        out = compare(top1, {"r0": None, **{f"r{i}": f"r{i - 1}" for i in range(1, m + 1)}})["rows"]
         for r in out.values():
             if abs(r["delta"]) > r["resolvable"]:
                 seen += 1
@@ -102,28 +102,172 @@ def test_compare_gives_verdicts_against_each_baseline():
             "b": {0: 75.0, 1: 76.1, 2: 76.9},   # +5 on every seed: better
             "c": {0: 75.2, 1: 75.9, 2: 77.1},   # ≈ b
             "d": {0: 60.0}}                      # one seed
-    out = compare(top1, {"a": None, "b": "a", "c": "b", "d": "c"})
+    out = compare(top1, {"a": None, "b": "a", "c": "b", "d": "c"})["rows"]
     assert set(out) == {"b", "c", "d"}
     assert out["b"]["verdict"] == "better" and out["c"]["verdict"] == "within noise"
-    assert out["d"]["verdict"] == "" and math.isnan(out["d"]["p_holm"])
-    assert out["b"]["p_holm"] == pytest.approx(min(1, 2 * out["b"]["p_t"]))  # a family of two p-values
+    # d has one seed: in the blocked fit it has no residual of its own, and its contrast with c is Δ = 60 − c's
+    # seed-0 fit; the pooled σ gives it an interval like the others'
+    assert out["b"]["analysis"] == "blocked" and out["b"]["residual_df"] == 4  # 10 cells − 4 networks − 3 seeds + 1
+
+
+# A networks × seeds table worked out by hand (the oracle of the blocked analysis):
+#   a: 70 72 71 (mean 71)   b: 73 74 75 (mean 74)   c: 72 76 74 (mean 74)   grand mean 73
+#   seed means 71⅔, 74, 73⅓; residual e = y − row mean − seed mean + grand mean:
+#   a: ⅓ 0 −⅓   b: ⅓ −1 ⅔   c: −⅔ 1 −⅓     SSE = (1 + 0 + 1 + 1 + 9 + 4 + 4 + 9 + 1) / 9 = 10/3
+#   residual df (3 − 1)(3 − 1) = 4, MSE = 10/12, σ = 0.912871; SE of a Δ of two rows √(2 · MSE / 3) = 0.745356
+HAND = {"a": {0: 70.0, 1: 72.0, 2: 71.0}, "b": {0: 73.0, 1: 74.0, 2: 75.0}, "c": {0: 72.0, 1: 76.0, 2: 74.0}}
+CHAIN = {"a": None, "b": "a", "c": "b"}
+
+
+def test_the_blocked_analysis_by_hand():
+    out = compare(HAND, CHAIN)
+    rows, family = out["rows"], out["family"]
+    assert family["residual_df"] == 4 and family["sigma"] == pytest.approx((10 / 12) ** 0.5)
+    b, c = rows["b"], rows["c"]
+    se = (2 * (10 / 12) / 3) ** 0.5
+    assert b["delta"] == pytest.approx(3.0) and b["se"] == pytest.approx(se) and b["residual_df"] == 4
+    t = 3.0 / se  # 4.024922
+    assert b["p_t"] == pytest.approx(2 * scipy_stats.t.sf(t, 4))  # 0.015826
+    half = scipy_stats.t.ppf(0.975, 4) * se  # 2.776445 · 0.745356
+    assert (b["ci_low"], b["ci_high"]) == pytest.approx((3 - half, 3 + half))
+    assert c["delta"] == pytest.approx(0.0, abs=1e-12) and c["p_t"] == pytest.approx(1.0)
+    # Holm over two: 2 · 0.015826, then max(that, 1 · 1.0); resolvable at 0.05 / 2 on 4 df
+    assert b["p_holm"] == pytest.approx(2 * b["p_t"]) and c["p_holm"] == pytest.approx(1.0)
+    assert b["resolvable"] == pytest.approx(scipy_stats.t.ppf(1 - 0.05 / 4, 4) * se)
+    assert (b["verdict"], c["verdict"]) == ("better", "within noise") and b["analysis"] == "blocked"
+    # the paired test alone of b against a: d = (3, 2, 4), t = 3 / (1 / √3) = 5.196 on 2 df: kept beside
+    assert b["paired"]["p_t"] == pytest.approx(scipy_stats.ttest_rel([73, 74, 75], [70, 72, 71]).pvalue)
+
+
+def test_two_rows_are_the_paired_t_test():
+    top1 = {"a": {0: 61.2, 1: 58.9, 2: 63.0, 3: 60.1}, "b": {0: 62.0, 1: 60.4, 2: 63.1, 3: 62.5}}
+    b = compare(top1, {"a": None, "b": "a"})["rows"]["b"]
+    expected = scipy_stats.ttest_rel([62.0, 60.4, 63.1, 62.5], [61.2, 58.9, 63.0, 60.1])
+    assert b["p_t"] == pytest.approx(expected.pvalue, rel=1e-10) and b["residual_df"] == 3
+    low, high = expected.confidence_interval(0.95)
+    assert (b["ci_low"], b["ci_high"]) == pytest.approx((low, high), rel=1e-10)
+
+
+def test_a_missing_seed_by_yates_missing_value():
+    # the hand table without c's seed 2. The least-squares fit of an incomplete block design is the complete one
+    # with Yates' missing value in the hole: ŷ = (t·T + b·B − G) / ((t − 1)(b − 1)) with t = 3 networks,
+    # b = 3 seeds, T = c's total 148, B = seed 2's total 146, G = 583: ŷ = (444 + 438 − 583) / 4 = 74.75.
+    # Then c's mean is 74.25 (Δ against b: 0.25), the residual df one fewer (3), and the variance of a Δ with
+    # the incomplete row σ²(2/b + t / (b (b − 1)(t − 1))) = σ²(2/3 + 1/4)
+    import numpy as np
+
+    top1 = {k: dict(v) for k, v in HAND.items()}
+    del top1["c"][2]
+    y = np.array([[70, 72, 71], [73, 74, 75], [72, 76, 74.75]])
+    resid = y - y.mean(1, keepdims=True) - y.mean(0, keepdims=True) + y.mean()
+    mse = (resid ** 2).sum() / 3
+    rows = compare(top1, CHAIN)["rows"]
+    c, b = rows["c"], rows["b"]
+    assert c["delta"] == pytest.approx(0.25) and c["residual_df"] == 3
+    assert c["se"] == pytest.approx((mse * (2 / 3 + 1 / 4)) ** 0.5)
+    assert b["delta"] == pytest.approx(3.0) and b["se"] == pytest.approx((2 * mse / 3) ** 0.5)
+
+
+def test_the_guard_falls_back_to_paired_seeds_for_a_wild_row():
+    # five networks of four seeds, all within ±0.1 of their means, but one whose seeds scatter by ±4: its
+    # residuals are far wider than the others' (Brown–Forsythe), so no row's interval leans on the pooled σ
+    rng = np.random.default_rng(1)
+    quiet = {f"n{i}": {k: 60 + i + rng.uniform(-0.1, 0.1) for k in range(4)} for i in range(5)}
+    wild = dict(quiet, n2={k: 62 + v for k, v in zip(range(4), (4.0, -3.5, 3.8, -4.2))})
+    chain = {"n0": None, **{f"n{i}": f"n{i - 1}" for i in range(1, 5)}}
+    calm = compare(quiet, chain)
+    assert calm["notes"] == [] and {r["analysis"] for r in calm["rows"].values()} == {"blocked"}
+    out = compare(wild, chain)
+    assert out["family"]["brown_forsythe_p"] < 0.05
+    assert {r["analysis"] for r in out["rows"].values()} == {"paired"}
+    assert out["notes"][0].startswith("the rows' residual variances differ beyond chance")
+    r = out["rows"]["n4"]  # its own paired seeds, as the paired test says
+    assert r["p_t"] == r["paired"]["p_t"] and r["residual_df"] == 3
+
+
+def test_the_guard_sets_aside_the_rows_of_a_seed_far_off():
+    # six networks of five seeds, seed effects shared, a little noise; n3's seed 4 is 6 points off: its
+    # externally studentized residual is beyond Bonferroni's bound over the 30 cells, so n3's two rows (against
+    # n2, and n4 against it) take their own paired seeds, the others keep the blocked fit
+    rng = np.random.default_rng(2)
+    seed_effect = [0.0, 1.0, -0.5, 0.7, -1.2]
+    top1 = {f"n{i}": {k: 60 + i + seed_effect[k] + rng.normal(0, 0.3) for k in range(5)} for i in range(6)}
+    top1["n3"][4] += 6
+    chain = {"n0": None, **{f"n{i}": f"n{i - 1}" for i in range(1, 6)}}
+    out = compare(top1, chain)
+    assert out["family"]["outliers"] == [{"network": "n3", "seed": 4}]
+    analysis = {name: r["analysis"] for name, r in out["rows"].items()}
+    assert analysis["n3"] == analysis["n4"] == "paired"
+    if out["family"]["brown_forsythe_p"] >= 0.05:
+        assert analysis["n1"] == analysis["n2"] == analysis["n5"] == "blocked"
+    assert any("n3 seed4 is far off its row" in note for note in out["notes"])
 
 
 def test_fidelity_on_a_constructed_table():
     ours = {"a": 70.0, "b": 72.0, "c": 71.0, "d": 75.0}
     paper = {"a": 78.0, "b": 79.0, "c": 80.0, "d": 81.0}
-    std = {"a": 0.1, "b": 0.1, "c": 0.8, "d": 0.1}
-    f = fidelity(ours, paper, std, {"a": None, "b": "a", "c": "b", "d": "c"})
+    chain = {"a": None, "b": "a", "c": "b", "d": "c"}
+    passed = {("b", "a"): "better", ("c", "b"): "better", ("d", "c"): "better"}
+    f = fidelity(ours, paper, chain, passed)
     # pairs: 5 concordant, 1 discordant (b, c) → τ = 4/6; ranks (1,3,2,4) vs (1,2,3,4): Σd² = 2 → ρ = 1 − 12/60
     assert f["kendall_tau"] == pytest.approx(4 / 6) and f["spearman_rho"] == pytest.approx(0.8)
-    # every paper Δ is +1, beyond the std of a Δ of two 3-seed means, √((s² + s²) / 3) ≤ √(0.65 / 3) = 0.47:
-    # b agrees, c disagrees, d agrees
+    # every paper Δ is +1 and passes its test: b agrees, c disagrees, d agrees
     assert f["signs_counted"] == ["b", "c", "d"] and f["signs_agree"] == ["b", "d"]
     assert f["sign_agreement"] == pytest.approx(2 / 3)
-    std["c"] = 1.8  # now the paper's Δs of c and d are within √((3.24 + 0.01) / 3) = 1.04 of nothing
-    assert fidelity(ours, paper, std, {"a": None, "b": "a", "c": "b", "d": "c"})["signs_counted"] == ["b"]
-    std["c"] = 1.6  # √((2.56 + 0.01) / 3) = 0.93: counted again (per run, √2.57 = 1.6 would not be)
-    assert fidelity(ours, paper, std, {"a": None, "b": "a", "c": "b", "d": "c"})["signs_counted"] == ["b", "c", "d"]
+    # the paper's own test calls c's Δ within noise: only b and d are counted
+    f = fidelity(ours, paper, chain, {**passed, ("c", "b"): "within noise"})
+    assert f["signs_counted"] == ["b", "d"] and f["sign_agreement"] == 1.0 and "Welch" in f["signs_counted_are"]
+    # a row whose baseline is not the paper's step before it (leave-one-out) has no paper Δ to count
+    assert fidelity(ours, paper, {**chain, "d": "b"}, passed)["signs_counted"] == ["b", "c"]
+
+
+def test_the_papers_own_steps_under_welch_by_hand():
+    from convnext_roadmap import paper, roadmap
+    from convnext_roadmap.stats import paper_steps
+
+    # Table 10, ResNet-50 78.82 ± 0.07 → stage ratio 79.36 ± 0.07, 3 runs each: Welch's t = 0.54 / √(2 · 0.07² / 3)
+    # = 9.448, on 2(3 − 1) = 4 df when the stds are equal; on 4 df p = 1 − x(3 − x²)/2 with x = t / √(4 + t²)
+    t = 0.54 / (2 * 0.07 ** 2 / 3) ** 0.5
+    x = t / (4 + t * t) ** 0.5
+    steps = paper_steps(paper.path("resnet50", [s.name for s in roadmap.steps("resnet50")]))
+    first = steps[0]
+    assert (first["step"], first["baseline"]) == ("stage_ratio", "resnet50")
+    assert first["delta"] == pytest.approx(0.54) and first["p"] == pytest.approx(1 - x * (3 - x * x) / 2)
+    # patchify stem 79.51 ± 0.18 against 79.36 ± 0.07: t = 0.15 / √((0.18² + 0.07²) / 3) = 1.345, on the
+    # Welch–Satterthwaite df (0.0324 + 0.0049)² / (0.0324² + 0.0049²) · (3 − 1) = 2.592
+    second = steps[1]
+    df = (0.0324 + 0.0049) ** 2 / (0.0324 ** 2 + 0.0049 ** 2) * 2
+    assert second["p"] == pytest.approx(2 * scipy_stats.t.sf(0.15 / ((0.0324 + 0.0049) / 3) ** 0.5, df))
+    # Holm over the 12 steps of the path (layer_scale has no printed row): four of the paper's Δs do not pass
+    # (worked by hand in issue 21: patchify stem Holm p 0.85, GELU 0.92, fewer norms 0.39, LN 0.92)
+    assert len(steps) == 12
+    quiet = {r["step"]: round(r["p_holm"], 2) for r in steps if r["verdict"] == "within noise"}
+    assert quiet == {"patchify_stem": 0.85, "gelu": 0.92, "fewer_norms": 0.39, "layernorm": 0.92}
+    # ResNet-200's path (Table 11) prints no stds: nothing to test, and each step says so
+    big = paper_steps(paper.path("resnet200", [s.name for s in roadmap.steps("resnet200")]))
+    assert {r["verdict"] for r in big} == {"not tested: no std printed"}
+
+
+def test_seeds_needed_from_the_noncentral_t_by_hand():
+    from convnext_roadmap.stats import power, seeds_needed
+
+    # 8 networks × 3 seeds, σ 1.95: 14 residual df, the SE of a Δ 1.95 √(2/3) = 1.592; at Holm's strictest level
+    # 0.05 / 7, t_crit = t(1 − 0.05/14; 14) = 3.1466 (so a Δ of 5.0 = 3.1466 · 1.592 is always resolved);
+    # the power of a true Δ of 1 is P(|T| > t_crit) for T noncentral t(14, 1 / 1.592)
+    se = 1.95 * (2 / 3) ** 0.5
+    crit = scipy_stats.t.ppf(1 - 0.05 / 14, 14)
+    assert crit * se == pytest.approx(5.01, abs=0.01)
+    nct = scipy_stats.nct(14, 1 / se)
+    assert power(3, 8, 1.95, 1.0) == pytest.approx(nct.sf(crit) + nct.cdf(-crit))
+    # the seeds a 1-point Δ needs at 80%: 96 (issue 21's example): 95 falls short, 96 reaches it
+    n = 96
+    for seeds, reaches in ((n - 1, False), (n, True)):
+        df, se = 7 * (seeds - 1), 1.95 * (2 / seeds) ** 0.5
+        crit = scipy_stats.t.ppf(1 - 0.05 / 14, df)
+        p = scipy_stats.nct(df, 1 / se).sf(crit) + scipy_stats.nct(df, 1 / se).cdf(-crit)
+        assert (p >= 0.8) == reaches
+    assert seeds_needed(1.0, 1.95, 8) == 96
+    assert seeds_needed(5.0, 1.95, 8) < seeds_needed(2.0, 1.95, 8) < 96
 
 
 def test_equal_differences_on_every_seed_are_not_certainty():
@@ -132,7 +276,7 @@ def test_equal_differences_on_every_seed_are_not_certainty():
     assert r["ci_method"] == "every seed alike: no interval" and r["p_t"] == r["p_sign_flip"] == 0.25
     assert math.isnan(r["ci_low"]) and math.isnan(r["ci_high"]) and math.isnan(r["resolvable"])
     out = compare({"a": {0: 0.8, 1: 1.8, 2: 2.8}, "b": {0: 1.0, 1: 2.0, 2: 3.0}}, {"a": None, "b": "a"})
-    assert out["b"]["verdict"] == "within noise"
+    assert out["rows"]["b"]["verdict"] == "within noise"
 
 
 def test_levelled_off_by_hand():
