@@ -39,6 +39,17 @@ def _selection(p: argparse.ArgumentParser, upto_help: str = "apply the path's st
                    help="override one field, e.g. block.kernel_size=9 (repeatable)")
 
 
+def positive_number(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"got {text!r}, expected a number > 0")
+    return value
+
+
 def positive(text: str) -> int:
     """An argparse type: a whole number ≥ 1."""
     try:
@@ -181,8 +192,11 @@ def cmd_paper(args) -> None:
                           "p": "" if math.isnan(r["p"]) else f"{r['p']:.4f}",
                           "Holm p": "" if math.isnan(r["p_holm"]) else f"{r['p_holm']:.2f}", "verdict": r["verdict"]}
                          for r in steps])
+    tested = sum(not math.isnan(r["p"]) for r in steps)
     print(f"# the paper's own Δs on the {args.base} path: each step against the one before, Welch's t on the "
-          f"printed means and stds of 3 runs, Holm over the {sum(not math.isnan(r['p']) for r in steps)} tested")
+          f"printed means and stds of 3 runs, Holm over the {tested} tested" if tested else
+          f"# the paper's own Δs on the {args.base} path: it prints no stds for them (one run each), so none is "
+          f"tested")
     print(rows.to_string(index=False))
 
 
@@ -435,9 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("seeds", help="how many seeds a Δ needs (80%% power), and what they cost")
     p.add_argument("experiment", nargs="?", help="its pooled σ, networks and run times (default: the latest)")
-    p.add_argument("--delta", type=float, metavar="D", help="the Δ to resolve, in points (default: the table's and "
+    p.add_argument("--delta", type=positive_number, metavar="D", help="the Δ to resolve, in points (default: the table's and "
                                                              "the paper's Δs, and 1)")
-    p.add_argument("--sigma", type=float, metavar="S", help="the seed-to-seed σ, in points (default: the "
+    p.add_argument("--sigma", type=positive_number, metavar="S", help="the seed-to-seed σ, in points (default: the "
                                                              "experiment's pooled one)")
     p.add_argument("--rows", type=positive, metavar="K", help="networks compared in one family (default: the "
                                                                "experiment's)")

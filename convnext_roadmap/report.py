@@ -27,6 +27,7 @@ def annotate(table: pd.DataFrame, top1: dict[str, dict[int, float]],
     at = out.columns.get_loc("top1_std") + 1
     for i, (column, key) in enumerate(columns.items()):
         out.insert(at + i, column, [compared["rows"].get(s, {}).get(key) for s in out["step"]])
+    out["residual_df"] = out["residual_df"].astype("Int64")  # a count, blank where no row is compared
     return out, compared
 
 
@@ -103,9 +104,10 @@ def resolution_line(compared: dict, delta: float = 1.0) -> str:
         return ""
     seeds = round(statistics.median(r["n"] for r in rows))
     resolvable = statistics.median(r["blocked"]["resolvable"] for r in rows)
-    need = stats.seeds_needed(delta, f["sigma"], len(f["networks"]))
+    sigma, df = f.get("sigma_without_outliers", f["sigma"]), f.get("residual_df_without_outliers", f["residual_df"])
+    need = stats.seeds_needed(delta, sigma, len(f["networks"]))
     return (f"resolution: {seeds} seeds of {len(f['networks'])} networks resolve Δs of {resolvable:.1f} points "
-            f"(pooled σ {f['sigma']:.2f} on {f['residual_df']} df, Holm's strictest level); a {delta:g}-point Δ "
+            f"(pooled σ {sigma:.2f} on {df} df, Holm's strictest level); a {delta:g}-point Δ "
             f"would need {need if need else 'more than 100,000'} seeds per network for 80% power (roadmap seeds)")
 
 
@@ -124,10 +126,13 @@ def seeds_table(experiment_dir: Path | None, delta: float | None = None, sigma: 
         if sigma is None and math.isnan(f["sigma"]):
             raise RoadmapError(f"{experiment_dir.name}: no pooled σ (fewer than two seeds of a family finished); "
                                f"give --sigma S")
+        where = ("given" if sigma is not None else
+                 f"pooled: {experiment_dir.name}, {len(f['networks'])} networks, {f['cells']} runs, "
+                 f"{f['residual_df']} residual df" + ("; the guard rejected pooling: " + "; ".join(compared["notes"])
+                                                       if compared["notes"] else ""))
         sigma = f["sigma"] if sigma is None else sigma
         networks = networks or len(f["networks"])
-        head = (f"# σ {sigma:.2f} (pooled: {experiment_dir.name}, {len(f['networks'])} networks, {f['cells']} runs, "
-                f"{f['residual_df']} residual df); {networks} networks")
+        head = f"# σ {sigma:.2f} ({where}); {networks} networks"
         deltas += [(name, r["delta"]) for name, r in compared["rows"].items() if not math.isnan(r["delta"])]
         cost = _run_cost(exp)
     else:
@@ -139,13 +144,14 @@ def seeds_table(experiment_dir: Path | None, delta: float | None = None, sigma: 
         deltas = [("--delta", delta)]
     else:
         deltas = [("1 point", 1.0), *deltas]
-        deltas += [(f"paper: {r['step']}", r["delta"]) for r in paper_test(exp.plan["base"] if experiment_dir
-                                                                             else "resnet50")]
+        if experiment_dir is None or exp.plan.get("paper_recipe", "paper_in1k") == "paper_in1k":
+            deltas += [(f"paper: {r['step']}", r["delta"])
+                       for r in paper_test(exp.plan["base"] if experiment_dir else "resnet50")]
     rows = []
     for what, d in deltas:
         need = stats.seeds_needed(abs(d), sigma, networks)
         row = {"Δ (points)": f"{abs(d):.2f}", "for": what, "seeds per network": need or "> 100,000"}
-        if cost is not None:
+        if cost is not None and not math.isnan(cost[0]):
             hours, unit = cost
             row[f"cost ({unit})"] = f"{need * networks * hours:,.1f}" if need else ""
         rows.append(row)

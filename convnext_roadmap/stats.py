@@ -71,7 +71,7 @@ def paired(a, b, alpha: float = ALPHA, family: int = 1) -> dict:
     return out
 
 
-GUARD_ALPHA = 0.05  # the guard's level: Brown–Forsythe on the residuals by row, and the Bonferroni outlier test
+GUARD_ALPHA = 0.05  # the guard's level: Bartlett's test on the residuals by row, and the Bonferroni outlier test
 
 
 def blocked(top1: dict[str, dict[int, float]], baselines: dict[str, str | None], alpha: float = ALPHA) -> dict:
@@ -81,7 +81,7 @@ def blocked(top1: dict[str, dict[int, float]], baselines: dict[str, str | None],
     residual degrees of freedom, and `resolvable`, the Δ these seeds always resolve: the half-width at Holm's
     strictest level, alpha / rows. With no residual degrees of freedom (one seed), Δs without intervals.
     Returns {"rows": name → statistics, "family": the fit's networks, cells, residual df, pooled σ, and the guard:
-    Brown–Forsythe's p on the residuals by network and the cells the outlier test flags}."""
+    Bartlett's p on the residuals by network (`variances_p`) and the cells the outlier test flags}."""
     import statsmodels.api as sm
 
     rows = [r for r, b in baselines.items() if b is not None and r in top1 and b in top1]
@@ -89,7 +89,7 @@ def blocked(top1: dict[str, dict[int, float]], baselines: dict[str, str | None],
     cells = [(n, seed, top1[n][seed]) for n in networks for seed in sorted(top1[n])]
     seeds = sorted({seed for _, seed, _ in cells})
     family = {"networks": networks, "cells": len(cells), "residual_df": 0, "sigma": math.nan,
-              "brown_forsythe_p": math.nan, "outliers": []}
+              "variances_p": math.nan, "outliers": []}
     out = {r: {"n": len(set(top1[r]) & set(top1[baselines[r]])), "delta": math.nan, "se": math.nan,
                "ci_low": math.nan, "ci_high": math.nan, "p_t": math.nan, "resolvable": math.nan,
                "residual_df": 0, "ci_method": ""} for r in rows}
@@ -105,14 +105,20 @@ def blocked(top1: dict[str, dict[int, float]], baselines: dict[str, str | None],
         if seed != seeds[0]:
             X[i, len(networks) - 1 + seeds.index(seed)] = 1
     y = np.array([v for *_, v in cells])
-    fit = sm.OLS(y, X).fit()
-    df = int(round(fit.df_resid)) if np.linalg.matrix_rank(X) == X.shape[1] else 0
+    with warnings.catch_warnings():  # a network with no seed in common with the rest: rank-deficient, said below
+        warnings.simplefilter("ignore")
+        fit = sm.OLS(y, X).fit()
+    df = int(round(fit.df_resid))
     family["residual_df"] = df
+    estimable = np.linalg.pinv(X) @ X  # a contrast c is estimable where c @ this is c
     for r in rows:
         contrast = np.zeros(X.shape[1])
         for name, sign in ((r, 1.0), (baselines[r], -1.0)):
             if name in col:
                 contrast[col[name]] += sign
+        if not np.allclose(contrast @ estimable, contrast, atol=1e-8):
+            out[r]["ci_method"] = "no seed in common with the family"  # compare takes its paired seeds
+            continue
         out[r].update(delta=float(contrast @ fit.params), residual_df=df)
         if df < 1:
             out[r]["ci_method"] = "one seed: no interval"
@@ -131,9 +137,9 @@ def blocked(top1: dict[str, dict[int, float]], baselines: dict[str, str | None],
     groups = [g for g in residuals.values() if len(g) > 1]
     with warnings.catch_warnings():  # a row of one seed has no residual of its own (leverage 1): no test there
         warnings.simplefilter("ignore")
-        if len(groups) > 1:
-            p = st.levene(*groups, center="median").pvalue
-            family["brown_forsythe_p"] = float(p) if np.isfinite(p) else math.nan
+        if len(groups) > 1:  # Bartlett's: Brown–Forsythe's has no power on 3 residuals a row (docs/statistics.md)
+            p = st.bartlett(*groups).pvalue
+            family["variances_p"] = float(p) if np.isfinite(p) else math.nan
         if df >= 3:  # an externally studentized residual needs a few degrees of freedom left without its cell
             bonferroni = fit.outlier_test(method="bonf")[:, 2]
             family["outliers"] = [{"network": cells[i][0], "seed": cells[i][1]}
@@ -163,35 +169,47 @@ def verdict(delta: float, p_holm: float, alpha: float = ALPHA) -> str:
 def compare(top1: dict[str, dict[int, float]], baselines: dict[str, str | None], alpha: float = ALPHA) -> dict:
     """Every row against its baseline (the row before it on the path; the full path for leave-one-out): the blocked
     analysis of the family, or, for the rows the guard picks, the paired test of their own seeds; Holm across the
-    family either way. Returns {"rows": name → the statistics of the analysis it gets, with `analysis`
-    (blocked / paired), `p_holm`, `verdict`, and both analyses in full under "blocked" and "paired"; "family": the
-    blocked fit (`blocked`'s); "notes": a line per row or rows that fell back, saying why}."""
+    family either way. A row with fewer than two seeds in common with its baseline gets its paired Δ and no test:
+    nothing could check its one run. Returns {"rows": name → the statistics of the analysis it gets, with
+    `analysis` (blocked / paired), `p_holm`, `verdict`, and both analyses in full under "blocked" and "paired";
+    "family": the blocked fit (`blocked`'s); "notes": a line per row or rows that fell back, saying why}."""
     fitted = blocked(top1, baselines, alpha)
     rows, family = fitted["rows"], fitted["family"]
-    m = max(sum(not math.isnan(r["p_t"]) for r in rows.values()), 1)
-    pairs = {r: paired([top1[r][s] for s in sorted(set(top1[r]) & set(top1[baselines[r]]))],
-                       [top1[baselines[r]][s] for s in sorted(set(top1[r]) & set(top1[baselines[r]]))], alpha, m)
+    shared = {r: sorted(set(top1[r]) & set(top1[baselines[r]])) for r in rows}
+    m = max(sum(len(shared[r]) > 1 for r in rows), 1)
+    pairs = {r: paired([top1[r][s] for s in shared[r]], [top1[baselines[r]][s] for s in shared[r]], alpha, m)
              for r in rows}
-    fallback, notes = set(), []
+    fallback, notes = {r for r in rows if len(shared[r]) < 2 or rows[r]["ci_method"].startswith("no seed")}, []
     alike = family["residual_df"] > 0 and family["sigma"] <= 1e-9 * max(
         1.0, max(abs(v) for n in family["networks"] for v in top1[n].values()))
     if alike:  # every row moved by the same amount on every seed: a t-test would call anything certain
         fallback = set(rows)
         notes.append("every row moved by the same amount on every seed (no residual spread): each Δ is from its "
                      "own paired seeds, by the exact sign-flip test")
-    elif family["brown_forsythe_p"] < GUARD_ALPHA:
-        fallback = set(rows)
-        notes.append(f"the rows' residual variances differ beyond chance (Brown–Forsythe p = "
-                     f"{family['brown_forsythe_p']:.3f}): every Δ is from its own paired seeds")
-    for cell in family["outliers"]:
-        hit = [r for r in rows if cell["network"] in (r, baselines[r])]
-        fallback |= set(hit)
-        notes.append(f"{cell['network']} seed{cell['seed']} is far off its row (Bonferroni outlier test, p < "
-                     f"{GUARD_ALPHA:g}): {', '.join(hit)} from their own paired seeds")
+    else:
+        if family["outliers"]:  # first the far-off runs, which would also make the variances look unequal
+            far = {c["network"] for c in family["outliers"]}
+            for network in sorted(far):
+                hit = [r for r in rows if network in (r, baselines[r])]
+                fallback |= set(hit)
+                seeds = ", ".join(f"seed{c['seed']}" for c in family["outliers"] if c["network"] == network)
+                notes.append(f"{network} {seeds} far off its row (Bonferroni outlier test, p < {GUARD_ALPHA:g}): "
+                             f"{', '.join(hit)} from their own paired seeds")
+            # the rows left keep the blocked fit, without the far-off networks' runs, whose noise is not theirs
+            rest = {r: b for r, b in baselines.items() if r in rows and r not in fallback}
+            refit = blocked({n: v for n, v in top1.items() if n not in far}, rest, alpha)
+            rows = {**rows, **refit["rows"]}
+            family = {**family, "sigma_without_outliers": refit["family"]["sigma"],
+                      "residual_df_without_outliers": refit["family"]["residual_df"],
+                      "variances_p": refit["family"]["variances_p"]}
+        if family["variances_p"] < GUARD_ALPHA:
+            fallback = set(rows)
+            notes.append(f"the rows' residual variances differ beyond chance (Bartlett's p = "
+                         f"{family['variances_p']:.3f}): every Δ is from its own paired seeds")
     out = {}
     for r in rows:
         chosen = pairs[r] if r in fallback else rows[r]
-        out[r] = {**{k: v for k, v in chosen.items()}, "analysis": "paired" if r in fallback else "blocked",
+        out[r] = {**chosen, "analysis": "paired" if r in fallback else "blocked",
                   "residual_df": max(pairs[r]["n"] - 1, 0) if r in fallback else rows[r]["residual_df"],
                   "blocked": rows[r], "paired": pairs[r]}
     adjusted = holm([r["p_t"] for r in out.values()])
@@ -218,8 +236,10 @@ def seeds_needed(delta: float, sigma: float, networks: int, target: float = 0.8,
     """The fewest seeds per network at which `power` reaches `target` (None beyond `most`)."""
     if delta <= 0 or sigma <= 0 or networks < 2:
         return None
+    if not all(math.isfinite(v) for v in (delta, sigma)):
+        return None
     lo, hi = 2, 2
-    while power(hi, networks, sigma, delta, alpha) < target:
+    while not power(hi, networks, sigma, delta, alpha) >= target:  # a NaN power has not reached it
         if hi >= most:
             return None
         lo, hi = hi, min(hi * 2, most)

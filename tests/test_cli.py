@@ -169,3 +169,9 @@ def test_seeds_from_a_given_sigma_and_bad_requests_are_one_line(capsys, tmp_path
     assert "--rows 1: a family needs two networks or more" in capsys.readouterr().err
     assert main(["seeds", "--results", str(tmp_path)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+    for flag, value in (("--sigma", "nan"), ("--sigma", "-1"), ("--sigma", "0"), ("--delta", "0"), ("--delta", "inf")):
+        with pytest.raises(SystemExit) as stopped:
+            main(["seeds", "--sigma", "1.95", "--rows", "8", flag, value])
+        err = capsys.readouterr().err
+        assert stopped.value.code == 2 and f"argument {flag}: got '{value}', expected a number > 0" in err
+        assert err.count("\n") == 1

@@ -105,9 +105,11 @@ def test_compare_gives_verdicts_against_each_baseline():
     out = compare(top1, {"a": None, "b": "a", "c": "b", "d": "c"})["rows"]
     assert set(out) == {"b", "c", "d"}
     assert out["b"]["verdict"] == "better" and out["c"]["verdict"] == "within noise"
-    # d has one seed: in the blocked fit it has no residual of its own, and its contrast with c is Δ = 60 − c's
-    # seed-0 fit; the pooled σ gives it an interval like the others'
+    # d has one seed: nothing could check its one run (in the blocked fit its residual is 0), so it has its
+    # paired Δ and no test, as with the paired test alone
     assert out["b"]["analysis"] == "blocked" and out["b"]["residual_df"] == 4  # 10 cells − 4 networks − 3 seeds + 1
+    assert out["d"]["analysis"] == "paired" and out["d"]["delta"] == pytest.approx(60.0 - 75.2)
+    assert out["d"]["ci_method"] == "one seed: no interval"
 
 
 # A networks × seeds table worked out by hand (the oracle of the blocked analysis):
@@ -170,7 +172,7 @@ def test_a_missing_seed_by_yates_missing_value():
 
 def test_the_guard_falls_back_to_paired_seeds_for_a_wild_row():
     # five networks of four seeds, all within ±0.1 of their means, but one whose seeds scatter by ±4: its
-    # residuals are far wider than the others' (Brown–Forsythe), so no row's interval leans on the pooled σ
+    # residuals are far wider than the others' (Bartlett's test), so no row's interval leans on the pooled σ
     rng = np.random.default_rng(1)
     quiet = {f"n{i}": {k: 60 + i + rng.uniform(-0.1, 0.1) for k in range(4)} for i in range(5)}
     wild = dict(quiet, n2={k: 62 + v for k, v in zip(range(4), (4.0, -3.5, 3.8, -4.2))})
@@ -178,11 +180,41 @@ def test_the_guard_falls_back_to_paired_seeds_for_a_wild_row():
     calm = compare(quiet, chain)
     assert calm["notes"] == [] and {r["analysis"] for r in calm["rows"].values()} == {"blocked"}
     out = compare(wild, chain)
-    assert out["family"]["brown_forsythe_p"] < 0.05
+    assert out["family"]["variances_p"] < 0.05
     assert {r["analysis"] for r in out["rows"].values()} == {"paired"}
     assert out["notes"][0].startswith("the rows' residual variances differ beyond chance")
     r = out["rows"]["n4"]  # its own paired seeds, as the paired test says
     assert r["p_t"] == r["paired"]["p_t"] and r["residual_df"] == 3
+
+
+def test_the_guard_at_three_seeds():
+    # the default run's shape, 3 seeds a row: one row's seed 0 a point off, where the others wiggle by 0.05. The
+    # outlier test finds it; that row's two comparisons take their paired seeds, and the rest are fitted again
+    # without it, on their own small σ
+    seed_effect = [0.0, 1.0, -0.5]
+    wiggle = [0.05, -0.03, -0.02]
+    top1 = {f"n{i}": {k: 60 + i + seed_effect[k] + wiggle[(k + i) % 3] for k in range(3)} for i in range(6)}
+    chain = {"n0": None, **{f"n{i}": f"n{i - 1}" for i in range(1, 6)}}
+    assert compare(top1, chain)["notes"] == []
+    top1["n2"] = {k: v + (1.0, -0.6, -0.4)[k] for k, v in top1["n2"].items()}
+    out = compare(top1, chain)
+    assert out["family"]["outliers"] == [{"network": "n2", "seed": 0}]
+    assert {r: v["analysis"] for r, v in out["rows"].items()} == {"n1": "blocked", "n2": "paired", "n3": "paired",
+                                                                  "n4": "blocked", "n5": "blocked"}
+    assert out["rows"]["n4"]["residual_df"] == 8  # 15 runs of 5 networks × 3 seeds: (5 − 1)(3 − 1)
+    assert out["family"]["sigma_without_outliers"] < 0.1 < out["family"]["sigma"]
+
+
+def test_a_network_with_no_seed_in_common_takes_its_paired_seeds():
+    # c ran only seed 5, which no other network has: its contrast cannot be estimated from the blocks
+    top1 = {k: dict(v) for k, v in HAND.items()}
+    top1["c"] = {5: 74.0}
+    rows = compare(top1, CHAIN)["rows"]
+    assert rows["c"]["analysis"] == "paired" and rows["c"]["ci_method"] == "no paired seeds"
+    assert math.isnan(rows["c"]["delta"]) and rows["c"]["verdict"] == ""
+    # a and b alone: the paired t-test, on 2 df
+    assert rows["b"]["analysis"] == "blocked" and rows["b"]["residual_df"] == 2
+    assert rows["b"]["p_t"] == pytest.approx(scipy_stats.ttest_rel([73, 74, 75], [70, 72, 71]).pvalue)
 
 
 def test_the_guard_sets_aside_the_rows_of_a_seed_far_off():
@@ -198,9 +230,11 @@ def test_the_guard_sets_aside_the_rows_of_a_seed_far_off():
     assert out["family"]["outliers"] == [{"network": "n3", "seed": 4}]
     analysis = {name: r["analysis"] for name, r in out["rows"].items()}
     assert analysis["n3"] == analysis["n4"] == "paired"
-    if out["family"]["brown_forsythe_p"] >= 0.05:
+    if out["family"]["variances_p"] >= 0.05:
         assert analysis["n1"] == analysis["n2"] == analysis["n5"] == "blocked"
-    assert any("n3 seed4 is far off its row" in note for note in out["notes"])
+    assert any("n3 seed4 far off its row" in note for note in out["notes"])
+    # the rows left are fitted again without n3's runs: their σ is the seeds' own 0.3, not the outlier's
+    assert out["family"]["sigma_without_outliers"] < 0.5 < out["family"]["sigma"]
 
 
 def test_fidelity_on_a_constructed_table():
