@@ -70,14 +70,14 @@ class Doctor:
         self.log = self.scratch / "runs.log"
         self.cuda = self.device.type == "cuda"
         self.batch = 32 if self.cuda else 4
+        self.train_img_s: dict[str, float] = {}  # each end's measured training speed, for the data path's check
 
     def run(self) -> int:
         checks = [self.versions, self.devices, self.ends, self.resume, self.pinned, self.ddp, self.throughput,
                   self.data_path]
-        train_img_s: dict[str, float] = {}
         for check in checks:
             try:
-                found = check(train_img_s) if check in (self.throughput, self.data_path) else check()
+                found = check()
             except Exception as e:  # noqa: BLE001 - one broken check is a FAIL line, the others still run
                 found = [Line("FAIL", check.__name__.replace("_", " "), f"{type(e).__name__}: {e}")]
             for line in found:
@@ -183,7 +183,7 @@ class Doctor:
                                                       f"{summary.get('status')}, {summary.get('processes')} ranks"
                                                       + (f" ({summary['error']})" if "error" in summary else ""))]
 
-    def throughput(self, train_img_s: dict) -> list[Line]:
+    def throughput(self) -> list[Line]:
         """Both ends' training speed beside timm's own models with the same weights, cuDNN autotuned."""
         import timm
 
@@ -201,7 +201,7 @@ class Doctor:
             speeds = measure_speed({name: ours, twin: theirs}, batch_size=batch, img_size=224,
                                    device=str(self.device), rounds=rounds, peak_memory=False,
                                    amp=dtype == torch.bfloat16)
-            train_img_s[name] = speeds[name].train_img_s
+            self.train_img_s[name] = speeds[name].train_img_s
             ratio = speeds[name].train_img_s / speeds[twin].train_img_s
             out.append(Line("INFO", f"throughput {name}", f"{speeds[name].train_img_s:,.1f} img/s training (batch "
                                                             f"{batch}, 224², {'bf16' if dtype else 'fp32'}), timm's "
@@ -209,7 +209,7 @@ class Doctor:
             del ours, theirs
         return out
 
-    def data_path(self, train_img_s: dict) -> list[Line]:
+    def data_path(self) -> list[Line]:
         """The input path's CPU time per training image on the data (224², the paper's augmentations), beside
         timm's create_loader on the same images; the loader workers a GPU's speed needs."""
         spec = self.data or jpegs(self.scratch / "photos-224", train=32, val=2)
@@ -220,7 +220,7 @@ class Doctor:
                 f"{theirs / ours:.2f} ours), over {images} images of {where}: one loader worker makes "
                 f"{per_worker:,.0f} img/s")
         out = [Line("INFO", "data path", line)]
-        fastest = max(train_img_s.values(), default=None)
+        fastest = max(self.train_img_s.values(), default=None)
         if fastest is not None:
             need = math.ceil(fastest / per_worker)
             have = cpus_per_process()

@@ -224,24 +224,4 @@ def image_loaders(data_cfg, train_split: Split, val_split: Split, train_batch: i
                         persistent_workers=workers > 0, **common)
     val = torch.utils.data.DataLoader(val_set, eval_batch, sampler=val_sampler, generator=torch.Generator(), **common)
     return (DeviceBatches(train, data_cfg, device, seed, rank, data_cfg.random_erasing),
-            DeviceBatches(_Epochless(val), data_cfg, device))
-
-
-class _Epochless:
-    """An evaluation loader: the same batches every time."""
-
-    def __init__(self, loader):
-        self.loader = loader
-
-    def set_epoch(self, epoch: int) -> None:
-        pass
-
-    @property
-    def sampler(self):
-        return self.loader.sampler
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        return iter(self.loader)
+            DeviceBatches(val, data_cfg, device))
