@@ -11,9 +11,9 @@ from timm.data.auto_augment import AugmentOp
 
 from convnext_roadmap import resolve_config
 from convnext_roadmap.data import eval_transform, load_splits
-from convnext_roadmap.data.tensor import (GEOMETRIC, RAND_OPS, BatchAugment, TensorLoader, cached, decode,
-                                           stored_size)
-from convnext_roadmap.data.sources import EpochSampler
+from convnext_roadmap.data.augment import GEOMETRIC, RAND_OPS, BatchAugment
+from convnext_roadmap.data.order import EpochSampler
+from convnext_roadmap.data.tensor import TensorLoader, cached, decode, stored_size
 from convnext_roadmap.data.synthetic import draw as _draw, make_synthetic
 
 

@@ -13,7 +13,7 @@ from timm.data import create_transform
 from convnext_roadmap import resolve_config
 from convnext_roadmap.cli import main
 from convnext_roadmap.data import ImageDataset, Split, load_splits
-from convnext_roadmap.data.tensor import BatchAugment
+from convnext_roadmap.data.augment import BatchAugment
 from convnext_roadmap.data.pil import transforms
 from convnext_roadmap.data.synthetic import SHAPES, TEXTURES, draw as _draw
 from convnext_roadmap.resources import ABLATIONS

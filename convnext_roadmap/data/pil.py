@@ -13,8 +13,9 @@ from timm.data import create_transform
 
 from ..errors import RoadmapError
 from ..rng import restored, seed_cpu
-from .sources import EpochSampler, SkipRecord, Split
-from .tensor import erase
+from .augment import erase
+from .order import EpochSampler, ImageSeeds, Purpose, batch_generator
+from .sources import SkipRecord, Split
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, item):
-        """`item`: an index, or (index, seed) from a `SampleSeeds` sampler: the image's random draws seeded first."""
+        """`item`: an index, or (index, seed) from an `order.ImageSeeds` sampler: the image's random draws seeded first."""
         index, seed = item if isinstance(item, tuple) else (item, None)
         if seed is not None:
             seed_cpu(seed)
@@ -104,30 +105,9 @@ def eval_transform(data_cfg, uint8: bool = False):
                             mean=d.mean, std=d.std, use_prefetcher=uint8)
 
 
-class SampleSeeds:
-    """An EpochSampler whose indices come with a seed each, from (seed, epoch, rank, place in the epoch): an
-    image's crop, flip and RandAugment draws are the same whichever worker makes it, with any number of workers,
-    persistent or not, and again after a resume."""
-
-    def __init__(self, sampler: EpochSampler, seed: int):
-        self.sampler, self.seed, self.epoch = sampler, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-    def __iter__(self):
-        base = ((self.seed * 100_003 + self.epoch) * 65_537 + self.sampler.rank) << 24
-        for place, index in enumerate(self.sampler):
-            yield index, (base + place) % 2**63
-
-
 class EpochLoader(torch.utils.data.DataLoader):
-    """A DataLoader of `SampleSeeds`: its order and its images' random draws come from (seed, epoch), the same on
-    every run of that seed, whatever the network, and again after a resume."""
+    """A DataLoader of `order.ImageSeeds`: its order and its images' random draws come from (seed, epoch, rank),
+    the same on every run of that seed, whatever the network, and again after a resume."""
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)  # each DDP rank (sampler.rank) draws its own augmentations
@@ -176,9 +156,8 @@ class DeviceBatches:
         return (erase(x, self.erasing, g, noise) if self.erasing > 0 else x), y
 
     def __iter__(self):
-        key = self.seed * 100_003 + self.epoch + 13 + self.rank * 7_919_000
-        g = torch.Generator().manual_seed(key)
-        noise = torch.Generator(device=self.device).manual_seed(key + 1)  # not g's stream, on the CPU
+        g = batch_generator(self.seed, self.epoch, self.rank, Purpose.ERASING_BOXES)
+        noise = batch_generator(self.seed, self.epoch, self.rank, Purpose.ERASING_NOISE, self.device)
         cuda = self.device.type == "cuda"
         if cuda and self.stream is None:  # one for the loader's life: the allocator pools memory per stream
             self.stream = torch.cuda.Stream(self.device)
@@ -219,9 +198,8 @@ def image_loaders(data_cfg, train_split: Split, val_split: Split, train_batch: i
     common = dict(num_workers=workers, collate_fn=fast_collate, pin_memory=device.type == "cuda")
     # a generator of their own: a loader starting its workers draws their base seed from it, and from the global
     # stream otherwise, which would shift the network's draws by whether (and when) the workers were started
-    train = EpochLoader(train_set, train_batch, sampler=SampleSeeds(EpochSampler(len(train_set), seed, rank, world),
-                                                                    seed), drop_last=True, generator=torch.Generator(),
-                        persistent_workers=workers > 0, **common)
+    train = EpochLoader(train_set, train_batch, sampler=ImageSeeds(EpochSampler(len(train_set), seed, rank, world)),
+                        drop_last=True, generator=torch.Generator(), persistent_workers=workers > 0, **common)
     val = torch.utils.data.DataLoader(val_set, eval_batch, sampler=val_sampler, generator=torch.Generator(), **common)
     return (DeviceBatches(train, data_cfg, device, seed, rank, data_cfg.random_erasing),
             DeviceBatches(val, data_cfg, device))

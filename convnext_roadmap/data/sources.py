@@ -9,7 +9,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from ..errors import RoadmapError
 from ..resources import cache_dir
@@ -153,27 +152,6 @@ def load_splits(spec: str) -> tuple[Split, Split]:
         return (Split([(find_image(images, i), index[lab]) for i, lab in train_rows], classes),
                 Split([(find_image(val_images, i), index[lab]) for i, lab in val_rows], classes))
     raise RoadmapError(f"--data {spec}: expected synthetic, imagefolder:PATH or csv:PATH")
-
-
-# ------------------------------------------------------------------------------------------ the order of an epoch
-
-class EpochSampler(torch.utils.data.Sampler):
-    """A shuffled order drawn from (seed, epoch), split across ranks; the same on every machine."""
-
-    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1):
-        self.n, self.seed, self.rank, self.world, self.epoch = n, seed, rank, world, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
-        per_rank = self.n // self.world
-        return iter(order[self.rank * per_rank:(self.rank + 1) * per_rank])
-
-    def __len__(self) -> int:
-        return self.n // self.world
 
 
 # ------------------------------------------------------------------------------------------------- subsets

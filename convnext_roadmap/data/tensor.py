@@ -1,14 +1,13 @@
 """The tensor path, for sets small enough to hold in memory: every image decoded once into a uint8 tensor (kept in
-the cache folder), and training batches augmented as tensors, a batch at a time, with timm's policy drawn per sample:
-random-resized crop, flip, RandAugment, random erasing.
+the cache folder), and training batches augmented as tensors, a batch at a time (`augment.BatchAugment`).
 
 Each image is kept as the centre square that evaluation crops from (img_size / crop_pct); training crops are drawn
 from that square, so for non-square images, or crop_pct < 1, they never reach the borders that timm's crops of the
 whole image would. For the synthetic set (square, crop_pct 1) the two are the same.
 
 The per-image path (pil.py) spends more time in PIL than a small proxy network spends training; here a batch of
-64 costs a few milliseconds. The random draws come from a generator seeded by (seed, epoch) and never depend on the
-network, so seed k of every step sees the same crops, flips, ops and erasures.
+64 costs a few milliseconds. Its order and draws are `order`'s, so seed k of every step sees the same crops, flips,
+ops and erasures.
 """
 
 from __future__ import annotations
@@ -22,12 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import RoadmapError
 from ..resources import atomic_write, cache_dir
-from .sources import EpochSampler, SkipRecord, Split
+from .augment import BatchAugment
+from .order import EpochSampler, EvalShard, Purpose, batch_generator
+from .sources import SkipRecord, Split
 
 log = logging.getLogger(__name__)
 STORE_VERSION = 2  # 2: the unreadable files are kept beside the tensors
@@ -90,229 +90,12 @@ def cached(split: Split, size: int, resample: str = "bicubic") -> tuple[torch.Te
         return decoded
 
 
-# -------------------------------------------------------------------------------------------- augmentation
-
-RAND_OPS = ["AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color",
-            "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel"]
-
-
-def parse_rand_augment(spec: str) -> dict:
-    """timm's RandAugment spec, e.g. `rand-m9-mstd0.5-inc1`: magnitude m, layers n, magnitude noise mstd, its upper
-    bound mmax, the increasing op set inc, the chance p that each chosen op is applied."""
-    parts = spec.split("-")
-    if parts[0] != "rand":
-        raise ValueError(f"got {spec!r}, expected a RandAugment spec (rand-…): the tensor pipeline has no other")
-    out = {"m": 10.0, "n": 2, "mstd": 0.0, "mmax": 10.0, "inc": 0, "p": 0.5}
-    for part in parts[1:]:
-        key = next((k for k in ("mstd", "mmax", "inc", "m", "n", "p") if part.startswith(k)), None)
-        try:
-            out[key] = type(out[key])(float(part[len(key):])) if key else None
-        except ValueError:
-            key = None
-        if key is None:
-            raise ValueError(f"got {spec!r}, whose '{part}' the tensor pipeline cannot read (it takes m, n, mstd, "
-                             f"mmax, inc and p)")
-    return out
-
-
-def _theta(a, b, c, d, e, f) -> torch.Tensor:
-    return torch.stack([torch.stack([a, b, c], 1), torch.stack([d, e, f], 1)], 1)
-
-
-def _rotate(m, s):
-    angle, zero = torch.deg2rad(30 * m * s), torch.zeros_like(m)
-    return _theta(angle.cos(), -angle.sin(), zero, angle.sin(), angle.cos(), zero)
-
-
-def _shear(m, s, axis):  # PIL shears about the top-left corner: x' = x + level·y
-    level, one, zero = 0.3 * m * s, torch.ones_like(m), torch.zeros_like(m)
-    return _theta(one, level, level, zero, one, zero) if axis == 0 else _theta(one, zero, zero, level, one, level)
-
-
-def _translate(m, s, axis):  # a fraction of the size (0.45 at full magnitude), 2× in normalized coordinates
-    shift, one, zero = 0.9 * m * s, torch.ones_like(m), torch.zeros_like(m)
-    return _theta(one, zero, shift, zero, one, zero) if axis == 0 else _theta(one, zero, zero, zero, one, shift)
-
-
-# the geometric ops as affine maps of normalized output coordinates to input coordinates
-GEOMETRIC = {"Rotate": _rotate, "ShearX": lambda m, s: _shear(m, s, 0), "ShearY": lambda m, s: _shear(m, s, 1),
-             "TranslateXRel": lambda m, s: _translate(m, s, 0), "TranslateYRel": lambda m, s: _translate(m, s, 1)}
-
-
-class BatchAugment:
-    """uint8 batches (B×3×S×S) → normalized float batches (B×3×img×img), each sample with its own draws."""
-
-    def __init__(self, data_cfg):
-        d = data_cfg
-        self.size, self.scale, self.erasing, self.mode = d.img_size, tuple(d.crop_scale), d.random_erasing, d.interpolation
-        self.rand = parse_rand_augment(d.auto_augment) if d.auto_augment else None
-        self.mean = torch.tensor(d.mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(d.std).view(1, 3, 1, 1)
-        self.fill = torch.tensor([round(m * 255) for m in d.mean]).view(1, 3, 1, 1).float()  # timm's img_mean
-
-    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        x = x.float()
-        grid = F.affine_grid(self._crop_and_flip(len(x), x.shape[-1], g), [len(x), 3, self.size, self.size],
-                             align_corners=False)
-        x = F.grid_sample(x, grid, mode=self.mode, padding_mode="border", align_corners=False).clamp(0, 255)
-        if self.rand is not None:
-            x = self._rand_augment(x, g)
-        x = (x / 255 - self.mean) / self.std
-        return erase(x, self.erasing, g) if self.erasing > 0 else x
-
-    def _crop_and_flip(self, n: int, side: int, g: torch.Generator) -> torch.Tensor:
-        """timm's RandomResizedCrop draws (area in scale, log-uniform ratio in [3/4, 4/3], the first of 10 tries
-        that fits, else the whole image) and a flip with p = 0.5, as affine maps onto the stored image."""
-        area = side * side * (self.scale[0] + (self.scale[1] - self.scale[0]) * torch.rand(n, 10, generator=g))
-        ratio = torch.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * torch.rand(n, 10, generator=g))
-        w, h = (area * ratio).sqrt().round(), (area / ratio).sqrt().round()
-        fits = (w <= side) & (h <= side)
-        first = fits.float().argmax(1, keepdim=True)
-        w = torch.where(fits.any(1), w.gather(1, first)[:, 0], torch.tensor(float(side)))
-        h = torch.where(fits.any(1), h.gather(1, first)[:, 0], torch.tensor(float(side)))
-        top = (torch.rand(n, generator=g) * (side - h + 1)).floor()
-        left = (torch.rand(n, generator=g) * (side - w + 1)).floor()
-        flip = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
-        theta = torch.zeros(n, 2, 3)
-        theta[:, 0, 0], theta[:, 0, 2] = flip * w / side, (2 * left + w) / side - 1
-        theta[:, 1, 1], theta[:, 1, 2] = h / side, (2 * top + h) / side - 1
-        return theta
-
-    def _rand_augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """timm's RandAugment: n ops drawn with replacement from the op set, each applied with chance p, at a
-        magnitude drawn around m (mstd) and clipped to [0, mmax]; a random sign where the op has one. The
-        geometric ops of one layer share a single resampling (one affine map per sample)."""
-        r, n = self.rand, len(x)
-        for _ in range(r["n"]):
-            op = torch.randint(len(RAND_OPS), (n,), generator=g)
-            apply = torch.rand(n, generator=g) < r["p"]
-            if r["mstd"] > 100:  # timm: a magnitude drawn uniformly in [0, m]
-                mag = (r["m"] * torch.rand(n, generator=g)).clamp(0, r["mmax"]) / 10
-            else:
-                mag = (r["m"] + r["mstd"] * torch.randn(n, generator=g)).clamp(0, r["mmax"]) / 10
-            sign = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
-            # samples sorted by op (those that skip this layer last), so that each op works on one slice
-            key = torch.where(apply, op, len(RAND_OPS))
-            order = torch.argsort(key, stable=True)
-            counts = torch.bincount(key, minlength=len(RAND_OPS) + 1).tolist()
-            xs = list(torch.split(x[order], counts))
-            ms, ss = torch.split(mag[order], counts), torch.split(sign[order], counts)
-            moved = [k for k, name in enumerate(RAND_OPS) if name in GEOMETRIC and counts[k]]
-            if moved:
-                theta = torch.cat([GEOMETRIC[RAND_OPS[k]](ms[k], ss[k]) for k in moved])
-                warped = self._affine(torch.cat([xs[k] for k in moved]), theta).clamp(0, 255)
-                for k, part in zip(moved, torch.split(warped, [counts[k] for k in moved])):
-                    xs[k] = part
-            for k, name in enumerate(RAND_OPS):
-                if counts[k] and name not in GEOMETRIC:
-                    xs[k] = getattr(self, f"_{name.lower()}")(xs[k], ms[k], ss[k]).clamp(0, 255)
-            x = torch.empty_like(x).index_copy_(0, order, torch.cat(xs))
-        return x
-
-    # The ops, on float images in [0, 255], as PIL computes them; `m` is the level in [0, 1], one per sample.
-    def _enhance(self, m, s):
-        return (1 + 0.9 * m * s).clamp_min(0.1) if self.rand["inc"] else 1.8 * m + 0.1
-
-    def _autocontrast(self, x, m, s):
-        lo, hi = x.amin((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)
-        return torch.where(hi > lo, (x - lo) * 255 / (hi - lo).clamp_min(1e-6), x)
-
-    def _equalize(self, x, m, s):
-        """PIL's ImageOps.equalize, per channel: a lookup table from the histogram without its last bin."""
-        k = len(x)
-        q = x.round().clamp(0, 255).long().view(k * 3, -1)
-        hist = torch.zeros(k * 3, 256).scatter_add_(1, q, torch.ones_like(q, dtype=torch.float))
-        last = 255 - (hist.flip(1) > 0).float().argmax(1, keepdim=True)
-        step = ((hist.sum(1, keepdim=True) - hist.gather(1, last)) / 255).floor()
-        before = hist.cumsum(1) - hist
-        lut = ((step / 2).floor() + before).div(step.clamp_min(1)).floor().clamp(max=255)
-        lut = torch.where(step > 0, lut, torch.arange(256.0).expand_as(lut))
-        return lut.gather(1, q).view_as(x)
-
-    def _invert(self, x, m, s):
-        return 255 - x
-
-    def _posterize(self, x, m, s):
-        bits = (4 - (4 * m).floor()) if self.rand["inc"] else (4 * m).floor()
-        shift = (2 ** (8 - bits)).view(-1, 1, 1, 1)  # 0 bits keep nothing: black, as timm's op always did
-        return (x.floor() / shift).floor() * shift
-
-    def _solarize(self, x, m, s):
-        level = (256 * m).floor().clamp(max=256)
-        thresh = (256 - level if self.rand["inc"] else level).view(-1, 1, 1, 1)
-        return torch.where(x >= thresh, 255 - x, x)
-
-    def _solarizeadd(self, x, m, s):
-        add = (110 * m).floor().clamp(max=128).view(-1, 1, 1, 1)
-        return torch.where(x < 128, (x + add).clamp(max=255), x)
-
-    def _blend(self, degenerate, x, m, s):
-        f = self._enhance(m, s).view(-1, 1, 1, 1)
-        return degenerate + f * (x - degenerate)
-
-    @staticmethod
-    def _gray(x):
-        return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-
-    def _color(self, x, m, s):
-        return self._blend(self._gray(x), x, m, s)
-
-    def _contrast(self, x, m, s):
-        return self._blend((self._gray(x).mean((1, 2, 3), keepdim=True) + 0.5).floor(), x, m, s)
-
-    def _brightness(self, x, m, s):
-        return self._blend(torch.zeros_like(x), x, m, s)
-
-    def _sharpness(self, x, m, s):
-        kernel = torch.tensor([[1.0, 1, 1], [1, 5, 1], [1, 1, 1]]).div(13).expand(3, 1, 3, 3)
-        smooth = x.clone()
-        smooth[:, :, 1:-1, 1:-1] = F.conv2d(x, kernel, groups=3)  # PIL leaves the border as it is
-        return self._blend(smooth, x, m, s)
-
-    def _affine(self, x, theta):
-        """Resample each image at its affine map of the output (normalized coordinates); outside is the fill."""
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        return F.grid_sample(x - self.fill, grid, mode=self.mode, padding_mode="zeros",
-                             align_corners=False) + self.fill
-
-
-def erase(x: torch.Tensor, probability: float, g: torch.Generator, noise: torch.Generator | None = None):
-    """timm's RandomErasing (mode pixel, one box) on a normalized batch, in place: with chance p, a box of 2-33% of
-    the image, log-uniform aspect in [0.3, 3.3], the first of 10 tries that fits, filled with normal noise. The
-    boxes are drawn from `g` (on the CPU), the noise from `noise` on x's device (default: `g`)."""
-    n, _, hgt, wid = x.shape
-    chosen = torch.rand(n, generator=g) < probability
-    area = hgt * wid * (0.02 + (1 / 3 - 0.02) * torch.rand(n, 10, generator=g))
-    ratio = torch.exp(math.log(0.3) + (math.log(1 / 0.3) - math.log(0.3)) * torch.rand(n, 10, generator=g))
-    h, w = (area * ratio).sqrt().round(), (area / ratio).sqrt().round()
-    fits = (w < wid) & (h < hgt)
-    first = fits.float().argmax(1, keepdim=True)
-    h, w = h.gather(1, first), w.gather(1, first)
-    top = (torch.rand(n, 1, generator=g) * (hgt - h + 1)).floor()
-    left = (torch.rand(n, 1, generator=g) * (wid - w + 1)).floor()
-    # which samples are erased is known here, on the CPU: a batch on a GPU is never waited for. The boxes go over
-    # in one copy, from pinned memory, so that it does not wait for the device either
-    erased = (chosen & fits.any(1) & (h[:, 0] > 0) & (w[:, 0] > 0)).nonzero()[:, 0]
-    boxes = torch.stack([erased, top[erased, 0].long(), left[erased, 0].long(), h[erased, 0].long(),
-                         w[erased, 0].long()])
-    if x.is_cuda:
-        boxes = boxes.pin_memory()
-    erased, top, left, h, w = boxes.to(x.device, non_blocking=True)
-    top, left, h, w = (t.view(-1, 1) for t in (top, left, h, w))
-    rows = torch.arange(hgt, device=x.device).view(1, -1)
-    cols = torch.arange(wid, device=x.device).view(1, -1)
-    inside = ((rows >= top) & (rows < top + h)).unsqueeze(2) & ((cols >= left) & (cols < left + w)).unsqueeze(1)
-    fill = torch.randn((len(erased), *x.shape[1:]), generator=noise or g, device=x.device, dtype=x.dtype)
-    x[erased] = torch.where(inside.unsqueeze(1), fill, x[erased])
-    return x
-
-
 # ------------------------------------------------------------------------------------------------- loaders
 
 class TensorLoader:
-    """Batches of a decoded set in the order of an EpochSampler; training batches augmented with draws from
-    (seed, epoch), evaluation batches a centre crop. With `prefetch`, the next batch is made in a thread while
-    the current one trains (worth it when training runs on a GPU)."""
+    """Batches of a decoded set in the order of a sampler (an EpochSampler, or an EvalShard); training batches
+    augmented with the draws of `order.batch_generator`, evaluation batches a centre crop. With `prefetch`, the
+    next batch is made in a thread while the current one trains (worth it when training runs on a GPU)."""
 
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int, sampler, seed: int,
                  augment: BatchAugment | None = None, crop: int | None = None, mean=None, std=None,
@@ -344,7 +127,7 @@ class TensorLoader:
 
     def __iter__(self):
         order = torch.tensor(list(self.sampler), dtype=torch.long)
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + 11 + self.rank * 7_919_000)
+        g = batch_generator(self.seed, self.epoch, self.rank, Purpose.TENSOR_AUGMENT)
         batches = [order[i:i + self.batch_size] for i in range(0, len(self) * self.batch_size, self.batch_size)]
         if not self.prefetch:
             for idx in batches:
@@ -358,28 +141,17 @@ class TensorLoader:
                 yield ready
 
 
-class _Ranks:
-    """Every world-th index from rank: the ranks together see each image once."""
-
-    def __init__(self, n: int, rank: int, world: int):
-        self.indices = list(range(rank, n, world))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
 def tensor_loaders(data_cfg, train_split: Split, val_split: Split, train_batch: int, eval_batch: int, seed: int,
-                   rank: int, world: int, skipped: SkipRecord, prefetch: bool = False):
+                   rank: int, world: int, skipped: SkipRecord, device: torch.device = torch.device("cpu")):
+    """(train, val) loaders of the decoded set; their batches are on the CPU, made in a thread ahead of use when the
+    run trains on a GPU."""
     size, resample = stored_size(data_cfg), data_cfg.interpolation
     images, targets, unreadable = cached(train_split, size, resample)
     val_images, val_targets, val_unreadable = cached(val_split, size, resample)
     for line in unreadable + val_unreadable if rank == 0 else []:  # every rank decodes the same files
         skipped.add(*line.split("\t", 1))
     train = TensorLoader(images, targets, train_batch, EpochSampler(len(images), seed, rank, world), seed,
-                         augment=BatchAugment(data_cfg), prefetch=prefetch, rank=rank)
-    val = TensorLoader(val_images, val_targets, eval_batch, _Ranks(len(val_images), rank, world), seed,
+                         augment=BatchAugment(data_cfg), prefetch=device.type == "cuda", rank=rank)
+    val = TensorLoader(val_images, val_targets, eval_batch, EvalShard(len(val_images), rank, world), seed,
                        crop=data_cfg.img_size, mean=data_cfg.mean, std=data_cfg.std, drop_last=False)
     return train, val
