@@ -14,7 +14,7 @@ from timm.data import create_transform
 from ..errors import RoadmapError
 from ..rng import restored, seed_cpu
 from .augment import erase
-from .order import EpochSampler, ImageSeeds, Purpose, batch_generator
+from .order import EpochSampler, EvalShard, ImageSeeds, Purpose, batch_generator
 from .sources import SkipRecord, Split
 
 log = logging.getLogger(__name__)
@@ -189,8 +189,6 @@ def image_loaders(data_cfg, train_split: Split, val_split: Split, train_batch: i
     train_tf, val_tf = transforms(data_cfg, uint8=True)
     train_set = ImageDataset(train_split, train_tf, record=skipped)
     val_set = ImageDataset(val_split, val_tf, record=skipped)
-    val_sampler = torch.utils.data.distributed.DistributedSampler(val_set, world, rank, shuffle=False) \
-        if world > 1 else None
     workers = loader_workers(data_cfg.workers)
     # uint8 through the workers' shared memory (a quarter of float32's bytes), pinned for an asynchronous copy;
     # the training workers kept between epochs, not forked again for each (the evaluation's come and go, so that
@@ -200,6 +198,8 @@ def image_loaders(data_cfg, train_split: Split, val_split: Split, train_batch: i
     # stream otherwise, which would shift the network's draws by whether (and when) the workers were started
     train = EpochLoader(train_set, train_batch, sampler=ImageSeeds(EpochSampler(len(train_set), seed, rank, world)),
                         drop_last=True, generator=torch.Generator(), persistent_workers=workers > 0, **common)
-    val = torch.utils.data.DataLoader(val_set, eval_batch, sampler=val_sampler, generator=torch.Generator(), **common)
+    # every image counted once under any number of processes (DistributedSampler's padding counts some twice)
+    val = torch.utils.data.DataLoader(val_set, eval_batch, sampler=EvalShard(len(val_set), rank, world),
+                                      generator=torch.Generator(), **common)
     return (DeviceBatches(train, data_cfg, device, seed, rank, data_cfg.random_erasing),
             DeviceBatches(val, data_cfg, device))
