@@ -185,9 +185,10 @@ def cmd_paper(args) -> None:
 
     import pandas as pd
 
-    from . import report
+    from . import paper
 
-    steps = report.paper_test(args.base)
+    roadmap.check_base(args.base)  # an unknown base: one line
+    steps = paper.own_deltas(args.base)
     rows = pd.DataFrame([{"step": r["step"], "Δ top-1": f"{r['delta']:+.2f}",
                           "p": "" if math.isnan(r["p"]) else f"{r['p']:.4f}",
                           "Holm p": "" if math.isnan(r["p_holm"]) else f"{r['p_holm']:.2f}", "verdict": r["verdict"]}
@@ -201,7 +202,7 @@ def cmd_paper(args) -> None:
 
 
 def cmd_seeds(args) -> None:
-    from . import report
+    from . import seeds
 
     if args.sigma is not None and args.experiment is None:
         if args.rows is None:
@@ -209,7 +210,7 @@ def cmd_seeds(args) -> None:
         exp_dir = None
     else:
         exp_dir = _experiment(args)
-    head, frame = report.seeds_table(exp_dir, delta=args.delta, sigma=args.sigma, networks=args.rows)
+    head, frame = seeds.table(exp_dir, delta=args.delta, sigma=args.sigma, networks=args.rows)
     print(head)
     print(frame.to_string(index=False))
 

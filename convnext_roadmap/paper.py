@@ -29,10 +29,22 @@ def row(base: str, name: str, recipe: str = "paper_in1k") -> dict | None:
             for k, v in df.loc[(base, name, recipe)].items()}
 
 
-def path(base: str, steps: list[str], recipe: str = "paper_in1k") -> list[tuple[str, float, float | None]]:
-    """The paper's (step, top-1, std) along a base's path (the base first), for the steps it prints."""
-    rows = [(name, row(base, name, recipe)) for name in [base, *steps]]
-    return [(name, r["paper_top1"], r["paper_top1_std"]) for name, r in rows if r is not None]
+def path(base: str, recipe: str = "paper_in1k") -> list[tuple[str, float, float | None]]:
+    """The paper's (step, top-1, std) along a base's path, in its table's order (the base first), as it prints them:
+    the sweep's other values and the reference models left out."""
+    df = table().reset_index()
+    on_path = ((df["base"] == base) & (df["recipe"] == recipe) & ~df["step"].str.contains("@")
+               & ~df["note"].fillna("").str.startswith("reference model"))
+    return [(r.step, r.paper_top1, None if math.isnan(r.paper_top1_std) else r.paper_top1_std)
+            for r in df[on_path].itertuples()]
+
+
+def own_deltas(base: str) -> list[dict]:
+    """The paper's own Δs along the base's path, each step against the one before, under Welch's t and Holm
+    (stats.paper_steps): which of its steps its own numbers resolve."""
+    from .stats import paper_steps
+
+    return paper_steps(path(base))
 
 
 def check_flops(gflops: float, ref: dict | None) -> dict:

@@ -191,16 +191,6 @@ def save(experiment_dir: Path, base: str, recipe: str, seeds: list[int], rows: l
     results.update_plan(experiment_dir, change)
 
 
-def compared_with(names: list[str], baselines: dict[str, str | None]) -> dict[str, str | None]:
-    """For each run (in the request's order), the run it is shown against: its baseline, or the row before where
-    the baseline is not among `names` (left out by --steps, or not finished); None for one without a baseline."""
-    out = {}
-    for before, name in zip([None, *names], names):
-        base = baselines.get(name)
-        out[name] = base if base in names else before if base is not None else None
-    return out
-
-
 def describe(variants: list[Variant], jobs: list[Job], rows: list[dict]) -> str:
     """The dry-run text: each run, what it changes from the run it is measured against (the one before it on a
     path), its FLOPs, and whether it is done."""
@@ -209,7 +199,7 @@ def describe(variants: list[Variant], jobs: list[Job], rows: list[dict]) -> str:
     lines, previous, seen = [], None, {}
     by_name = {e["name"]: e for e in rows}
     cfgs = {v.name: v.cfg for v in variants}
-    shown_against = compared_with(list(cfgs), {v.name: v.baseline for v in variants})
+    shown_against = results.compared_with(list(cfgs), {v.name: v.baseline for v in variants})
     for v in variants:
         compared = shown_against[v.name]
         changes = diff(cfgs[compared], v.cfg) if compared is not None else {}

@@ -12,7 +12,6 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from . import results, stats  # noqa: E402
-from .plan import compared_with  # noqa: E402
 
 # One colour per part of Section 2, as Figure 2 groups its bars.
 GROUP_COLOURS = {
@@ -128,7 +127,7 @@ def accuracy_vs_flops(df: pd.DataFrame, groups: dict[str, str], baselines: dict[
     half = _ci_half(df)
     fig, ax = plt.subplots(figsize=(7.5, 5))
     points = {row["step"]: (row["gflops_224"], row["top1"]) for _, row in done.iterrows()}
-    for end, start in compared_with(list(points), baselines).items():
+    for end, start in results.compared_with(list(points), baselines).items():
         if start is not None:
             ax.annotate("", xy=points[end], xytext=points[start],
                         arrowprops={"arrowstyle": "->", "color": "#999999", "lw": 0.8})

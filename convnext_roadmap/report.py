@@ -1,6 +1,6 @@
-"""An experiment's report: its table from the result store with the paired statistics of every step, its fidelity
-to the paper, written as table.csv, table.md, stats.json and fidelity.json, and its figures drawn from that same
-table."""
+"""An experiment's report: its table with every row's Δ under the blocked analysis (stats.compare), the lines under
+it, its fidelity to the paper, written as table.csv, table.md, stats.json and fidelity.json, and its figures drawn
+from that same table."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import plots, results, stats
-from .errors import RoadmapError
+from . import paper, plots, results, stats
 from .experiment import Experiment
 
 
@@ -29,13 +28,6 @@ def annotate(table: pd.DataFrame, top1: dict[str, dict[int, float]],
         out.insert(at + i, column, [compared["rows"].get(s, {}).get(key) for s in out["step"]])
     out["residual_df"] = out["residual_df"].astype("Int64")  # a count, blank where no row is compared
     return out, compared
-
-
-def paper_test(base: str) -> list[dict]:
-    """The paper's own Δs along the base's path, under Welch's t and Holm (stats.paper_steps)."""
-    from . import paper, roadmap
-
-    return stats.paper_steps(paper.path(base, [s.name for s in roadmap.steps(base)]))
 
 
 def fidelity(table: pd.DataFrame, exp: Experiment, paper_steps: list[dict]) -> dict:
@@ -111,65 +103,6 @@ def resolution_line(compared: dict, delta: float = 1.0) -> str:
             f"would need {need if need else 'more than 100,000'} seeds per network for 80% power (roadmap seeds)")
 
 
-def seeds_table(experiment_dir: Path | None, delta: float | None = None, sigma: float | None = None,
-                networks: int | None = None) -> tuple[str, pd.DataFrame]:
-    """How many seeds per network the blocked analysis needs to resolve a Δ with 80% power (stats.seeds_needed),
-    from an experiment's pooled σ and networks (or those given), for `delta`, else for 1 point, the experiment's
-    Δs and the paper's; with an experiment, what those seeds would cost at its runs' measured wall time. Returns
-    the line that says where σ came from, and the table."""
-    deltas: list[tuple[str, float]] = []
-    cost = None
-    if experiment_dir is not None:
-        exp = Experiment.load(experiment_dir)
-        compared = stats.compare(exp.top1_by_seed(), exp.baselines)
-        f = compared["family"]
-        if sigma is None and math.isnan(f["sigma"]):
-            raise RoadmapError(f"{experiment_dir.name}: no pooled σ (fewer than two seeds of a family finished); "
-                               f"give --sigma S")
-        where = ("given" if sigma is not None else
-                 f"pooled: {experiment_dir.name}, {len(f['networks'])} networks, {f['cells']} runs, "
-                 f"{f['residual_df']} residual df" + ("; the guard rejected pooling: " + "; ".join(compared["notes"])
-                                                       if compared["notes"] else ""))
-        sigma = f["sigma"] if sigma is None else sigma
-        networks = networks or len(f["networks"])
-        head = f"# σ {sigma:.2f} ({where}); {networks} networks"
-        deltas += [(name, r["delta"]) for name, r in compared["rows"].items() if not math.isnan(r["delta"])]
-        cost = _run_cost(exp)
-    else:
-        head = f"# σ {sigma:.2f} (given); {networks} networks"
-    if networks < 2:
-        raise RoadmapError(f"--rows {networks}: a family needs two networks or more")
-    head += "; 80% power, each of the networks − 1 comparisons at Holm's strictest level, two-sided"
-    if delta is not None:
-        deltas = [("--delta", delta)]
-    else:
-        deltas = [("1 point", 1.0), *deltas]
-        if experiment_dir is None or exp.plan.get("paper_recipe", "paper_in1k") == "paper_in1k":
-            deltas += [(f"paper: {r['step']}", r["delta"])
-                       for r in paper_test(exp.plan["base"] if experiment_dir else "resnet50")]
-    rows = []
-    for what, d in deltas:
-        need = stats.seeds_needed(abs(d), sigma, networks)
-        row = {"Δ (points)": f"{abs(d):.2f}", "for": what, "seeds per network": need or "> 100,000"}
-        if cost is not None and not math.isnan(cost[0]):
-            hours, unit = cost
-            row[f"cost ({unit})"] = f"{need * networks * hours:,.1f}" if need else ""
-        rows.append(row)
-    return head, pd.DataFrame(rows)
-
-
-def _run_cost(exp: Experiment) -> tuple[float, str]:
-    """The mean cost of one run of the experiment, in GPU-hours (wall time × GPUs) or CPU-hours (wall time × CPU
-    threads × processes), as its summaries measured it."""
-    done = [c["summary"] for c in exp.cells if c["status"] == "completed" and c["summary"].get("wall_s")]
-    if not done:
-        return math.nan, "hours"
-    gpu = any(str(s.get("hardware", {}).get("device", "")).startswith("cuda") for s in done)
-    per = [s["wall_s"] / 3600 * s.get("processes", 1) * (1 if gpu else s.get("hardware", {}).get("torch_threads", 1))
-           for s in done]
-    return statistics.mean(per), "GPU-hours" if gpu else "CPU-hours"
-
-
 def _no_nan(d: dict) -> dict:
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in d.items()}
 
@@ -180,7 +113,7 @@ def write(experiment_dir: Path, quiet: bool = False):
     written unless `quiet`. Returns the table for people, the figures' paths and the lines under it."""
     exp = Experiment.load(experiment_dir)  # read once: everything below works from it
     table, compared = annotate(exp.table(), exp.top1_by_seed(), exp.baselines)
-    steps = paper_test(exp.plan["base"]) if exp.plan.get("paper_recipe", "paper_in1k") == "paper_in1k" else []
+    steps = paper.own_deltas(exp.plan["base"]) if exp.plan.get("paper_recipe", "paper_in1k") == "paper_in1k" else []
     paper_verdict = {r["step"]: r["verdict"] for r in steps}
     table["paper_verdict"] = [paper_verdict.get(s) if exp.paper_rows.get(s) and exp.baselines.get(s) ==
                               next((r["baseline"] for r in steps if r["step"] == s), None) else None

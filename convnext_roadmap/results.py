@@ -150,6 +150,16 @@ def update_plan(experiment_dir: Path, change: Callable[[dict | None], dict]) -> 
         write_json(Path(experiment_dir) / "plan.json", change(read_json(Path(experiment_dir) / "plan.json")))
 
 
+def compared_with(names: list[str], baselines: dict[str, str | None]) -> dict[str, str | None]:
+    """For each run of plan.json (in its order), the run it is shown against: its baseline, or the row before where
+    the baseline is not among `names` (left out by --steps, or not finished); None for one without a baseline."""
+    out = {}
+    for before, name in zip([None, *names], names):
+        base = baselines.get(name)
+        out[name] = base if base in names else before if base is not None else None
+    return out
+
+
 def load_plan(experiment_dir: Path) -> dict:
     path = Path(experiment_dir) / "plan.json"
     if not path.exists():

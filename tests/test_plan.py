@@ -317,7 +317,7 @@ def test_the_dry_run_shows_each_change_against_the_run_it_is_measured_against(tm
 
 
 def test_the_figures_arrows_come_from_what_each_run_is_compared_with():
-    from convnext_roadmap.plan import compared_with
+    from convnext_roadmap.results import compared_with
 
     def arrows(names, baselines):
         return [(start, end) for end, start in compared_with(names, baselines).items() if start is not None]

@@ -256,14 +256,14 @@ def test_fidelity_on_a_constructed_table():
 
 
 def test_the_papers_own_steps_under_welch_by_hand():
-    from convnext_roadmap import paper, roadmap
+    from convnext_roadmap import paper
     from convnext_roadmap.stats import paper_steps
 
     # Table 10, ResNet-50 78.82 ± 0.07 → stage ratio 79.36 ± 0.07, 3 runs each: Welch's t = 0.54 / √(2 · 0.07² / 3)
     # = 9.448, on 2(3 − 1) = 4 df when the stds are equal; on 4 df p = 1 − x(3 − x²)/2 with x = t / √(4 + t²)
     t = 0.54 / (2 * 0.07 ** 2 / 3) ** 0.5
     x = t / (4 + t * t) ** 0.5
-    steps = paper_steps(paper.path("resnet50", [s.name for s in roadmap.steps("resnet50")]))
+    steps = paper_steps(paper.path("resnet50"))
     first = steps[0]
     assert (first["step"], first["baseline"]) == ("stage_ratio", "resnet50")
     assert first["delta"] == pytest.approx(0.54) and first["p"] == pytest.approx(1 - x * (3 - x * x) / 2)
@@ -278,7 +278,7 @@ def test_the_papers_own_steps_under_welch_by_hand():
     quiet = {r["step"]: round(r["p_holm"], 2) for r in steps if r["verdict"] == "within noise"}
     assert quiet == {"patchify_stem": 0.85, "gelu": 0.92, "fewer_norms": 0.39, "layernorm": 0.92}
     # ResNet-200's path (Table 11) prints no stds: nothing to test, and each step says so
-    big = paper_steps(paper.path("resnet200", [s.name for s in roadmap.steps("resnet200")]))
+    big = paper_steps(paper.path("resnet200"))
     assert {r["verdict"] for r in big} == {"not tested: no std printed"}
 
 
