@@ -79,31 +79,19 @@ def _names(text: str | None) -> list[str]:
 
 
 def _requested(args, recipe=None, data=None) -> list[roadmap.Variant]:
-    """The networks a command asks for, by request mode: one patched network (--patch), leave-one-out, or the
-    path (up to --upto, a --sweep beside); --steps picks among them; then the reference models."""
-    common = roadmap.Common(args.base, recipe, data, tuple(args.overrides))
-    only = _names(getattr(args, "steps", None))
-    sweep = getattr(args, "sweep", None)
+    """The networks a command asks for (roadmap.request, the front door), their configs checked (preflight)."""
+    from . import preflight
+
     refs = _names(getattr(args, "references", None))
     with_refs = getattr(args, "with_references", None)
     if with_refs is not None:
         refs += _names(with_refs) if with_refs != "default" else list(roadmap.references(args.base))
-    if args.patch:
-        for flag, given in (("--sweep", sweep), ("--steps", only)):
-            if given:
-                raise RoadmapError(f"--patch makes one network; it does not combine with {flag}")
-        variants = roadmap.patched_run(common, args.patch, args.upto)
-    elif getattr(args, "leave_one_out", False):
-        variants = roadmap.select(roadmap.leave_one_out_runs(common, args.upto, sweep), only)
-    elif refs and not (args.upto or only or sweep):
-        variants = []  # --references alone: only those
-    else:
-        variants = roadmap.select(roadmap.path_runs(common, args.upto, sweep), only)
-    from .plan import check_configs
-
-    variants = variants + roadmap.reference_runs(common, refs)
-    check_configs(variants)
-    return [roadmap.with_hub_weights(v) for v in variants]
+    variants = roadmap.request(roadmap.Context(args.base, recipe, data, tuple(args.overrides)), upto=args.upto,
+                               patches=args.patch, leave_one_out=getattr(args, "leave_one_out", False),
+                               sweep=getattr(args, "sweep", None), steps=_names(getattr(args, "steps", None)),
+                               references=refs)
+    preflight.check_configs(variants)
+    return variants
 
 
 def cmd_steps(args) -> None:
@@ -122,9 +110,10 @@ def cmd_show(args) -> None:
 
     if args.data and not args.recipe:
         raise RoadmapError("--data sets a recipe's data.source: give --recipe too")
-    from .plan import check_config
+    from .preflight import check_config
 
-    cfg, source_of = roadmap.resolve(args.upto, args.base, args.patch, args.overrides, args.recipe, args.data)
+    cfg, source_of = roadmap.resolve_with_sources(args.upto, args.base, args.patch, args.overrides, args.recipe,
+                                                  args.data)
     check_config(cfg, source_of)
     if args.diff:
         for key, (before, after) in diff(roadmap.resolve_config(None, args.base), cfg).items():
@@ -221,13 +210,12 @@ def _results_root(args) -> Path:
 
 
 def cmd_run(args) -> int:
-    from . import launch
+    from . import launch, preflight
     from .executors import make, registry
 
-    if args.log_every is not None and args.log is None:
-        raise RoadmapError("--log-every: only with --log tensorboard (what it spaces are TensorBoard's points)")
     exp_dir = _results_root(args) / (args.experiment or f"{args.base}-{Path(str(args.recipe)).stem}")
-    launch.check_wait(registry()[args.executor], args.wait, args.timeout_wait)  # before the executor's own checks
+    # before the executor's own options are read: --wait with an executor that has nothing to wait for says so first
+    preflight.check_wait(registry()[args.executor], args.wait, args.timeout_wait)
     flags = dict.fromkeys(name for cls in registry().values() for name in cls.Options.model_fields)
     executor = make(args.executor, exp_dir, {name: getattr(args, name) for name in flags})
     args.overrides = [*args.overrides, *([f"train.pretrained={args.pretrained}"] if args.pretrained else [])]
@@ -237,8 +225,8 @@ def cmd_run(args) -> int:
     first = variants[0].cfg.train.seed
     return launch.run(variants, list(range(first, first + args.seeds)), exp_dir, executor, base=args.base,
                       recipe=str(args.recipe), device=args.device, force=args.force, dry_run=args.dry_run,
-                      wait=args.wait, timeout_wait=args.timeout_wait, tensorboard=args.log == "tensorboard",
-                      log_every=args.log_every or 50)
+                      wait=args.wait, timeout_wait=args.timeout_wait, log=args.log,
+                      log_every_steps=args.log_every_steps)
 
 
 def _experiment(args) -> Path:
@@ -247,22 +235,17 @@ def _experiment(args) -> Path:
     return results.find_experiment(_results_root(args), args.experiment)
 
 
-def _settled(args) -> Path:
-    """The experiment, its jobs found ended without a summary marked failed first (said on stderr: stdout may be
-    a CSV)."""
-    from .executors import records
+def _report(args):
+    """The experiment's report (launch.settle_and_report), the lines of jobs found ended without a summary on
+    stderr (stdout may be a CSV); (the experiment's folder, report.write's value)."""
+    from .launch import settle_and_report
 
     exp_dir = _experiment(args)
-    for line in records.mark_ended_failed(exp_dir):
-        print(line, file=sys.stderr)
-    return exp_dir
+    return exp_dir, settle_and_report(exp_dir, say=lambda line: print(line, file=sys.stderr), quiet=True)
 
 
 def cmd_table(args) -> None:
-    from . import report
-
-    exp_dir = _settled(args)
-    table, _, under = report.write(exp_dir, quiet=True)
+    exp_dir, (table, _, under) = _report(args)
     if args.format == "table":
         print(table.to_string(index=False))
         print(under)
@@ -272,10 +255,7 @@ def cmd_table(args) -> None:
 
 
 def cmd_plot(args) -> None:
-    from . import report
-
-    exp_dir = _settled(args)
-    for path in report.write(exp_dir, quiet=True)[1]:
+    for path in _report(args)[1][1]:
         print(path)
 
 
@@ -401,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="SPEC", help="time the data path on these images (default: generated JPEGs)")
     p.set_defaults(func=cmd_doctor)
 
+    from .job import TENSORBOARD_EVERY_STEPS
+
     p = sub.add_parser("run", help="train every step (up to --upto), then write the table and the plots")
     _selection(p, "train the path up to this step (default: all of it)", modes=True)
     p.add_argument("--recipe", default="cpu_proxy", metavar="NAME|FILE",
@@ -420,8 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", nargs="?", const="true", metavar="FILE",
                    help="start from pretrained weights: timm's hub, or a local .safetensors/.pth file")
     p.add_argument("--log", choices=["tensorboard"], help="also write TensorBoard scalars into each run's folder")
-    p.add_argument("--log-every", type=positive, metavar="STEPS",
-                   help="with --log: a training-loss point every this many optimizer steps (default 50)")
+    p.add_argument("--log-every-steps", type=positive, metavar="STEPS",
+                   help=f"with --log: a training-loss point every this many optimizer steps (default "
+                        f"{TENSORBOARD_EVERY_STEPS}; train.log_every spaces the progress lines, in batches)")
     _executor_flags(p)
     p.set_defaults(func=cmd_run)
 

@@ -198,7 +198,7 @@ class Data(Section):
         if self.pipeline == "tensor" and self.color_jitter:
             raise Problem("color_jitter", f"got {self.color_jitter}, expected null with pipeline: tensor "
                                           f"(it has no color jitter; pipeline: pil has timm's)")
-        return self  # whether the augmentation's pipeline can read auto_augment: plan.check_configs (timm)
+        return self  # whether the augmentation's pipeline can read auto_augment: preflight.check_configs (timm)
 
 
 class TimmModel(Section):
@@ -207,7 +207,7 @@ class TimmModel(Section):
     name: str
     drop_path: Probability = 0.0
     img_size: Union[Annotated[int, Field(ge=16)], None] = None  # have timm adapt a fixed-size model (ViT, Swin)
-    # whether timm knows `name`: plan.check_configs, which may import timm
+    # whether timm knows `name`: preflight.check_configs, which may import timm
 
 
 class RoadmapNet(Section):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from . import plan, results, roadmap
+from . import plan, preflight, results, roadmap
 from .device import autocast_dtype, cpu_name, cpus_per_process, pick_device
 from .errors import RoadmapError
 
@@ -237,9 +237,8 @@ class Doctor:
         return f"imagefolder:{folder}" if folder.is_dir() else jpegs(folder, train=8, val=4, size=(96, 80))
 
     def _variants(self, names: list[str], data: str, overrides: list[str]):
-        common = roadmap.Common("resnet50", "paper_in1k", data, tuple(overrides))
-        variants = roadmap.select(roadmap.path_runs(common), names)
-        plan.check_configs(variants)
+        variants = roadmap.request(roadmap.Context("resnet50", "paper_in1k", data, tuple(overrides)), steps=names)
+        preflight.check_configs(variants)
         return variants
 
     def _train(self, variants, experiment: str, stop_after: int | None = None, seeds=(0,),
@@ -253,7 +252,7 @@ class Doctor:
         runner = make(kind, exp, options)
         runner.check(self.device_flag)
         jobs = plan.make_jobs(variants, list(seeds), exp, self.device_flag, {"experiment": experiment},
-                              plan.measure(variants, 2))
+                              plan.complexities(variants, 2))
         jobs = [dataclasses.replace(j, stop_after=stop_after) for j in jobs]
         start = time.time()
         with open(self.log, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):

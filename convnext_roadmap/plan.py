@@ -1,5 +1,5 @@
-"""From the requested networks to jobs: variants × seeds, their FLOPs counted once, conflicts with what is on disk,
-which jobs are still to run, the dry-run text and plan.json."""
+"""From the requested networks to jobs: variants × seeds, their FLOPs counted once, conflicts with what is on disk or
+queued, which jobs are still to run, the dry-run text and plan.json."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .roadmap import Variant
 from .job import Job
 
 
-def measure(variants: list[Variant], num_classes: int) -> dict[str, dict]:
+def complexities(variants: list[Variant], num_classes: int) -> dict[str, dict]:
     """Each network's FLOPs and parameters, once: at the paper's scale (224², 1000 classes) for the table, and as
     trained (the recipe's image size and scale, the data's classes) for the run's summary."""
     from .measure import complexity
@@ -30,70 +30,11 @@ def measure(variants: list[Variant], num_classes: int) -> dict[str, dict]:
 
 def make_jobs(variants: list[Variant], seeds: list[int], experiment_dir: Path, device: str, meta: dict,
               measures: dict[str, dict], **options) -> list[Job]:
-    """One job per (variant, seed); `options` are Job fields shared by all (tensorboard, log_every)."""
+    """One job per (variant, seed); `options` are Job fields shared by all (tensorboard, log_every_steps)."""
     return [Job(run_dir=str(results.run_dir(experiment_dir, v.name, seed)), name=v.name, cfg=v.cfg.model_dump(),
                 seed=seed, device=device, meta={**meta, "label": v.label, "group": v.group},
                 measures=measures[v.name], **options)
             for v in variants for seed in seeds]
-
-
-def check_configs(variants: list[Variant]) -> None:
-    """The checks of a config that need timm, so the schema leaves them here (it imports neither torch nor timm),
-    each one error line naming the file or flag that set the key: a timm model timm does not know, a RandAugment
-    spec the data pipeline cannot read."""
-    for v in variants:
-        check_config(v.cfg, v.source_of)
-
-
-def check_config(cfg: Config, source_of) -> None:
-    if isinstance(cfg, TimmNet):
-        import timm
-
-        if not timm.is_model(cfg.timm.name):
-            raise RoadmapError(f"{source_of('timm.name')}: timm.name: got {cfg.timm.name!r}, expected a model timm "
-                               f"knows (timm.list_models() lists them)")
-    if cfg.data is not None and cfg.data.auto_augment:
-        from .data import augmentation_problem
-
-        problem = augmentation_problem(cfg.data)
-        if problem:
-            raise RoadmapError(f"{source_of('data.auto_augment')}: data.auto_augment: {problem}")
-
-
-def check_gpu(variants: list[Variant], device: str, without_gpu: str | None) -> None:
-    """A recipe sized for GPUs (`train.needs_gpu`) on jobs that would get none is refused, unless `--device cpu`
-    says that is meant: otherwise 300 epochs would start on a CPU without a word."""
-    if without_gpu is None or device == "cpu":
-        return
-    for v in variants:
-        if v.cfg.train is not None and v.cfg.train.needs_gpu:
-            raise RoadmapError(f"{without_gpu}; but {v.name} trains with a recipe sized for GPUs "
-                               f"({v.source_of('train.needs_gpu')}: train.needs_gpu): give the jobs a GPU, or "
-                               f"--device cpu to train on the CPU all the same")
-
-
-def check_workers(variants: list[Variant], cpus: int, where: str) -> None:
-    """Loader workers (`data.workers`, pil pipeline) beyond the CPUs each process of a job will have are refused:
-    they would contend for the cores the training needs. `where`: what gives the jobs `cpus` CPUs, in words."""
-    for v in variants:
-        d = v.cfg.data
-        if d is not None and d.pipeline == "pil" and d.workers != "auto" and d.workers > cpus:
-            raise RoadmapError(f"{v.source_of('data.workers')}: data.workers: {d.workers} loader workers per "
-                               f"process, but {where}: give the jobs more CPUs, or --set data.workers=auto (one "
-                               f"per CPU they have)")
-
-
-def check_training(variants: list[Variant], processes: int) -> None:
-    """What the schema alone cannot check, as one error line before anything runs: an optimizer timm has not, a
-    target batch that the processes of each job cannot reach."""
-    from timm.optim import list_optimizers
-
-    known = set(list_optimizers())
-    for v in variants:
-        if v.cfg.train.opt.lower() not in known:
-            raise RoadmapError(f"train.opt: got {v.cfg.train.opt!r}, expected a timm optimizer "
-                               f"(adamw, momentum, sgd, lamb, …: timm.optim.list_optimizers())")
-        v.cfg.train.accumulation(processes)
 
 
 def check_conflicts(jobs: list[Job], force: bool = False,
@@ -235,15 +176,3 @@ def describe(variants: list[Variant], jobs: list[Job], rows: list[dict]) -> str:
         lines.append(f"recipe: {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g} at batch {t.base_batch_size}, "
                      f"data {d.source} at {d.img_size}²{scale}, pretrained: {t.pretrained}")
     return "\n".join(lines)
-
-
-def check_initial_weights(variants: list[Variant], num_classes: int) -> None:
-    """Load each pretrained file into its network before anything is written, so that a file that does not fit
-    is one error line, not a failed run."""
-    from .model import build_model
-    from .model.pretrained import HUB, load_initial_weights
-
-    for v in variants:
-        source = v.cfg.train.pretrained
-        if isinstance(source, str) and not source.startswith(HUB):
-            load_initial_weights(build_model(v.cfg, num_classes), v.cfg)

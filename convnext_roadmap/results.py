@@ -71,9 +71,13 @@ def run_dir(experiment_dir: Path, name: str, seed: int) -> Path:
     return Path(experiment_dir) / name / f"seed{seed}"
 
 
+def run_status(path: Path) -> str | None:
+    """How a run ended, by its summary (completed, failed, interrupted), or None where it has none yet."""
+    return (read_json(Path(path) / "summary.json") or {}).get("status")
+
+
 def is_done(path: Path) -> bool:
-    summary = read_json(Path(path) / "summary.json")
-    return bool(summary) and summary.get("status") == "completed"
+    return run_status(path) == "completed"
 
 
 LEVEL_EPOCHS, LEVEL_MARGIN = 3, 1.5  # a run levelled off: its last 3 epochs' mean top-1 within 1.5 of its best

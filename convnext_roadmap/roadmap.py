@@ -1,8 +1,9 @@
 """The roadmap as data, and the requests on it: bases, steps, sweeps, references → named, resolved configs.
 
-Each kind of request is one small function returning `Variant`s, the networks a command asks for:
-`path_runs` (the path, a sweep beside its step), `patched_run` (one network of chosen patches),
-`leave_one_out_runs` (the full path, and the path without each step) and `reference_runs` (timm models).
+`request` is the front door: every command that takes networks (run, flops, bench, the doctor) asks it, with
+explicit arguments. Each kind of request is one small function returning `Variant`s: `path_runs` (the path, a
+sweep beside its step), `patched_run` (one network of chosen patches), `leave_one_out_runs` (the full path, and
+the path without each step) and `reference_runs` (timm models); `select` keeps those `--steps` names.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ def references(base: str | None = None) -> dict[str, dict]:
 # ------------------------------------------------------------------------------------------------ resolving
 
 @dataclass(frozen=True)
-class Common:
+class Context:
     """What every network of one request shares: the base, the recipe, `--data` and `--set`."""
 
     base: str = "resnet50"
@@ -173,7 +174,7 @@ class Common:
                 layers.append((f"--set {text}", layer))
         return layers
 
-    def resolve(self, files: Sequence[Path] = ()) -> tuple[Config, tuple[str, ...], Callable[[str], str]]:
+    def config(self, files: Sequence[Path] = ()) -> tuple[Config, tuple[str, ...], Callable[[str], str]]:
         """The base's config, the recipe, these patch files, then the command line; the layers' sources, and which
         of them set each key."""
         check_base(self.base)
@@ -184,18 +185,18 @@ class Common:
         return cfg, tuple(source for source, _ in layers), merged.source_of
 
     def variant(self, name: str, label: str, files: Sequence[Path], group: str, baseline: str | None) -> Variant:
-        cfg, sources, source_of = self.resolve(files)
+        cfg, sources, source_of = self.config(files)
         return Variant(name, label, cfg, sources, group, baseline, source_of)
 
 
 def resolve_config(upto: str | None = None, base: str = "resnet50", patches: Sequence[str | Path] = (),
                    overrides: Sequence[str] = (), recipe: str | Path | None = None,
                    data: str | None = None) -> Config:
-    """`resolve`'s config alone."""
-    return resolve(upto, base, patches, overrides, recipe, data)[0]
+    """`resolve_with_sources`'s config alone."""
+    return resolve_with_sources(upto, base, patches, overrides, recipe, data)[0]
 
 
-def resolve(upto: str | None = None, base: str = "resnet50", patches: Sequence[str | Path] = (),
+def resolve_with_sources(upto: str | None = None, base: str = "resnet50", patches: Sequence[str | Path] = (),
             overrides: Sequence[str] = (), recipe: str | Path | None = None,
             data: str | None = None) -> tuple[Config, Callable[[str], str]]:
     """The config of `base` with the path's steps up to `upto` (none when None), then `patches` (step names or
@@ -203,13 +204,35 @@ def resolve(upto: str | None = None, base: str = "resnet50", patches: Sequence[s
     ablations/recipes/ or a file) the config also says how to train: its `train` and `data` sections, and the scale
     it trains at; `data` is a `--data` spec for `data.source`. Also which file or flag set each key."""
     files = [s.patch for s in (upto_steps(upto, base) if upto else [])] + [patch_file(p, base) for p in patches]
-    cfg, _, source_of = Common(base, recipe, data, tuple(overrides)).resolve(files)
+    cfg, _, source_of = Context(base, recipe, data, tuple(overrides)).config(files)
     return cfg, source_of
 
 
 # ------------------------------------------------------------------------------------------ the request modes
 
-def path_runs(common: Common, upto: str | None = None, sweep: str | None = None) -> list[Variant]:
+def request(context: Context, *, upto: str | None = None, patches: Sequence[str | Path] = (),
+            leave_one_out: bool = False, sweep: str | None = None, steps: Sequence[str] = (),
+            references: Sequence[str] = ()) -> list[Variant]:
+    """The networks a request asks for, refusing what cannot go together: one patched network (`patches`), or the
+    path up to `upto` without each step in turn (`leave_one_out`), or the path up to `upto` (all of it when None);
+    a sweep's values beside its step; `steps` picks among them by name; then the timm `references` (alone, when
+    neither `upto`, `steps` nor `sweep` is given). `train.pretrained: true` becomes the hub weights of the timm
+    model each network is."""
+    if patches:
+        for flag, given in (("--leave-one-out", leave_one_out), ("--sweep", sweep), ("--steps", steps)):
+            if given:
+                raise RoadmapError(f"--patch makes one network; it does not combine with {flag}")
+        variants = patched_run(context, patches, upto)
+    elif leave_one_out:
+        variants = select(leave_one_out_runs(context, upto, sweep), steps)
+    elif references and not (upto or steps or sweep):
+        variants = []
+    else:
+        variants = select(path_runs(context, upto, sweep), steps)
+    return [with_hub_weights(v) for v in variants + reference_runs(context, references)]
+
+
+def path_runs(common: Context, upto: str | None = None, sweep: str | None = None) -> list[Variant]:
     """The base and every step of its path up to `upto` (all of it when None), each with the steps before it and
     its Δ against the step before; with `sweep`, the sweep's values of its step beside it, each measured against
     the step before the swept one."""
@@ -248,7 +271,7 @@ def _leaf(sw: dict) -> str:
     return sw["key"].rsplit(".", 1)[-1]
 
 
-def _swept(common: Common, sw: dict, value, name: str, label: str, files: list[Path], group: str,
+def _swept(common: Context, sw: dict, value, name: str, label: str, files: list[Path], group: str,
            baseline: str) -> Variant:
     """The network of `files` with the sweep's key set to `value`, named `name@key=value`."""
     with_value = replace(common, overrides=(*common.overrides, f"{sw['key']}={value}"))
@@ -268,7 +291,7 @@ def _get(cfg: Config, key: str):
     return value
 
 
-def patched_run(common: Common, patches: Sequence[str | Path], upto: str | None = None) -> list[Variant]:
+def patched_run(common: Context, patches: Sequence[str | Path], upto: str | None = None) -> list[Variant]:
     """One network: the base, the path up to `upto` (none when None), then the patches. Its name says where it
     starts ("resnet50+gelu+layernorm", "widen+gelu"), so that it never takes the folder of a path's step."""
     files = [s.patch for s in (upto_steps(upto, common.base) if upto else [])]
@@ -277,7 +300,7 @@ def patched_run(common: Common, patches: Sequence[str | Path], upto: str | None 
     return [common.variant(name, name, files, "patched", None)]
 
 
-def leave_one_out_runs(common: Common, upto: str | None = None, sweep: str | None = None) -> list[Variant]:
+def leave_one_out_runs(common: Context, upto: str | None = None, sweep: str | None = None) -> list[Variant]:
     """The full path up to `upto` (all of it when None), then for each of its steps the path without it
     ("no_gelu"), each measured against the full path. With `sweep`, then the sweep's values of the full network
     (`<full>@kernel_size=5`) where the swept step is on the path, without repeating a network already there."""
@@ -298,7 +321,7 @@ def leave_one_out_runs(common: Common, upto: str | None = None, sweep: str | Non
     return variants
 
 
-def reference_runs(common: Common, names: Sequence[str]) -> list[Variant]:
+def reference_runs(common: Context, names: Sequence[str]) -> list[Variant]:
     """timm models with the request's recipe. The recipe's settings of the roadmap's network (its scale, its
     drop path) do not apply to them; each model's own drop path comes from references.yaml."""
     import timm

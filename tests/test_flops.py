@@ -3,7 +3,7 @@ import pytest
 from convnext_roadmap import resolve_config
 from convnext_roadmap.measure import complexity
 from convnext_roadmap.paper import check_flops, row
-from convnext_roadmap.roadmap import Common, path_runs
+from convnext_roadmap.roadmap import Context, path_runs
 
 # GFLOPs as printed in the paper (Table 10: ResNet-50 → ConvNeXt-T; Table 11: ResNet-200 → ConvNeXt-B), typed in
 # here by hand, not read from results/paper_reference.csv. Two rows of Table 10 are known anomalies: LN adds no
@@ -26,7 +26,7 @@ ANOMALIES = {("resnet50", "layernorm"): 4.15, ("resnet50", "split_downsampling")
 
 def _variants():
     for base, printed in PRINTED.items():
-        for v in path_runs(Common(base), sweep="kernel_size"):
+        for v in path_runs(Context(base), sweep="kernel_size"):
             if v.name in printed:
                 yield pytest.param(base, v, id=f"{base}:{v.name}")
 
@@ -41,7 +41,7 @@ def test_gflops_match_the_printed_paper(base, variant):
 
 def test_every_printed_row_is_on_the_path():
     for base, printed in PRINTED.items():
-        names = {v.name for v in path_runs(Common(base), sweep="kernel_size")}
+        names = {v.name for v in path_runs(Context(base), sweep="kernel_size")}
         assert set(printed) <= names
 
 

@@ -201,7 +201,7 @@ def test_tensorboard_scalars_land_in_each_runs_folder(tmp_path, photos):
 
     assert main(["run", "--steps", "resnet50,patchify_stem", "--recipe", "smoke", "--data", f"imagefolder:{photos}",
                  "--seeds", "1", "--executor", "inprocess", "--results", str(tmp_path), "--log", "tensorboard",
-                 "--log-every", "2"]) == 0
+                 "--log-every-steps", "2"]) == 0
     for step in ("resnet50", "patchify_stem"):
         events = EventAccumulator(str(tmp_path / "resnet50-smoke" / step / "seed0")).Reload()
         tags = events.Tags()["scalars"]
@@ -218,7 +218,7 @@ class _Broken(torch.utils.data.Dataset):
 
 
 def test_the_root_cause_of_a_worker_failure_is_the_original_error():
-    from convnext_roadmap.train.job import root_cause
+    from convnext_roadmap.train.runner import root_cause
 
     with pytest.raises(Exception) as caught:
         next(iter(torch.utils.data.DataLoader(_Broken(), batch_size=2, num_workers=1)))

@@ -20,7 +20,7 @@ __all__ = ["IMAGE_EXTENSIONS", "EpochSampler", "ImageDataset", "SkipRecord", "Sp
 
 def augmentation_problem(data_cfg) -> str | None:
     """What the training augmentation's pipeline cannot read in `data_cfg` (its RandAugment spec), in words; None
-    when it builds. The plan's pre-flight asks (plan.check_config), naming the file or --set it came from."""
+    when it builds. The pre-flight asks (preflight.check_config), naming the file or --set it came from."""
     if data_cfg.pipeline == "tensor":
         from .augment import parse_rand_augment
 

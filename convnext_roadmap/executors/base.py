@@ -85,7 +85,7 @@ class Executor:
         """Where and how the jobs (this many, where known) will run, for the dry run and the first line of a run."""
         return ""
 
-    def without_gpu(self, device: str) -> str | None:
+    def no_gpu_reason(self, device: str) -> str | None:
         """Why the jobs would train with no GPU (naming the flag or profile field that decides it), or None when
         they get one. Jobs on this machine: `--device` as this machine resolves it."""
         from ..device import pick_device

@@ -4,6 +4,7 @@ without one; the one-line outcome of a job."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import results
@@ -76,6 +77,38 @@ def live(records: list[dict], jobs: list[Job], now: dict[str, JobState]) -> dict
         if holder is not None:
             out.setdefault((job.name, job.seed), results.describe_holder(holder))
     return out
+
+
+@dataclass
+class Standing:
+    """Where a request's jobs stand before it submits anything: what is queued or running, what it will train, what
+    has finished."""
+
+    recorded: list[dict]  # jobs.json's records of the request's (run, seed)s
+    live: dict[tuple[str, int], str]  # (run, seed) → where it is queued or running (`live`)
+    queued: dict[tuple[str, int], tuple[dict, str]]  # (run, seed) → (the config its live job trains, where)
+    finished: set[tuple[str, int]]  # runs whose summary says completed
+    notes: list[str] = field(default_factory=list)  # what could not be known, in words
+
+
+def standing(experiment_dir: Path, jobs: list[Job], scheduler_may_be_silent: bool = False) -> Standing:
+    """The one look at what is on disk and queued for `jobs`: their recorded jobs' states (asked of each executor
+    once), the live holders of their run folders, their finished runs. A scheduler that does not answer is an
+    error, or with `scheduler_may_be_silent` (a dry run) a note, every job then taken as not queued."""
+    recorded, notes = results.read_jobs(experiment_dir), []
+    try:
+        now = states(recorded)
+    except SchedulerSilent as e:
+        if not scheduler_may_be_silent:
+            raise
+        notes.append(f"{e.args[0]}: the dry run does not know which jobs are queued")
+        now = {}
+    where = live(recorded, jobs, now)  # queued or running: left alone, and what they train binds the request
+    queued = {(r["name"], r["seed"]): (r["cfg"], where[(r["name"], r["seed"])])
+              for r in unfinished(recorded, now) if "cfg" in r}
+    keys = {(j.name, j.seed) for j in jobs}
+    return Standing([r for r in recorded if (r["name"], r["seed"]) in keys], where, queued,
+                    {(j.name, j.seed) for j in jobs if results.is_done(Path(j.run_dir))}, notes)
 
 
 def mark_ended_failed(experiment_dir: Path) -> list[str]:

@@ -126,7 +126,7 @@ class Slurm(Executor):
             f"cpus_per_task: null, {p.cpus()} per task {'with' if p.gpus_per_node else 'without'} GPUs"
         return p.cpus(), f"{self.source_of('cpus_per_task')}: {said}"
 
-    def without_gpu(self, device: str) -> str | None:
+    def no_gpu_reason(self, device: str) -> str | None:
         if self.profile.gpus_per_node:
             return None
         return f"{self.source_of('gpus_per_node')}: gpus_per_node: 0, so the jobs get no GPU"

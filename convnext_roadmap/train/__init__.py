@@ -2,6 +2,6 @@
 package imports more of it than `run_job`: the loop (`loop`), the checkpoint (`state`) and the summary
 (`provenance`) are its own."""
 
-from .job import run_job
+from .runner import run_job
 
 __all__ = ["run_job"]

@@ -1,5 +1,5 @@
 """The training loop of one run: a `Trainer` assembled from its config with timm's pieces, one epoch of training,
-evaluation; how it was launched and where its files go are the job's (`train/job.py`)."""
+evaluation; how it was launched and where its files go are the job's (`train/runner.py`)."""
 
 from __future__ import annotations
 

@@ -129,7 +129,7 @@ def _train(job: Job, out: Path, rank: int, world: int) -> dict:
                    f"accumulation step(s) = {trainer.effective_batch}"
                    f", lr {t.lr:g} × {trainer.effective_batch}/{t.base_batch_size} = {trainer.lr:.3g} "
                    f"(linear scaling), {len(trainer.classes)} classes, {device}")
-    board = TensorBoard(out, job.log_every) if job.tensorboard and rank == 0 else None
+    board = TensorBoard(out, job.log_every_steps) if job.tensorboard and rank == 0 else None
     started = time.time()
     try:
         for epoch in range(start, t.epochs):

@@ -1,0 +1,125 @@
+"""Every check a request passes before anything is written, each one error line naming the file, flag or key:
+the configs (what the schema leaves to timm), the data, initial weights, the training's needs against what the
+executor gives (GPUs, CPUs, processes), the launch's flags (--wait, --log). A new check goes here, and `check`
+runs it."""
+
+from __future__ import annotations
+
+from .config import Config, TimmNet
+from .errors import RoadmapError
+from .executors import Executor, registry
+from .roadmap import Variant
+
+
+def check(variants: list[Variant], executor: Executor, *, device: str = "auto", seeds: int = 1, wait: bool = False,
+          timeout_wait: float | None = None, log: str | None = None, log_every_steps: int | None = None) -> int:
+    """Run every check on a request of `variants` × `seeds` for `executor`; return the training set's number of
+    classes (the data is read here: a bad --data fails before anything is written)."""
+    from .data import load_splits
+
+    check_wait(type(executor), wait, timeout_wait)
+    check_trackers(log, log_every_steps)
+    check_configs(variants)
+    classes = len(load_splits(variants[0].cfg.data.source)[0].classes)
+    check_initial_weights(variants, classes)
+    check_training(variants, executor.processes)
+    executor.check(device)
+    check_gpu(variants, device, executor.no_gpu_reason(device))
+    check_workers(variants, *executor.cpus(len(variants) * seeds))
+    return classes
+
+
+def check_configs(variants: list[Variant]) -> None:
+    """The checks of a config that need timm, so the schema leaves them here (it imports neither torch nor timm),
+    each one error line naming the file or flag that set the key: a timm model timm does not know, a RandAugment
+    spec the data pipeline cannot read."""
+    for v in variants:
+        check_config(v.cfg, v.source_of)
+
+
+def check_config(cfg: Config, source_of) -> None:
+    if isinstance(cfg, TimmNet):
+        import timm
+
+        if not timm.is_model(cfg.timm.name):
+            raise RoadmapError(f"{source_of('timm.name')}: timm.name: got {cfg.timm.name!r}, expected a model timm "
+                               f"knows (timm.list_models() lists them)")
+    if cfg.data is not None and cfg.data.auto_augment:
+        from .data import augmentation_problem
+
+        problem = augmentation_problem(cfg.data)
+        if problem:
+            raise RoadmapError(f"{source_of('data.auto_augment')}: data.auto_augment: {problem}")
+
+
+def check_gpu(variants: list[Variant], device: str, no_gpu: str | None) -> None:
+    """A recipe sized for GPUs (`train.needs_gpu`) on jobs that would get none is refused, unless `--device cpu`
+    says that is meant: otherwise 300 epochs would start on a CPU without a word. `no_gpu`: why the jobs would get
+    none (Executor.no_gpu_reason), or None."""
+    if no_gpu is None or device == "cpu":
+        return
+    for v in variants:
+        if v.cfg.train is not None and v.cfg.train.needs_gpu:
+            raise RoadmapError(f"{no_gpu}; but {v.name} trains with a recipe sized for GPUs "
+                               f"({v.source_of('train.needs_gpu')}: train.needs_gpu): give the jobs a GPU, or "
+                               f"--device cpu to train on the CPU all the same")
+
+
+def check_workers(variants: list[Variant], cpus: int, where: str) -> None:
+    """Loader workers (`data.workers`, pil pipeline) beyond the CPUs each process of a job will have are refused:
+    they would contend for the cores the training needs. `where`: what gives the jobs `cpus` CPUs, in words."""
+    for v in variants:
+        d = v.cfg.data
+        if d is not None and d.pipeline == "pil" and d.workers != "auto" and d.workers > cpus:
+            raise RoadmapError(f"{v.source_of('data.workers')}: data.workers: {d.workers} loader workers per "
+                               f"process, but {where}: give the jobs more CPUs, or --set data.workers=auto (one "
+                               f"per CPU they have)")
+
+
+def check_training(variants: list[Variant], processes: int) -> None:
+    """What the schema alone cannot check, as one error line before anything runs: an optimizer timm has not, a
+    target batch that the processes of each job cannot reach."""
+    from timm.optim import list_optimizers
+
+    known = set(list_optimizers())
+    for v in variants:
+        if v.cfg.train.opt.lower() not in known:
+            raise RoadmapError(f"train.opt: got {v.cfg.train.opt!r}, expected a timm optimizer "
+                               f"(adamw, momentum, sgd, lamb, …: timm.optim.list_optimizers())")
+        v.cfg.train.accumulation(processes)
+
+
+
+def check_initial_weights(variants: list[Variant], num_classes: int) -> None:
+    """Load each pretrained file into its network before anything is written, so that a file that does not fit
+    is one error line, not a failed run."""
+    from .model import build_model
+    from .model.pretrained import HUB, load_initial_weights
+
+    for v in variants:
+        source = v.cfg.train.pretrained
+        if isinstance(source, str) and not source.startswith(HUB):
+            load_initial_weights(build_model(v.cfg, num_classes), v.cfg)
+
+
+def check_wait(executor: type[Executor], wait: bool, timeout_wait: float | None) -> None:
+    """--wait (and --timeout-wait) are the launch's: only an executor whose `submit` returns before its jobs end
+    has anything to wait for."""
+    if executor.blocking and (wait or timeout_wait is not None):
+        flag = "--wait" if wait else "--timeout-wait"
+        waiting = [name for name, cls in registry().items() if not cls.blocking]
+        raise RoadmapError(f"{flag} is for --executor {' or '.join(waiting)}, not {executor.name}")
+
+
+def check_trackers(log: str | None, log_every_steps: int | None) -> None:
+    """What the run writes beside its results: a step spacing asks for a tracker to space; a tracker's package
+    must be installed."""
+    if log_every_steps is not None and log is None:
+        raise RoadmapError("--log-every-steps: only with --log tensorboard (what it spaces are TensorBoard's points)")
+    if log != "tensorboard":
+        return
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        raise RoadmapError("--log tensorboard: the tensorboard package is not installed "
+                           "(pip install 'convnext-roadmap[tensorboard]')") from None
