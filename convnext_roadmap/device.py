@@ -1,4 +1,5 @@
-"""Which device and precision a process trains on: `--device` parsed and checked, and the autocast choice."""
+"""Which device, precision and CPUs a process trains with: `--device` parsed and checked, the GPU of a rank, the
+autocast choice, cuDNN/TF32, and the CPUs the node gives a process (its loader workers and threads)."""
 
 from __future__ import annotations
 

@@ -272,7 +272,7 @@ def input_path_cpu_s(spec: str, device: torch.device, images: int | None = None)
     worker's), alternated twice; and the images each pass took."""
     from timm.data import create_loader
 
-    from .data import SkipRecord, load_splits
+    from .data import SkippedImages, load_splits
     from .data.pil import ImageDataset
     from .data.pil import image_loaders
     from .roadmap import resolve_config
@@ -286,7 +286,7 @@ def input_path_cpu_s(spec: str, device: torch.device, images: int | None = None)
     batch = 8
 
     def ours():
-        train, _ = image_loaders(d, split, val_split, batch, batch, 0, 0, 1, SkipRecord(), device)
+        train, _ = image_loaders(d, split, val_split, batch, batch, 0, 0, 1, SkippedImages(), device)
         train.set_epoch(0)
         for _ in train:
             pass

@@ -44,7 +44,7 @@ def _loader(cfg: Config, split: Split, batch_size: int):
 
 
 @torch.no_grad()
-def _logits(model, loader, device, flip: bool):
+def _probabilities(model, loader, device, flip: bool):
     out = []
     for x, _ in loader:
         x = x.to(device)
@@ -61,7 +61,7 @@ def evaluate_run(path: Path, spec: str | None, device: torch.device, flip: bool 
     _, val = load_splits(spec or cfg.data.source)
     if val.classes != classes:
         raise RoadmapError(f"--data {spec}: its classes differ from the run's ({len(val.classes)} vs {len(classes)})")
-    probs = _logits(model, _loader(cfg, val, cfg.train.batch_size * 2), device, flip)
+    probs = _probabilities(model, _loader(cfg, val, cfg.train.batch_size * 2), device, flip)
     target = torch.tensor([t for _, t in val.samples])
     top5 = probs.topk(min(5, len(classes)), dim=-1).indices
     return {"run": str(path), "images": len(target), "top1": 100 * (top5[:, 0] == target).float().mean().item(),
@@ -100,7 +100,7 @@ def predict(path: Path, spec: str, out: Path, device: torch.device, flip: bool =
                            f"on {_few(classes)}: predict with a run trained on this data")
     items = test_images(spec)
     split = Split([(p, 0) for _, p in items], classes)
-    probs = _logits(model, _loader(cfg, split, cfg.train.batch_size * 2), device, flip)
+    probs = _probabilities(model, _loader(cfg, split, cfg.train.batch_size * 2), device, flip)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["id", "label"])

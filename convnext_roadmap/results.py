@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from . import processes
 from .errors import RoadmapError
 from .resources import atomic_write
 
@@ -231,13 +232,9 @@ def lock_holder(path: Path) -> dict | None:
         holder = json.loads(text)
     except ValueError:
         return {"host": "?", "pid": "?"}  # being written: held
-    if holder.get("host") == socket.gethostname():
-        try:
-            os.kill(int(holder["pid"]), 0)
-        except ProcessLookupError:
-            return None
-        except (PermissionError, ValueError, KeyError):
-            pass
+    pid = str(holder.get("pid", ""))
+    if holder.get("host") == socket.gethostname() and pid.isdigit() and not processes.alive(pid):
+        return None
     return holder
 
 

@@ -142,7 +142,7 @@ def test_a_worker_whose_controller_died_claims_no_more_runs(tmp_path):
 def test_a_queued_runs_state_comes_from_its_claim_its_worker_and_its_summary(tmp_path, monkeypatch):
     from convnext_roadmap.executors import local
 
-    monkeypatch.setattr(local, "_alive", lambda pid: pid == "11")  # worker 11 lives, worker 12 has ended
+    monkeypatch.setattr(local, "_controller_alive", lambda pid: pid == "11")  # worker 11 lives, worker 12 has ended
     killed = []
     monkeypatch.setattr(local.os, "kill", lambda pid, sig: killed.append(pid))
     claims = tmp_path / "queue"

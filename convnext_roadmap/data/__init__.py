@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from .order import EpochSampler
 from .pil import ImageDataset, eval_transform
-from .sources import (IMAGE_EXTENSIONS, SkipRecord, Split, find_image, load_splits, make_subset, make_synthetic,
+from .sources import (IMAGE_EXTENSIONS, SkippedImages, Split, find_image, load_splits, make_subset, make_synthetic,
                       training_classes)
 
-__all__ = ["IMAGE_EXTENSIONS", "EpochSampler", "ImageDataset", "SkipRecord", "Split", "augmentation_problem",
+__all__ = ["IMAGE_EXTENSIONS", "EpochSampler", "ImageDataset", "SkippedImages", "Split", "augmentation_problem",
            "eval_transform", "find_image", "load_splits", "make_loaders", "make_subset", "make_synthetic",
            "training_classes"]
 
@@ -39,7 +39,7 @@ def augmentation_problem(data_cfg) -> str | None:
 
 
 def make_loaders(data_cfg, train_batch: int, eval_batch: int, seed: int, distributed: tuple[int, int] = (0, 1),
-                 device=None, skipped: SkipRecord | None = None):
+                 device=None, skipped: SkippedImages | None = None):
     """(train loader, val loader, class names). Both loaders yield (images, targets); the train loader's
     `set_epoch(e)` takes that epoch's order and augmentations from (seed, e, rank) as `order` promises, so that a
     resumed run sees the same batches as an uninterrupted one and seed k of every network sees the same data; the
@@ -55,5 +55,5 @@ def make_loaders(data_cfg, train_batch: int, eval_batch: int, seed: int, distrib
     make = tensor_loaders if data_cfg.pipeline == "tensor" else image_loaders
     device = device or torch.device("cpu")
     train, val = make(data_cfg, train_split, val_split, train_batch, eval_batch, seed, *distributed,
-                      skipped or SkipRecord(), device)
+                      skipped or SkippedImages(), device)
     return train, val, train_split.classes

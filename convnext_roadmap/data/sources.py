@@ -25,7 +25,7 @@ class Split:
 
 # ----------------------------------------------------------------------------------------------- skipped images
 
-class SkipRecord:
+class SkippedImages:
     """The images a run left out, one line each (path, why) in a file of its run folder. Loader workers and DDP
     ranks are processes of their own, so they append to one file rather than count in memory; the run counts the
     distinct paths at the end (an image skipped in every epoch, or again after a resume, counts once)."""

@@ -27,7 +27,7 @@ from ..errors import RoadmapError
 from ..resources import atomic_write, cache_dir
 from .augment import BatchAugment
 from .order import EpochSampler, EvalShard, Purpose, batch_generator
-from .sources import SkipRecord, Split
+from .sources import SkippedImages, Split
 
 log = logging.getLogger(__name__)
 STORE_VERSION = 2  # 2: the unreadable files are kept beside the tensors
@@ -142,7 +142,7 @@ class TensorLoader:
 
 
 def tensor_loaders(data_cfg, train_split: Split, val_split: Split, train_batch: int, eval_batch: int, seed: int,
-                   rank: int, world: int, skipped: SkipRecord, device: torch.device = torch.device("cpu")):
+                   rank: int, world: int, skipped: SkippedImages, device: torch.device = torch.device("cpu")):
     """(train, val) loaders of the decoded set; their batches are on the CPU, made in a thread ahead of use when the
     run trains on a GPU."""
     size, resample = stored_size(data_cfg), data_cfg.interpolation

@@ -12,7 +12,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .. import results
+from .. import processes, results
 from ..job import Job
 
 CANCELLED = "cancelled"  # in a queue's folder: `roadmap cancel` ended it
@@ -60,32 +60,8 @@ def slot_gpus(launch_gpus: str | None, positions: str) -> str:
     return ",".join(theirs[int(place)] for place in positions.split(","))
 
 
-def _started(pid: int) -> str | None:
-    """When process `pid` started (Linux: /proc/PID/stat's start time, in clock ticks), to tell it from a later
-    process given the same pid; None where /proc has no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()  # after the command name, which may hold spaces
-    return None if fields[0] in ("Z", "X") else fields[19]  # a zombie has ended: only its exit status is left
-
-
-def _alive(pid: int, started: str | None) -> bool:
-    if Path("/proc").is_dir():
-        now = _started(pid)
-        return now is not None and now == started
-    try:  # no /proc (macOS): whether the pid exists
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
 def _stop_when_gone(pid: int, started: str | None, every_s: float = 1.0) -> None:
-    while _alive(pid, started):
+    while processes.alive(pid, started):
         time.sleep(every_s)
     print(f"the launch (pid {pid}) has ended without stopping this worker: it stops now; the next `roadmap run` "
           f"resumes its run from its last checkpoint", flush=True)
@@ -121,7 +97,7 @@ class Queue:
     def __init__(self, jobs: list[Job], claims: Path, slot: int, launch_gpus: str | None = None):
         self.jobs, self.claims, self.slot = jobs, claims, slot
         self.launch_gpus = launch_gpus  # the launch's own CUDA_VISIBLE_DEVICES, if it had one
-        self.launch = (os.getpid(), _started(os.getpid()))  # made in the launch's process, which the worker outlives
+        self.launch = (os.getpid(), processes.started(os.getpid()))  # made in the launch's process, which the worker outlives
         self.parent: int | None = None  # submitit's controller, which the launch watches and cancels
 
     def __call__(self) -> None:

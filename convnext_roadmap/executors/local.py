@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from .. import results
+from .. import processes, results
 from ..errors import RoadmapError
 from ..job import Job
 from .base import Executor, JobState, Options
@@ -235,7 +235,7 @@ class Local(Executor):
         out = {}
         for r in records:
             claimant = _claimant(Path(r["claim"])) if r.get("claim") else (0, r["job_id"])  # before the queue
-            alive = any(_alive(w) for w in ([claimant[1]] if claimant else r.get("workers", [r["job_id"]])))
+            alive = any(_controller_alive(w) for w in ([claimant[1]] if claimant else r.get("workers", [r["job_id"]])))
             try:
                 status = (results.read_json(Path(r["run_dir"]) / "summary.json") or {}).get("status")
             except RoadmapError:  # a damaged summary must not stop `status` or `cancel`; the table names it
@@ -258,7 +258,7 @@ class Local(Executor):
                 results.write_text(claims / CANCELLED, "")
         stopped = set()
         for w in {w for r in records for w in r.get("workers", [r["job_id"]])}:
-            if _alive(w):
+            if _controller_alive(w):
                 os.kill(int(w), signal.SIGINT)
                 stopped.add(w)
         return [r["job_id"] for r in records if stopped & set(r.get("workers", [r["job_id"]]))]
@@ -328,10 +328,11 @@ def _print_new_epochs(job: Job, shown: int) -> int:
     return max(shown, len(metrics))
 
 
-def _alive(pid: str) -> bool:
-    """Whether a local job's controller (a submitit process of this user) still runs."""
+def _controller_alive(pid: str) -> bool:
+    """Whether a local job's controller still runs: the process lives and is submitit's (not a later process given
+    the same pid)."""
     try:
         cmdline = Path(f"/proc/{int(pid)}/cmdline").read_bytes()
     except (OSError, ValueError):
         return False
-    return b"submitit" in cmdline
+    return processes.alive(pid) and b"submitit" in cmdline

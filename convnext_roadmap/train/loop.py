@@ -88,10 +88,11 @@ class Trainer:
         self.autocast_dtype = self.amp  # what the forward pass ran in, as seen
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
         self.scaler = torch.amp.GradScaler(device.type) if self.amp == torch.float16 else None
-        self.forward = torch.compile(self.model) if t.compile else self.model
+        # what a training step calls: the model compiled, then wrapped by DDP (the EMA and evaluation take the model)
+        self.wrapped = torch.compile(self.model) if t.compile else self.model
         if world > 1:
-            self.forward = nn.parallel.DistributedDataParallel(
-                self.forward, device_ids=[device.index] if self.cuda else None)
+            self.wrapped = nn.parallel.DistributedDataParallel(
+                self.wrapped, device_ids=[device.index] if self.cuda else None)
 
     def autocast(self):
         # the same autocast on any device, so that the CPU tests run the code a GPU runs
@@ -122,9 +123,9 @@ class Trainer:
                 x, y = self.mixup(x, y)
             group = min(self.accum, micro - (i // self.accum) * self.accum)  # micro-batches in this step
             last = (i + 1) % self.accum == 0 or i + 1 == micro
-            with nullcontext() if last or self.world == 1 else self.forward.no_sync():
+            with nullcontext() if last or self.world == 1 else self.wrapped.no_sync():
                 with self.autocast():
-                    logits = self.forward(x)
+                    logits = self.wrapped(x)
                     loss = self.criterion(logits, y)
                 if self.world == 1 and (not self.cuda or (i + 1) % SYNC_EVERY == 0) and not torch.isfinite(loss):
                     raise RuntimeError(f"the loss is {loss.item()} at epoch {epoch + 1}, step {i + 1}")

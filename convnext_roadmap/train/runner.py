@@ -110,9 +110,9 @@ def _train(job: Job, out: Path, rank: int, world: int) -> dict:
     rng.seed_all(job.seed + rank)
     if rank == 0:
         results.write_text(out / "config.yaml", to_yaml(cfg))
-    from ..data import SkipRecord
+    from ..data import SkippedImages
 
-    skipped = SkipRecord(out / "skipped.txt")
+    skipped = SkippedImages(out / "skipped.txt")
     trainer = Trainer(cfg, job.seed, device, rank, world, skipped)
     for note in trainer.notes:
         _say(rank, f"  {note}")
