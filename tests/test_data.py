@@ -7,7 +7,7 @@ import torch
 
 from convnext_roadmap import RoadmapError, resolve_config
 from convnext_roadmap.cli import main
-from convnext_roadmap.data import ImageDataset, Split, load_splits, make_loaders, make_synthetic
+from convnext_roadmap.data import ImageDataset, load_splits, make_loaders, make_synthetic
 
 from conftest import SMOKE, make_imagefolder
 
@@ -168,8 +168,16 @@ def test_random_erasing_on_the_device_erases_one_box_of_2_to_33_percent(tmp_path
         assert torch.equal(rows.sum(1) * cols.sum(1), changed.flatten(1).sum(1))
 
 
-def test_split_dataclass_is_plain():
-    assert Split([], []).samples == []
+def test_imagefolder_classes_are_indexed_in_sorted_order(tmp_path):
+    # made out of order, so that the folders' creation (and directory listing) order is not the sorted one: the
+    # index of a class is its place among the sorted names, in both splits, as torchvision's ImageFolder has it
+    root = make_imagefolder(tmp_path / "d", classes=("owl", "cat", "emu", "dog"), per_class=3, val_per_class=2)
+    train, val = load_splits(f"imagefolder:{root}")
+    assert train.classes == val.classes == ["cat", "dog", "emu", "owl"]
+    for split, name, n in ((train, "train", 3), (val, "val", 2)):
+        assert [(p.parent.name, p.name, t) for p, t in split.samples] == [
+            (c, f"{i}.png", k) for c, k in (("cat", 0), ("dog", 1), ("emu", 2), ("owl", 3)) for i in range(n)]
+        assert {p for p, _ in split.samples} == set((root / name).rglob("*.png"))
 
 
 @pytest.mark.parametrize("pipeline,workers", [("pil", 1), ("tensor", 0)])

@@ -4,7 +4,7 @@ import pytest
 
 from convnext_roadmap import RoadmapError, resolve_config
 from convnext_roadmap.loading import parse_override
-from convnext_roadmap.roadmap import Common, leave_one_out_runs, patched_run, path_runs, select, steps
+from convnext_roadmap.roadmap import Context, leave_one_out_runs, patched_run, path_runs, select, steps
 
 
 def test_base_is_resnet50():
@@ -23,11 +23,42 @@ def test_upto_applies_every_step_before():
         patches=[s.name for s in steps()[: [s.name for s in steps()].index("large_kernel") + 1]])
 
 
-def test_patches_compose_in_any_order_and_subset():
-    a = resolve_config(patches=["gelu", "layernorm"])
-    b = resolve_config(patches=["layernorm", "gelu"])
-    assert a == b
-    assert (a.block.act, a.block.norm, a.stem.norm, a.block.layout) == ("gelu", "layernorm", "layernorm", "bottleneck")
+def _leaves(name: str) -> dict[str, object]:
+    """A step's YAML as dotted keys and their values, read from the file itself."""
+    import yaml
+
+    def flat(d, at=""):
+        for k, v in d.items():
+            yield from flat(v, f"{at}{k}.") if isinstance(v, dict) else [(f"{at}{k}", v)]
+
+    return dict(flat(yaml.safe_load((Path(__file__).resolve().parent.parent / "ablations" / "steps" /
+                                     f"{name}.yaml").read_text())))
+
+
+def _get(cfg, key: str):
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+@pytest.mark.parametrize("first, second", [("gelu", "layernorm"), ("patchify_stem", "widen")])
+def test_patches_that_set_different_keys_commute(first, second):
+    # patchify_stem and widen both patch the stem section, different keys of it: a merge that replaced a section
+    # whole would keep only the later one's keys
+    a, b = _leaves(first), _leaves(second)
+    assert not set(a) & set(b)
+    cfg = resolve_config(patches=[first, second])
+    assert cfg == resolve_config(patches=[second, first])
+    assert {k: _get(cfg, k) for k in {**a, **b}} == {**a, **b}
+
+
+def test_patches_that_set_the_same_key_apply_in_order():
+    # both set block.layout (the path applies inverted_bottleneck, then move_up_dwconv): the later one wins
+    a, b = _leaves("inverted_bottleneck"), _leaves("move_up_dwconv")
+    assert set(a) & set(b) == {"block.layout"} and a["block.layout"] != b["block.layout"]
+    assert resolve_config(patches=["inverted_bottleneck", "move_up_dwconv"]).block.layout == b["block.layout"]
+    assert resolve_config(patches=["move_up_dwconv", "inverted_bottleneck"]).block.layout == a["block.layout"]
+    assert resolve_config(upto="move_up_dwconv").block.layout == "dw_first"
 
 
 def test_leave_one_out_differs_only_in_that_step():
@@ -104,7 +135,7 @@ def test_bad_request(kwargs, words):
 
 
 def test_sweep_variants_sit_beside_their_step_without_repeats():
-    variants = path_runs(Common(), upto="gelu", sweep="kernel_size")
+    variants = path_runs(Context(), upto="gelu", sweep="kernel_size")
     names = [v.name for v in variants]
     assert names[names.index("move_up_dwconv"):] == [
         "move_up_dwconv", "large_kernel@kernel_size=5", "large_kernel", "large_kernel@kernel_size=9",
@@ -114,15 +145,15 @@ def test_sweep_variants_sit_beside_their_step_without_repeats():
     assert baselines["gelu"] == "large_kernel" and baselines["large_kernel"] == "move_up_dwconv"
     assert baselines["large_kernel@kernel_size=11"] == "move_up_dwconv" and baselines["resnet50"] is None
     with pytest.raises(RoadmapError, match="unknown sweep"):
-        path_runs(Common(), sweep="depth")
+        path_runs(Context(), sweep="depth")
     for runs in (path_runs, leave_one_out_runs):  # a sweep off the path is an error, not dropped in silence
         with pytest.raises(RoadmapError, match="its step large_kernel is not on the path up to depthwise"):
-            runs(Common(), upto="depthwise", sweep="kernel_size")
+            runs(Context(), upto="depthwise", sweep="kernel_size")
 
 
 @pytest.mark.parametrize("sweep", [None, "kernel_size"])
 def test_leave_one_out_leaves_each_step_out_of_the_path_up_to_upto(sweep):
-    variants = leave_one_out_runs(Common(), upto="large_kernel", sweep=sweep)
+    variants = leave_one_out_runs(Context(), upto="large_kernel", sweep=sweep)
     full = variants[0]
     assert full.name == "large_kernel" and full.cfg == resolve_config(upto="large_kernel")
     path = [s.name for s in steps()][: [s.name for s in steps()].index("large_kernel") + 1]
@@ -152,9 +183,9 @@ def test_a_later_patch_wins_and_lists_are_replaced_whole(tmp_path: Path):
 
 def test_a_patched_network_never_takes_the_name_of_a_paths_step():
     # --patch gelu is ResNet-50 with GELU; the path's gelu step is ConvNeXt up to GELU: two networks, two folders
-    assert [v.name for v in patched_run(Common(), ["gelu"])] == ["resnet50+gelu"]
-    assert [v.name for v in patched_run(Common(), ["gelu", "layernorm"], upto="widen")] == ["widen+gelu+layernorm"]
-    assert "gelu" in {v.name for v in path_runs(Common())}
+    assert [v.name for v in patched_run(Context(), ["gelu"])] == ["resnet50+gelu"]
+    assert [v.name for v in patched_run(Context(), ["gelu", "layernorm"], upto="widen")] == ["widen+gelu+layernorm"]
+    assert "gelu" in {v.name for v in path_runs(Context())}
 
 
 def test_yaml_anchors_and_merge_keys_are_yaml(tmp_path: Path):

@@ -19,7 +19,13 @@ def data(tmp_path_factory):
     return make_imagefolder(tmp_path_factory.mktemp("data"))
 
 
-def test_run_two_steps_end_to_end(tmp_path, data, capsys):
+def test_run_two_steps_end_to_end(tmp_path, data, capsys, monkeypatch):
+    from matplotlib.container import BarContainer, ErrorbarContainer
+
+    from convnext_roadmap import plots
+
+    figures = []
+    monkeypatch.setattr(plots.plt, "close", figures.append)  # keep each figure to look at
     args = ["run", "--steps", "resnet50,patchify_stem", *SMOKE, "--data", f"imagefolder:{data}",
             "--results", str(tmp_path), "--experiment", "e2e"]
     assert main(args) == 0
@@ -30,7 +36,47 @@ def test_run_two_steps_end_to_end(tmp_path, data, capsys):
     assert table.paper_top1.tolist() == [78.82, 79.51] and table.gflops_224.round(2).tolist() == [4.09, 4.42]
     assert "top-1" in (exp / "table.md").read_text()
     for png in ("figure2.png", "top1_vs_gflops.png", "curves.png"):
-        assert (exp / png).stat().st_size > 10_000
+        assert (exp / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # what the figures draw, read back from them (in plot_experiment's order) against each step's one seed
+    steps = ["resnet50", "patchify_stem"]
+    top1 = [json.loads((exp / s / "seed0" / "summary.json").read_text())["final_top1"] for s in steps]
+    assert table.top1.tolist() == pytest.approx(top1)
+    fig2, vs_flops, curves = figures[:3]
+    # Figure 2: a bar per step, top to bottom in roadmap order, as long as its top-1, named as the paper's rows;
+    # with one seed there is no interval to draw and no verdict, so no bar is hatched
+    ours, paper = fig2.axes[:2]
+    (bars,) = [c.patches for c in ours.containers if isinstance(c, BarContainer)]
+    assert [b.get_width() for b in bars] == pytest.approx(top1) and [b.get_x() for b in bars] == [0, 0]
+    assert [b.get_y() + b.get_height() / 2 for b in bars] == [1, 0]
+    assert [t.get_text() for t in ours.get_yticklabels()] == ["ResNet-50", '"patchify" stem']
+    assert table.verdict.isna().all() and [b.get_hatch() for b in bars] == [None, None] and not ours.collections
+    assert {"4.1 GF", "4.4 GF"} <= {t.get_text() for t in ours.texts}
+    # the paper's panel: Table 10's top-1 on the same rows; the patchify stem's +0.15 over the stage ratio is
+    # within the paper's own noise (test_stats): an open marker, the other filled
+    (marks,) = paper.collections
+    assert marks.get_offsets().tolist() == [[78.82, 1], [79.51, 0]]
+    assert marks.get_facecolors()[:, :3].tolist() == [[0, 0, 0], [1, 1, 1]]
+    # a row whose Δ is within noise is hatched, and only that one
+    plots.figure2(table.assign(verdict=[None, "within noise"]), {}, tmp_path / "hatched.png", "t")
+    (bars,) = [c.patches for c in figures[-1].axes[0].containers if isinstance(c, BarContainer)]
+    assert [b.get_hatch() for b in bars] == [None, "///"] and [b.get_width() for b in bars] == pytest.approx(top1)
+    # top-1 against GFLOPs: a point per step at (its GFLOPs, its top-1), named, an arrow from the one before
+    (ax,) = vs_flops.axes
+    points = [c.lines[0] for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    gflops = table.gflops_224.tolist()
+    assert [p.get_xdata()[0] for p in points] == pytest.approx(gflops)
+    assert [p.get_ydata()[0] for p in points] == pytest.approx(top1)
+    arrow, *names = ax.texts
+    assert [t.get_text() for t in names] == ["ResNet-50", '"patchify" stem']
+    assert [*arrow.xyann, *arrow.xy] == pytest.approx([gflops[0], top1[0], gflops[1], top1[1]])
+    # the curves: per step, its run's validation top-1 and training loss at epochs 1 and 2
+    acc, loss = curves.axes
+    assert [line.get_label() for line in acc.lines] == steps and len(loss.lines) == 2
+    for panel, key in ((acc, "top1"), (loss, "train_loss")):
+        for line, s in zip(panel.lines, steps):
+            metrics = read_metrics(exp / s / "seed0")
+            assert list(line.get_xdata()) == [1, 2]
+            assert list(line.get_ydata()) == pytest.approx([m[key] for m in metrics])
     run = exp / "patchify_stem" / "seed0"
     summary = json.loads((run / "summary.json").read_text())
     for key in ("final_top1", "best_top1", "gflops_224", "params", "train_img_s", "wall_s", "hardware",
@@ -133,7 +179,7 @@ def test_table_and_plot_commands(tmp_path, data, capsys):
 
 def test_a_retried_run_does_not_keep_the_failed_attempts_summary(tmp_path):
     from convnext_roadmap import results
-    from convnext_roadmap.train.job import claim as _claim
+    from convnext_roadmap.train.runner import claim as _claim
 
     run = tmp_path / "gelu" / "seed0"
     results.write_failure(run, "gelu", 0, "RuntimeError: out of memory")

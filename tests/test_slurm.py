@@ -20,12 +20,36 @@ from convnext_roadmap.results import read_metrics
 
 from conftest import make_imagefolder
 
-if shutil.which("sbatch") is None:
-    if os.environ.get("CI"):
-        raise RuntimeError("CI must run the SLURM tests: bring the cluster up with slurm/local-cluster/up.sh")
-    pytest.skip("no sbatch on PATH: bring up a local cluster with slurm/local-cluster/up.sh", allow_module_level=True)
 
-pytestmark = pytest.mark.slow
+def _no_controller(timeout_s: float = 5) -> str | None:
+    """Why no SLURM controller answers here, or None when one does: one `sinfo`, cut off after a few seconds (a
+    client without a controller retries for longer than that)."""
+    for tool in ("sinfo", "sbatch"):
+        if shutil.which(tool) is None:
+            return f"no {tool} on PATH"
+    try:
+        done = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return f"sinfo got no answer from a controller within {timeout_s:g} s"
+    if done.returncode != 0:
+        said = [line for line in done.stderr.splitlines() if line.strip()]
+        return f"sinfo exited {done.returncode}" + (f" ({said[-1].strip()})" if said else "")
+    return None
+
+
+@pytest.fixture(scope="module")
+def controller():
+    # module scope: asked once, and its skip or failure is given again to every test without asking again; CI
+    # brings the cluster up first, so there a missing controller is a failure, not a skip
+    why = _no_controller()
+    if why and os.environ.get("CI"):
+        pytest.fail(f"CI must run the SLURM tests, but {why}: bring the cluster up with slurm/local-cluster/up.sh",
+                    pytrace=False)
+    if why:
+        pytest.skip(f"{why}: bring up a local cluster with slurm/local-cluster/up.sh")
+
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("controller")]
 README = (Path(__file__).resolve().parent.parent / "docs" / "slurm.md").read_text()  # its local-cluster command
 JOB = ["--executor", "slurm", "--cluster", "local", "--recipe", "smoke", "--set", "train.batch_size=4",
        "--seeds", "1"]
