@@ -88,3 +88,32 @@ def make_photos(root, classes=("disc", "ring", "cross"), per_class=12, val_per_c
                 img = _draw(shape, TEXTURES[i % 2], rng, max(size))
                 img.crop((0, 0, *size)).save(folder / f"{i:03d}.jpg", quality=90)
     return root
+
+
+# three networks × three seeds of top-1, worked by hand in test_report and test_seeds
+TOP1 = {"resnet50": [70.0, 71.0, 72.5], "stage_ratio": [71.0, 71.5, 74.5], "patchify_stem": [68.0, 68.0, 72.0]}
+
+
+def three_by_three(folder):
+    """A constructed experiment of three networks × three seeds (TOP1), each run 0.5 CPU-hours."""
+    import json
+
+    from convnext_roadmap import results
+    from convnext_roadmap.plan import save
+
+    save(folder, "resnet50", "cpu_proxy", [0, 1, 2],
+         [{"name": n, "label": n, "baseline": b, "group": "path", "gflops": 4.0, "params": 25e6}
+          for n, b in (("resnet50", None), ("stage_ratio", "resnet50"), ("patchify_stem", "stage_ratio"))])
+    for name, values in TOP1.items():
+        for seed, v in enumerate(values):
+            run = results.run_dir(folder, name, seed)
+            run.mkdir(parents=True)
+            (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "top1": v, "train_loss": 1.0}) + "\n")
+            climbing = (name, seed) == ("stage_ratio", 2)
+            results.write_json(run / "summary.json", {"status": "completed", "name": name, "seed": seed,
+                                                      "final_top1": v, "train_img_s": 100.0,
+                                                      "levelled_off": not climbing,
+                                                      "last_epochs_below_best": 2.3 if climbing else 0.5,
+                                                      "wall_s": 900.0, "processes": 1,
+                                                      "hardware": {"device": "cpu", "torch_threads": 2}})
+    return TOP1

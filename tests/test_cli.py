@@ -3,7 +3,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from convnext_roadmap.cli import main
 
@@ -134,71 +133,3 @@ def test_a_reader_that_stops_early_is_no_traceback():
     assert result.stderr == ""
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
-def test_doctor_on_cuda_without_a_gpu_is_one_line_exit_2(capsys):
-    assert main(["doctor", "--device", "cuda"]) == 2
-    err = capsys.readouterr().err
-    assert err == "roadmap: error: --device cuda: no CUDA device is available here\n"
-
-
-def test_doctor_expects_one_run_on_each_visible_gpu(tmp_path, monkeypatch):
-    # a machine of two GPUs, stood in for: the executor records what each run saw, the doctor compares
-    import json
-
-    from convnext_roadmap import doctor as d
-
-    import tempfile
-
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the doctor's scratch folder
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-aa,GPU-bb")
-    doc = d.Doctor("cpu", None, say=lambda line: None)
-    doc.cuda = True
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    seen = {0: "GPU-aa", 1: "GPU-bb"}
-
-    class Pinned:
-        def check(self, device):
-            pass
-
-        def submit(self, jobs):
-            for job in jobs:
-                folder = Path(job.run_dir)
-                folder.mkdir(parents=True, exist_ok=True)
-                (folder / "summary.json").write_text(json.dumps(
-                    {"status": "completed", "hardware": {"visible_gpus": seen[job.seed]}}))
-
-    monkeypatch.setattr("convnext_roadmap.executors.make", lambda kind, exp, options: Pinned())
-    monkeypatch.setattr(d.plan, "complexities", lambda variants, classes: {v.name: {} for v in variants})
-    (line,) = doc.pinned()
-    assert line.verdict == "PASS" and "['GPU-aa', 'GPU-bb']" in line.text
-    seen[1] = "GPU-aa"  # both runs on one GPU
-    (line,) = doc.pinned()
-    assert line.verdict == "FAIL"
-
-
-def test_paper_prints_its_own_steps_under_welch(capsys):
-    assert main(["paper"]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert "Welch's t" in out[0] and "Holm over the 12 tested" in out[0]
-    verdicts = {ln.split()[0]: ln.split(None, 4)[-1].strip() for ln in out[2:]}
-    assert verdicts["patchify_stem"] == verdicts["gelu"] == "within noise" and verdicts["widen"] == "better"
-    assert main(["paper", "--base", "resnet200"]) == 0
-    assert "not tested: no std printed" in capsys.readouterr().out
-
-
-def test_seeds_from_a_given_sigma_and_bad_requests_are_one_line(capsys, tmp_path):
-    assert main(["seeds", "--sigma", "1.95", "--rows", "8", "--delta", "1"]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("# σ 1.95 (given); 8 networks") and out[2].split() == ["1.00", "--delta", "96"]
-    assert main(["seeds", "--sigma", "1.95"]) == 2
-    assert "give --rows K too" in capsys.readouterr().err
-    assert main(["seeds", "--sigma", "1.95", "--rows", "1"]) == 2
-    assert "--rows 1: a family needs two networks or more" in capsys.readouterr().err
-    assert main(["seeds", "--results", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.count("\n") == 1
-    for flag, value in (("--sigma", "nan"), ("--sigma", "-1"), ("--sigma", "0"), ("--delta", "0"), ("--delta", "inf")):
-        with pytest.raises(SystemExit) as stopped:
-            main(["seeds", "--sigma", "1.95", "--rows", "8", flag, value])
-        err = capsys.readouterr().err
-        assert stopped.value.code == 2 and f"argument {flag}: got '{value}', expected a number > 0" in err
-        assert err.count("\n") == 1

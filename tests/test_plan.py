@@ -1,18 +1,9 @@
-"""Planning and launching: which jobs run, conflicts with what is on disk, --force, exit codes per request, and
-the table and the figure built from one table."""
+"""plan.py: which jobs run, conflicts with what is on disk or queued, --force, a run asked for again, the dry run."""
 
 import json
-import os
-import re
-import subprocess
-import sys
-import time
 
-import pandas as pd
 import pytest
-import torch
 
-from convnext_roadmap import plots
 from convnext_roadmap.executors import records as job_records
 from convnext_roadmap.cli import main
 from convnext_roadmap.executors import JobState, SchedulerSilent
@@ -160,136 +151,6 @@ def test_a_run_asked_for_again_keeps_its_place_and_its_baseline(tmp_path, data):
         ("resnet50", None, [0, 1, 2]), ("stage_ratio", "resnet50", [0, 1]), ("gelu", None, [2])]
 
 
-def test_exit_code_is_that_of_this_request_only(tmp_path, data, capsys):
-    common = ["run", *SMOKE, "--data", f"imagefolder:{data}", "--results", str(tmp_path), "--experiment", "x",
-              "--executor", "local", "--parallel", "1"]
-    assert main([*common, "--steps", "resnet50", "--set", "train.batch_size=1000"]) == 1  # fails: batch > data
-    assert main([*common, "--steps", "patchify_stem"]) == 0  # a clean request beside an old failure
-    table = pd.read_csv(tmp_path / "x" / "table.csv")
-    assert dict(zip(table.step, table.status)) == {"resnet50": "failed", "patchify_stem": "completed"}
-    records = json.loads((tmp_path / "x" / "jobs.json").read_text())["jobs"]
-    assert {r["name"] for r in records} == {"resnet50", "patchify_stem"}
-
-
-def test_table_and_figure_agree_on_every_row(tmp_path, data, monkeypatch, capsys):
-    drawn = {}
-    real = plots.figure2
-    monkeypatch.setattr(plots, "figure2", lambda df, *a, **k: (drawn.update(zip(df.step, df.status)),
-                                                               real(df, *a, **k)))
-    assert main(["run", "--steps", "resnet50,patchify_stem", *SMOKE, "--data", f"imagefolder:{data}", "--results",
-                 str(tmp_path), "--experiment", "t", "--set", "train.batch_size=1000"]) == 1
-    table = pd.read_csv(tmp_path / "t" / "table.csv")
-    assert drawn == dict(zip(table.step, table.status)) == {"resnet50": "failed", "patchify_stem": "failed"}
-    assert table.error.str.contains("batch_size").all()
-    drawn.clear()
-    assert main(["plot", "t", "--results", str(tmp_path)]) == 0
-    assert drawn == dict(zip(table.step, table.status))
-
-
-@pytest.mark.parametrize("extra, words", [
-    (["--patch", "gelu", "--leave-one-out"], "not allowed with argument --patch"),
-    (["--patch", "gelu", "--sweep", "kernel_size"], "--patch makes one network; it does not combine with --sweep"),
-    (["--patch", "gelu", "--steps", "zzz"], "--patch makes one network; it does not combine with --steps"),
-    # another executor's option would be ignored without a word
-    (["--executor", "inprocess", "--parallel", "4"], "--parallel is for --executor local, not inprocess"),
-    (["--executor", "slurm", "--threads-per-job", "2"], "--threads-per-job is for --executor local, not slurm"),
-    (["--executor", "local", "--cluster", "local"], "--cluster is for --executor slurm, not local"),
-    (["--executor", "local", "--wait", "--timeout-wait", "3"], "--wait is for --executor slurm, not local"),
-    (["--executor", "local", "--cpus-per-task", "9"], "--cpus-per-task is for --executor slurm, not local"),
-    # the launch's flags are checked before the executor is made (which would say what the machine lacks)
-    (["--executor", "local", "--gpus-per-job", "64", "--wait"], "--wait is for --executor slurm, not local"),
-    # loader workers beyond the CPUs each process will have, named with what gives it those CPUs
-    (["--executor", "local", "--threads-per-job", "2", "--set", "data.pipeline=pil", "--set", "data.workers=3"],
-     "--set data.workers=3: data.workers: 3 loader workers per process, but --executor local gives each process "
-     "2 CPU(s) (--threads-per-job)"),
-    (["--executor", "inprocess", "--set", "data.pipeline=pil", "--set", "data.workers=4096"],
-     f"data.workers: 4096 loader workers per process, but this process may use {len(os.sched_getaffinity(0))} "
-     f"CPU(s)"),
-    pytest.param(["--executor", "local", "--gpus-per-job", "2"], "--gpus-per-job 2: this machine has 0 GPU(s)",
-                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")),
-])
-def test_options_that_cannot_combine_are_one_line_exit_2(tmp_path, data, capsys, extra, words):
-    with pytest.raises(SystemExit) if "allowed" in words else _no_raise() as caught:
-        code = main(["run", *SMOKE, "--data", f"imagefolder:{data}", "--results", str(tmp_path), "--dry-run",
-                     *extra])
-    code = caught.value.code if "allowed" in words else code
-    err = capsys.readouterr().err
-    assert code == 2 and words in err and err.count("\n") == 1
-    assert list(tmp_path.iterdir()) == []
-
-
-class _no_raise:
-    value = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def test_two_launches_of_one_experiment_train_each_run_once(tmp_path, data):
-    import signal
-
-    args = [sys.executable, "-m", "convnext_roadmap.cli", "run", "--steps", "resnet50,patchify_stem", *SMOKE,
-            "--set", "train.epochs=10", "--set", "train.batch_size=4", "--data", f"imagefolder:{data}",
-            "--results", str(tmp_path), "--experiment", "twice"]
-    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    run = tmp_path / "twice" / "resnet50" / "seed0"
-    deadline = time.time() + 120
-    while not (run / "metrics.jsonl").exists() and time.time() < deadline:  # the first has begun training
-        time.sleep(0.1)
-    first.send_signal(signal.SIGSTOP)  # mid-run, however fast this machine trains, while the second starts
-    try:
-        second = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    finally:
-        first.send_signal(signal.SIGCONT)
-    out_first = first.communicate(timeout=300)[0]
-    assert first.returncode == 0 and second.returncode == 0, out_first + second.stdout + second.stderr
-    assert re.search(r"= resnet50 seed0: running in pid \d+ on host \S+", second.stdout)
-    for name in ("resnet50", "patchify_stem"):
-        assert [m["epoch"] for m in read_metrics(tmp_path / "twice" / name / "seed0")] == list(range(1, 11))
-        assert not (tmp_path / "twice" / name / "seed0" / "run.lock").exists()
-    trained = [out.count("epoch 1/10") for out in (out_first, second.stdout)]
-    assert trained == [1, 1]  # resnet50 in the first, patchify_stem in the second, each once
-
-
-def test_one_owner_per_run_folder(tmp_path, monkeypatch):
-    from convnext_roadmap.results import LOCK, RunLock, lock_holder
-
-    run = tmp_path / "gelu" / "seed0"
-    first = RunLock(run)
-    assert first.acquire() is None
-    assert RunLock(run).acquire()["pid"] == os.getpid()  # held by a live process: refused, with who holds it
-    first.release()
-    assert not (run / LOCK).exists()
-
-    def plant(**holder):
-        run.mkdir(parents=True, exist_ok=True)
-        (run / LOCK).write_text(json.dumps({"host": "elsewhere", "pid": 1, "slurm_job": None, "restart": 0,
-                                            **holder}))
-
-    plant(host=__import__("socket").gethostname(), pid=2 ** 22 + 12345)  # a pid that is gone on this host
-    lock = RunLock(run)
-    assert lock.acquire() is None and json.loads((run / LOCK).read_text())["pid"] == os.getpid()
-    lock.release()
-    plant()
-    os.utime(run / LOCK, (time.time() - 1000, time.time() - 1000))  # not refreshed for longer than STALE_S
-    lock = RunLock(run)
-    assert lock.acquire() is None
-    lock.release()
-    # the same SLURM job: after a requeue (its restart count grew) the lock is ours; beside it in the same
-    # allocation (same count), another process's
-    monkeypatch.setenv("SLURM_JOB_ID", "77")
-    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
-    plant(slurm_job="77")
-    assert RunLock(run).acquire()["host"] == "elsewhere" and lock_holder(run)["slurm_job"] == "77"
-    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
-    lock = RunLock(run)
-    assert lock.acquire() is None and json.loads((run / LOCK).read_text())["restart"] == 1
-    lock.release()
-
-
 def test_the_dry_run_shows_each_change_against_the_run_it_is_measured_against(tmp_path, data, capsys):
     assert main(["run", "--upto", "large_kernel", "--leave-one-out", *SMOKE, "--data", f"imagefolder:{data}",
                  "--results", str(tmp_path), "--dry-run"]) == 0
@@ -316,47 +177,3 @@ def test_the_dry_run_shows_each_change_against_the_run_it_is_measured_against(tm
         "has it")
 
 
-def test_the_figures_arrows_come_from_what_each_run_is_compared_with():
-    from convnext_roadmap.results import compared_with
-
-    def arrows(names, baselines):
-        return [(start, end) for end, start in compared_with(names, baselines).items() if start is not None]
-
-    path = {"resnet50": None, "stage_ratio": "resnet50", "patchify_stem": "stage_ratio"}
-    assert arrows(list(path), path) == [("resnet50", "stage_ratio"), ("stage_ratio", "patchify_stem")]
-    left_out = {"large_kernel": None, "no_widen": "large_kernel", "no_gelu": "large_kernel"}
-    assert arrows(list(left_out), left_out) == [("large_kernel", "no_widen"), ("large_kernel", "no_gelu")]
-    # --steps resnet50,layer_scale: layer_scale's baseline is not there, so from the row before; a reference: none
-    picked = {"resnet50": None, "layer_scale": "split_downsampling", "convnext_small": None}
-    assert arrows(list(picked), picked) == [("resnet50", "layer_scale")]
-
-
-def test_a_run_a_live_process_holds_is_running_in_the_table_not_interrupted(tmp_path):
-    from convnext_roadmap import results
-    from convnext_roadmap.experiment import Experiment
-    from convnext_roadmap.plan import save
-
-    save(tmp_path, "resnet50", "smoke", [0], [{"name": "resnet50", "label": "ResNet-50", "baseline": None}])
-    run = results.run_dir(tmp_path, "resnet50", 0)
-    run.mkdir(parents=True)
-    (run / "metrics.jsonl").write_text('{"epoch": 1, "top1": 10.0}\n')  # one epoch done, no summary yet
-    lock = results.RunLock(run)
-    assert lock.acquire() is None  # this process trains it
-    assert [r["status"] for r in Experiment.load(tmp_path).cells] == ["running"]
-    lock.release()  # its trainer ended without a summary
-    assert [r["status"] for r in Experiment.load(tmp_path).cells] == ["interrupted"]
-
-
-def test_a_recipe_sized_for_gpus_on_a_machine_without_one_is_refused_unless_cpu_is_asked(tmp_path, data, capsys,
-                                                                                         monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    args = ["run", "--steps", "resnet50", "--recipe", "paper_in1k", "--seeds", "1", "--data", f"imagefolder:{data}",
-            "--results", str(tmp_path), "--dry-run"]
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1
-    assert err.startswith("roadmap: error: --device auto: this machine has no CUDA device; but resnet50 trains with "
-                          "a recipe sized for GPUs (") and "paper_in1k.yaml: train.needs_gpu)" in err
-    assert "or --device cpu to train on the CPU all the same" in err and list(tmp_path.iterdir()) == []
-    assert main([*args, "--device", "cpu"]) == 0
-    assert main([*args[:3], "--recipe", "cpu_proxy", *args[5:]]) == 0  # the CPU proxy is no GPU recipe

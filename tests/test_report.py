@@ -5,53 +5,7 @@ import pytest
 
 from convnext_roadmap.experiment import Experiment
 
-
-TOP1 = {"resnet50": [70.0, 71.0, 72.5], "stage_ratio": [71.0, 71.5, 74.5], "patchify_stem": [68.0, 68.0, 72.0]}
-
-
-def _three_by_three(folder):
-    """A constructed experiment of three networks × three seeds (TOP1), each run 0.5 CPU-hours."""
-    import json
-
-    from convnext_roadmap import results
-    from convnext_roadmap.plan import save
-
-    save(folder, "resnet50", "cpu_proxy", [0, 1, 2],
-         [{"name": n, "label": n, "baseline": b, "group": "path", "gflops": 4.0, "params": 25e6}
-          for n, b in (("resnet50", None), ("stage_ratio", "resnet50"), ("patchify_stem", "stage_ratio"))])
-    for name, values in TOP1.items():
-        for seed, v in enumerate(values):
-            run = results.run_dir(folder, name, seed)
-            run.mkdir(parents=True)
-            (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "top1": v, "train_loss": 1.0}) + "\n")
-            climbing = (name, seed) == ("stage_ratio", 2)
-            results.write_json(run / "summary.json", {"status": "completed", "name": name, "seed": seed,
-                                                      "final_top1": v, "train_img_s": 100.0,
-                                                      "levelled_off": not climbing,
-                                                      "last_epochs_below_best": 2.3 if climbing else 0.5,
-                                                      "wall_s": 900.0, "processes": 1,
-                                                      "hardware": {"device": "cpu", "torch_threads": 2}})
-    return TOP1
-
-
-def test_seeds_of_an_experiment_from_its_pooled_sigma(tmp_path, capsys):
-    # the experiment of the test below: pooled σ √(29/72) on 4 df, 3 networks; each run 900 s × 2 threads
-    from scipy import stats as scipy_stats
-
-    from convnext_roadmap.cli import main
-
-    _three_by_three(tmp_path / "t")
-    assert main(["seeds", "t", "--results", str(tmp_path), "--delta", "1"]) == 0
-    out = capsys.readouterr().out.splitlines()
-    sigma = (29 / 72) ** 0.5
-    assert out[0].startswith(f"# σ {sigma:.2f} (pooled: t, 3 networks, 9 runs, 4 residual df)")
-    # the fewest n with power ≥ 0.8 for Δ 1 over 3 networks: 2(n − 1) df, SE σ√(2/n), t at 1 − 0.05/4
-    def reaches(n):
-        df, se = 2 * (n - 1), sigma * (2 / n) ** 0.5
-        crit = scipy_stats.t.ppf(1 - 0.05 / 4, df)
-        return scipy_stats.nct(df, 1 / se).sf(crit) + scipy_stats.nct(df, 1 / se).cdf(-crit) >= 0.8
-    n = next(k for k in range(2, 100) if reaches(k))
-    assert out[1].split()[-1] == "(CPU-hours)" and out[2].split() == ["1.00", "--delta", str(n), f"{n * 3 * 0.5:.1f}"]
+from conftest import three_by_three
 
 
 def test_report_of_three_seeds_by_hand(tmp_path, monkeypatch):
@@ -64,7 +18,7 @@ def test_report_of_three_seeds_by_hand(tmp_path, monkeypatch):
 
     from convnext_roadmap import report, results
 
-    top1 = _three_by_three(tmp_path)
+    top1 = three_by_three(tmp_path)
     from matplotlib.container import BarContainer
 
     from convnext_roadmap import plots

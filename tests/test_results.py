@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -38,22 +39,6 @@ def test_a_damaged_file_is_one_line_naming_it(tmp_path):
     with pytest.raises(RoadmapError, match=r"jobs\.json: not a list of job records"):
         results.read_jobs(tmp_path)
     assert results.read_json(tmp_path / "absent.json") is None
-
-
-def test_one_owner_per_run_and_a_dead_owners_lock_is_no_lock(tmp_path):
-    first, second = results.RunLock(tmp_path), results.RunLock(tmp_path)
-    assert first.acquire() is None
-    held = second.acquire()
-    assert held is not None and held["pid"] == os.getpid()  # the live holder, named
-    first.release()
-    assert not (tmp_path / results.LOCK).exists()
-    # a lock left by a process that has ended (its pid gone on this host) is taken over
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True).stdout.strip()
-    (tmp_path / results.LOCK).write_text(json.dumps({**results._holder(), "pid": int(dead)}))
-    assert results.lock_holder(tmp_path) is None
-    assert second.acquire() is None and json.loads((tmp_path / results.LOCK).read_text())["pid"] == os.getpid()
-    second.release()
 
 
 def _experiment(tmp_path, seeds=(0, 1)):
@@ -96,3 +81,59 @@ def test_a_damaged_summary_stops_the_read_with_its_path(tmp_path):
     (exp / "plan.json").write_text('{"runs": 3}')
     with pytest.raises(RoadmapError, match=r"plan\.json: not a plan"):
         Experiment.load(exp)
+
+
+def test_the_figures_arrows_come_from_what_each_run_is_compared_with():
+    from convnext_roadmap.results import compared_with
+
+    def arrows(names, baselines):
+        return [(start, end) for end, start in compared_with(names, baselines).items() if start is not None]
+
+    path = {"resnet50": None, "stage_ratio": "resnet50", "patchify_stem": "stage_ratio"}
+    assert arrows(list(path), path) == [("resnet50", "stage_ratio"), ("stage_ratio", "patchify_stem")]
+    left_out = {"large_kernel": None, "no_widen": "large_kernel", "no_gelu": "large_kernel"}
+    assert arrows(list(left_out), left_out) == [("large_kernel", "no_widen"), ("large_kernel", "no_gelu")]
+    # --steps resnet50,layer_scale: layer_scale's baseline is not there, so from the row before; a reference: none
+    picked = {"resnet50": None, "layer_scale": "split_downsampling", "convnext_small": None}
+    assert arrows(list(picked), picked) == [("resnet50", "layer_scale")]
+
+
+def test_one_owner_per_run_folder(tmp_path, monkeypatch):
+    from convnext_roadmap.results import LOCK, RunLock, lock_holder
+
+    run = tmp_path / "gelu" / "seed0"
+    first = RunLock(run)
+    assert first.acquire() is None
+    assert RunLock(run).acquire()["pid"] == os.getpid()  # held by a live process: refused, with who holds it
+    first.release()
+    assert not (run / LOCK).exists()
+
+    def plant(**holder):
+        run.mkdir(parents=True, exist_ok=True)
+        (run / LOCK).write_text(json.dumps({"host": "elsewhere", "pid": 1, "slurm_job": None, "restart": 0,
+                                            **holder}))
+
+    # a lock left by a process that has ended (its pid gone on this host) is no lock, and is taken over
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    for pid in (int(dead), 2 ** 22 + 12345):
+        plant(host=__import__("socket").gethostname(), pid=pid)
+        assert lock_holder(run) is None
+        lock = RunLock(run)
+        assert lock.acquire() is None and json.loads((run / LOCK).read_text())["pid"] == os.getpid()
+        lock.release()
+    plant()
+    os.utime(run / LOCK, (time.time() - 1000, time.time() - 1000))  # not refreshed for longer than STALE_S
+    lock = RunLock(run)
+    assert lock.acquire() is None
+    lock.release()
+    # the same SLURM job: after a requeue (its restart count grew) the lock is ours; beside it in the same
+    # allocation (same count), another process's
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    plant(slurm_job="77")
+    assert RunLock(run).acquire()["host"] == "elsewhere" and lock_holder(run)["slurm_job"] == "77"
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    lock = RunLock(run)
+    assert lock.acquire() is None and json.loads((run / LOCK).read_text())["restart"] == 1
+    lock.release()
