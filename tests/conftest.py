@@ -117,3 +117,27 @@ def three_by_three(folder):
                                                       "wall_s": 900.0, "processes": 1,
                                                       "hardware": {"device": "cpu", "torch_threads": 2}})
     return TOP1
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """A small copy of the embedded synthetic set (48², 6 + 3 images a class)."""
+    from convnext_roadmap.data.synthetic import make_synthetic
+
+    return make_synthetic(tmp_path_factory.mktemp("syn") / "set", train_per_class=6, val_per_class=3, size=48)
+
+
+def proxy_data(root, *overrides):
+    """The cpu_proxy recipe's data section on an ImageFolder at `root`."""
+    from convnext_roadmap import resolve_config
+
+    return resolve_config(recipe="cpu_proxy", data=f"imagefolder:{root}", overrides=list(overrides)).data
+
+
+def epoch_batches(cfg, epoch=1, seed=3):
+    """The training images of one epoch of `cfg`'s data (batches of 4), as the loader gives them."""
+    from convnext_roadmap.data import make_loaders
+
+    train, _, _ = make_loaders(cfg.data, 4, 8, seed=seed)
+    train.set_epoch(epoch)
+    return [x for x, _ in train]

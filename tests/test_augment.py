@@ -1,5 +1,5 @@
-"""The tensor pipeline: the decoded cache gives the same batches as reading the files, evaluation crops are timm's,
-and every RandAugment op on tensors computes what timm's PIL op computes."""
+"""data/augment.py: every RandAugment op on tensors computes what timm's PIL op computes; a training batch is
+cropped, flipped, augmented and normalized as timm's transforms would."""
 
 import random
 
@@ -10,60 +10,12 @@ from PIL import Image
 from timm.data.auto_augment import AugmentOp
 
 from convnext_roadmap import resolve_config
-from convnext_roadmap.data import eval_transform, load_splits
+from convnext_roadmap.data import load_splits
 from convnext_roadmap.data.augment import GEOMETRIC, RAND_OPS, BatchAugment
-from convnext_roadmap.data.order import EpochSampler
-from convnext_roadmap.data.tensor import TensorLoader, cached, decode, stored_size
-from convnext_roadmap.data.synthetic import draw as _draw, make_synthetic
+from convnext_roadmap.data.synthetic import draw as _draw
+from convnext_roadmap.data.tensor import decode, stored_size
 
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    return make_synthetic(tmp_path_factory.mktemp("syn") / "set", train_per_class=6, val_per_class=3, size=48)
-
-
-def _cfg(root, *overrides):
-    return resolve_config(recipe="cpu_proxy", data=f"imagefolder:{root}", overrides=list(overrides)).data
-
-
-def _batches(images, targets, data, seed, epochs=2):
-    loader = TensorLoader(images, targets, 8, EpochSampler(len(images), seed), seed, augment=BatchAugment(data))
-    out = []
-    for epoch in range(epochs):
-        loader.set_epoch(epoch)
-        out += list(loader)
-    return out
-
-
-def test_the_cache_gives_the_same_batches_as_the_files(synthetic, monkeypatch, tmp_path):
-    monkeypatch.setenv("ROADMAP_CACHE", str(tmp_path))
-    data = _cfg(synthetic)
-    train, _ = load_splits(data.source)
-    from_files = decode(train, stored_size(data))
-    cached(train, stored_size(data))  # writes the cache
-    from_cache = cached(train, stored_size(data))  # reads it
-    assert list((tmp_path / "decoded").glob("*.pt"))
-    assert from_files[2] == from_cache[2] == []  # no unreadable files
-    a, b = _batches(*from_files[:2], data, seed=1), _batches(*from_cache[:2], data, seed=1)
-    assert len(a) == 2 * (60 // 8)
-    for (xa, ya), (xb, yb) in zip(a, b):
-        assert torch.equal(xa, xb) and torch.equal(ya, yb)
-    other = _batches(*from_cache[:2], data, seed=2)
-    assert not torch.equal(a[0][0], other[0][0])  # another seed, other crops
-
-
-def test_evaluation_batches_are_timms_centre_crop(synthetic, tmp_path, monkeypatch):
-    monkeypatch.setenv("ROADMAP_CACHE", str(tmp_path))
-    data = _cfg(synthetic, "data.img_size=32", "data.crop_pct=0.875")
-    _, val = load_splits(data.source)
-    images, targets, _ = cached(val, stored_size(data), data.interpolation)
-    loader = TensorLoader(images, targets, 100, range(len(images)), 0, crop=32, mean=data.mean, std=data.std,
-                          drop_last=False)
-    (x, y), = list(loader)
-    timm_tf = eval_transform(data)
-    expected = torch.stack([timm_tf(Image.open(p).convert("RGB")) for p, _ in val.samples])
-    assert y.tolist() == [t for _, t in val.samples]
-    assert (x - expected).abs().mean() < 0.02  # a rounding step apart (1/255 ÷ std)
+from conftest import proxy_data
 
 
 @pytest.mark.parametrize("name", RAND_OPS)
@@ -94,19 +46,19 @@ def test_each_rand_augment_op_matches_timms(name, increasing):
 
 
 def test_a_training_batch_is_cropped_flipped_augmented_and_normalized(synthetic):
-    data = _cfg(synthetic, "data.random_erasing=1.0")
+    data = proxy_data(synthetic, "data.random_erasing=1.0")
     train, _ = load_splits(data.source)
     images, targets, _ = decode(train, stored_size(data))
     x = BatchAugment(data)(images[:16], torch.Generator().manual_seed(0))
     assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32
-    plain = BatchAugment(_cfg(synthetic, "data.random_erasing=0.0"))(images[:16], torch.Generator().manual_seed(0))
+    plain = BatchAugment(proxy_data(synthetic, "data.random_erasing=0.0"))(images[:16], torch.Generator().manual_seed(0))
     assert (x != plain).any((1, 2, 3)).sum() >= 12  # erasing on (nearly) every image: a box of noise
 
 
 def test_a_crop_of_the_whole_image_is_the_image_or_its_mirror(synthetic):
     # scale [1, 1] and a square image: timm's RandomResizedCrop can only take the whole image (ratio 1 is the
     # only one that fits), so every output is the stored image, flipped or not, resampled at the same size
-    data = _cfg(synthetic, "data.crop_scale=[1.0, 1.0]", "data.auto_augment=null", "data.random_erasing=0.0")
+    data = proxy_data(synthetic, "data.crop_scale=[1.0, 1.0]", "data.auto_augment=null", "data.random_erasing=0.0")
     train, _ = load_splits(data.source)
     images, _, _ = decode(train, stored_size(data))
     x = BatchAugment(data)(images[:32], torch.Generator().manual_seed(3))
