@@ -1,3 +1,5 @@
+"""measure.py: FLOPs and parameters of every step and sweep value against the paper's printed numbers."""
+
 import pytest
 
 from convnext_roadmap import resolve_config
