@@ -25,7 +25,7 @@ class Parser(argparse.ArgumentParser):
 
 def _selection(p: argparse.ArgumentParser, upto_help: str = "apply the path's steps up to this one",
                modes: bool = False) -> None:
-    p.add_argument("--base", default="resnet50", help="the starting network (resnet50, resnet200)")
+    p.add_argument("--base", default=roadmap.DEFAULT_BASE, help="the starting network (resnet50, resnet200)")
     p.add_argument("--upto", metavar="STEP", help=upto_help)
     one = p.add_mutually_exclusive_group() if modes else p
     one.add_argument("--patch", action="append", default=[], metavar="STEP|FILE",
@@ -79,7 +79,8 @@ def _names(text: str | None) -> list[str]:
 
 
 def _requested(args, recipe=None, data=None) -> list[roadmap.Variant]:
-    """The networks a command asks for (roadmap.request, the front door), their configs checked (preflight)."""
+    """The networks a command asks for (roadmap.request, the front door), their configs checked (preflight), then
+    `train.pretrained: true` made the hub weights of the timm model each is."""
     from . import preflight
 
     refs = _names(getattr(args, "references", None))
@@ -91,7 +92,7 @@ def _requested(args, recipe=None, data=None) -> list[roadmap.Variant]:
                                sweep=getattr(args, "sweep", None), steps=_names(getattr(args, "steps", None)),
                                references=refs)
     preflight.check_configs(variants)
-    return variants
+    return [roadmap.with_hub_weights(v) for v in variants]
 
 
 def cmd_steps(args) -> None:
@@ -199,7 +200,8 @@ def cmd_seeds(args) -> None:
         exp_dir = None
     else:
         exp_dir = _experiment(args)
-    head, frame = seeds.table(exp_dir, delta=args.delta, sigma=args.sigma, networks=args.rows)
+    head, frame = seeds.table(exp_dir, delta=args.delta, sigma=args.sigma, networks=args.rows,
+                              base=roadmap.DEFAULT_BASE)
     print(head)
     print(frame.to_string(index=False))
 
@@ -214,7 +216,9 @@ def cmd_run(args) -> int:
     from .executors import make, registry
 
     exp_dir = _results_root(args) / (args.experiment or f"{args.base}-{Path(str(args.recipe)).stem}")
-    # before the executor's own options are read: --wait with an executor that has nothing to wait for says so first
+    # the launch's own flags before the executor's options are read: --wait with an executor that has nothing to
+    # wait for says so first (preflight.check asks again, for the Python API's callers)
+    preflight.check_log_flags(args.log, args.log_every_steps)
     preflight.check_wait(registry()[args.executor], args.wait, args.timeout_wait)
     flags = dict.fromkeys(name for cls in registry().values() for name in cls.Options.model_fields)
     executor = make(args.executor, exp_dir, {name: getattr(args, name) for name in flags})
@@ -351,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("steps", help="list the roadmap's steps with the paper's labels")
-    p.add_argument("--base", default="resnet50")
+    p.add_argument("--base", default=roadmap.DEFAULT_BASE)
     p.set_defaults(func=cmd_steps)
 
     p = sub.add_parser("show", help="print a resolved config as YAML")
@@ -428,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
 
     p = sub.add_parser("paper", help="the paper's own Δs under Welch's t and Holm: which of its steps pass")
-    p.add_argument("--base", default="resnet50")
+    p.add_argument("--base", default=roadmap.DEFAULT_BASE)
     p.set_defaults(func=cmd_paper)
 
     p = sub.add_parser("seeds", help="how many seeds a Δ needs (80%% power), and what they cost")

@@ -237,7 +237,8 @@ class Doctor:
         return f"imagefolder:{folder}" if folder.is_dir() else jpegs(folder, train=8, val=4, size=(96, 80))
 
     def _variants(self, names: list[str], data: str, overrides: list[str]):
-        variants = roadmap.request(roadmap.Context("resnet50", "paper_in1k", data, tuple(overrides)), steps=names)
+        context = roadmap.Context(roadmap.DEFAULT_BASE, "paper_in1k", data, tuple(overrides))
+        variants = roadmap.request(context, steps=names)
         preflight.check_configs(variants)
         return variants
 

@@ -35,7 +35,7 @@ class Experiment:
                           or ("interrupted" if metrics else "missing"))
                 cells.append({**run, "seed": seed, "dir": str(folder), "status": status, "summary": summary,
                               "metrics": metrics})
-        recipe = plan.get("paper_recipe", "paper_in1k")
+        recipe = plan.get("paper_recipe", paper.PAPER_RECIPE)
         return cls(path, plan, cells,
                    baselines={r["name"]: r.get("baseline") for r in plan["runs"]},
                    groups={r["name"]: r.get("group", "") for r in plan["runs"]},

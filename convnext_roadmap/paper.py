@@ -9,6 +9,7 @@ import math
 from .resources import PAPER_CSV
 
 FLOPS_TOLERANCE = 0.01  # the paper's own rounding
+PAPER_RECIPE = "paper_in1k"  # the recipe of the paper's own runs: an experiment's rows are the paper's under it
 
 
 @functools.cache
@@ -19,7 +20,7 @@ def table():
     return pd.read_csv(PAPER_CSV, comment="#").set_index(["base", "step", "recipe"])
 
 
-def row(base: str, name: str, recipe: str = "paper_in1k") -> dict | None:
+def row(base: str, name: str, recipe: str = PAPER_RECIPE) -> dict | None:
     """The paper's row for a run of a base's roadmap (a step, a sweep value, a reference model) trained with a
     recipe (the root of ours: the paper's own, or PyTorch's for the first bar of Figure 2), or None."""
     df = table()
@@ -29,7 +30,7 @@ def row(base: str, name: str, recipe: str = "paper_in1k") -> dict | None:
             for k, v in df.loc[(base, name, recipe)].items()}
 
 
-def path(base: str, recipe: str = "paper_in1k") -> list[tuple[str, float, float | None]]:
+def path(base: str, recipe: str = PAPER_RECIPE) -> list[tuple[str, float, float | None]]:
     """The paper's (step, top-1, std) along a base's path, in its table's order (the base first), as it prints them:
     the sweep's other values and the reference models left out."""
     df = table().reset_index()

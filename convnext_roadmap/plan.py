@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from . import results
-from .config import Config, TimmNet, diff, parse
+from .config import TimmNet, diff, parse
 from .errors import RoadmapError
 from .loading import read_config
 from .roadmap import Variant

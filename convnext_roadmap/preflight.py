@@ -17,8 +17,8 @@ def check(variants: list[Variant], executor: Executor, *, device: str = "auto", 
     classes (the data is read here: a bad --data fails before anything is written)."""
     from .data import load_splits
 
+    check_log_flags(log, log_every_steps)
     check_wait(type(executor), wait, timeout_wait)
-    check_trackers(log, log_every_steps)
     check_configs(variants)
     classes = len(load_splits(variants[0].cfg.data.source)[0].classes)
     check_initial_weights(variants, classes)
@@ -26,6 +26,7 @@ def check(variants: list[Variant], executor: Executor, *, device: str = "auto", 
     executor.check(device)
     check_gpu(variants, device, executor.no_gpu_reason(device))
     check_workers(variants, *executor.cpus(len(variants) * seeds))
+    check_tracker_installed(log)
     return classes
 
 
@@ -89,7 +90,6 @@ def check_training(variants: list[Variant], processes: int) -> None:
         v.cfg.train.accumulation(processes)
 
 
-
 def check_initial_weights(variants: list[Variant], num_classes: int) -> None:
     """Load each pretrained file into its network before anything is written, so that a file that does not fit
     is one error line, not a failed run."""
@@ -111,11 +111,14 @@ def check_wait(executor: type[Executor], wait: bool, timeout_wait: float | None)
         raise RoadmapError(f"{flag} is for --executor {' or '.join(waiting)}, not {executor.name}")
 
 
-def check_trackers(log: str | None, log_every_steps: int | None) -> None:
-    """What the run writes beside its results: a step spacing asks for a tracker to space; a tracker's package
-    must be installed."""
+def check_log_flags(log: str | None, log_every_steps: int | None) -> None:
+    """A step spacing asks for a tracker whose points it spaces."""
     if log_every_steps is not None and log is None:
         raise RoadmapError("--log-every-steps: only with --log tensorboard (what it spaces are TensorBoard's points)")
+
+
+def check_tracker_installed(log: str | None) -> None:
+    """The package of the tracker `--log` names is installed."""
     if log != "tensorboard":
         return
     try:

@@ -15,22 +15,31 @@ def started(pid: int) -> str | None:
     except OSError:
         return None
     fields = stat[stat.rindex(")") + 2:].split()  # after the command name, which may hold spaces
-    return None if fields[0] in ("Z", "X") else fields[19]  # a zombie has ended: only its exit status is left
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def alive(pid: int | str, since: str | None = None) -> bool:
-    """Whether process `pid` runs on this host: with `since` (its `started`), that very process."""
+    """Whether process `pid` runs on this host: with `since` (its `started`, where /proc tells it), that very
+    process; without, any process of that pid that has not ended (one of another user's that this one may not
+    signal, or not see in /proc, counts as running)."""
     try:
         pid = int(pid)
     except ValueError:
         return False
-    if Path("/proc").is_dir():
-        now = started(pid)
-        return now is not None and (since is None or now == since)
-    try:  # no /proc (macOS): whether the pid exists
+    if since is not None and Path("/proc").is_dir():
+        return started(pid) == since
+    try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        pass
-    return True
+        return True
+    return not _zombie(pid)  # a zombie has ended: only its exit status is left
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] in ("Z", "X")

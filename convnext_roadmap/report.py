@@ -113,7 +113,8 @@ def write(experiment_dir: Path, quiet: bool = False):
     written unless `quiet`. Returns the table for people, the figures' paths and the lines under it."""
     exp = Experiment.load(experiment_dir)  # read once: everything below works from it
     table, compared = annotate(exp.table(), exp.top1_by_seed(), exp.baselines)
-    steps = paper.own_deltas(exp.plan["base"]) if exp.plan.get("paper_recipe", "paper_in1k") == "paper_in1k" else []
+    under_paper_recipe = exp.plan.get("paper_recipe", paper.PAPER_RECIPE) == paper.PAPER_RECIPE
+    steps = paper.own_deltas(exp.plan["base"]) if under_paper_recipe else []
     paper_verdict = {r["step"]: r["verdict"] for r in steps}
     table["paper_verdict"] = [paper_verdict.get(s) if exp.paper_rows.get(s) and exp.baselines.get(s) ==
                               next((r["baseline"] for r in steps if r["step"] == s), None) else None

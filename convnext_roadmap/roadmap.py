@@ -19,6 +19,9 @@ from .loading import Merged, load_yaml, merge_layers, parse_override
 from .resources import ABLATIONS, shown
 
 
+DEFAULT_BASE = "resnet50"  # the paper's Section 2 path; `--base` picks another of ablations/roadmap.yaml's
+
+
 @dataclass(frozen=True)
 class Step:
     name: str
@@ -55,7 +58,7 @@ def bases() -> dict[str, str]:
     return {name: spec["label"] for name, spec in _roadmap_file()["bases"].items()}
 
 
-def timm_models(base: str = "resnet50") -> dict[str, str]:
+def timm_models(base: str = DEFAULT_BASE) -> dict[str, str]:
     """Step name → the timm model it is exactly (the two ends of a path)."""
     return dict(_roadmap_file()["bases"][base].get("timm", {}))
 
@@ -65,7 +68,7 @@ def check_base(base: str) -> None:
         raise RoadmapError(f"--base {base}: unknown base (bases: {', '.join(bases())})")
 
 
-def steps(base: str = "resnet50") -> list[Step]:
+def steps(base: str = DEFAULT_BASE) -> list[Step]:
     """The steps of a base's path, in order."""
     check_base(base)
     doc = _roadmap_file()
@@ -149,7 +152,7 @@ def references(base: str | None = None) -> dict[str, dict]:
 class Context:
     """What every network of one request shares: the base, the recipe, `--data` and `--set`."""
 
-    base: str = "resnet50"
+    base: str = DEFAULT_BASE
     recipe: str | Path | None = None
     data: str | None = None
     overrides: tuple[str, ...] = ()
@@ -189,14 +192,14 @@ class Context:
         return Variant(name, label, cfg, sources, group, baseline, source_of)
 
 
-def resolve_config(upto: str | None = None, base: str = "resnet50", patches: Sequence[str | Path] = (),
+def resolve_config(upto: str | None = None, base: str = DEFAULT_BASE, patches: Sequence[str | Path] = (),
                    overrides: Sequence[str] = (), recipe: str | Path | None = None,
                    data: str | None = None) -> Config:
     """`resolve_with_sources`'s config alone."""
     return resolve_with_sources(upto, base, patches, overrides, recipe, data)[0]
 
 
-def resolve_with_sources(upto: str | None = None, base: str = "resnet50", patches: Sequence[str | Path] = (),
+def resolve_with_sources(upto: str | None = None, base: str = DEFAULT_BASE, patches: Sequence[str | Path] = (),
             overrides: Sequence[str] = (), recipe: str | Path | None = None,
             data: str | None = None) -> tuple[Config, Callable[[str], str]]:
     """The config of `base` with the path's steps up to `upto` (none when None), then `patches` (step names or
@@ -216,8 +219,8 @@ def request(context: Context, *, upto: str | None = None, patches: Sequence[str 
     """The networks a request asks for, refusing what cannot go together: one patched network (`patches`), or the
     path up to `upto` without each step in turn (`leave_one_out`), or the path up to `upto` (all of it when None);
     a sweep's values beside its step; `steps` picks among them by name; then the timm `references` (alone, when
-    neither `upto`, `steps` nor `sweep` is given). `train.pretrained: true` becomes the hub weights of the timm
-    model each network is."""
+    neither `upto`, `steps` nor `sweep` is given). Their `train.pretrained: true` is left for `with_hub_weights`,
+    once the pre-flight has checked the configs."""
     if patches:
         for flag, given in (("--leave-one-out", leave_one_out), ("--sweep", sweep), ("--steps", steps)):
             if given:
@@ -229,20 +232,20 @@ def request(context: Context, *, upto: str | None = None, patches: Sequence[str 
         variants = []
     else:
         variants = select(path_runs(context, upto, sweep), steps)
-    return [with_hub_weights(v) for v in variants + reference_runs(context, references)]
+    return variants + reference_runs(context, references)
 
 
-def path_runs(common: Context, upto: str | None = None, sweep: str | None = None) -> list[Variant]:
+def path_runs(context: Context, upto: str | None = None, sweep: str | None = None) -> list[Variant]:
     """The base and every step of its path up to `upto` (all of it when None), each with the steps before it and
     its Δ against the step before; with `sweep`, the sweep's values of its step beside it, each measured against
     the step before the swept one."""
-    chosen = upto_steps(upto, common.base)
+    chosen = upto_steps(upto, context.base)
     sw = _sweep_on(chosen, sweep, upto)
-    variants = [common.variant(common.base, bases()[common.base], [], "baseline", None)]
-    previous = common.base
+    variants = [context.variant(context.base, bases()[context.base], [], "baseline", None)]
+    previous = context.base
     for i, step in enumerate(chosen):
         files = [s.patch for s in chosen[: i + 1]]
-        own = common.variant(step.name, step.label, files, step.group, previous)
+        own = context.variant(step.name, step.label, files, step.group, previous)
         if sw is None or sw["step"] != step.name:
             variants.append(own)
         else:  # the sweep's values in their order, the step itself among them, no network twice
@@ -250,7 +253,7 @@ def path_runs(common: Context, upto: str | None = None, sweep: str | None = None
                 variants.append(own)
             label = sw.get("label", _leaf(sw) + " {value}")
             for value in sw["values"]:
-                v = _swept(common, sw, value, step.name, label.format(value=value), files, step.group, previous)
+                v = _swept(context, sw, value, step.name, label.format(value=value), files, step.group, previous)
                 _add_new(variants, own if v.cfg == own.cfg else v)
         previous = step.name
     return variants
@@ -271,10 +274,10 @@ def _leaf(sw: dict) -> str:
     return sw["key"].rsplit(".", 1)[-1]
 
 
-def _swept(common: Context, sw: dict, value, name: str, label: str, files: list[Path], group: str,
+def _swept(context: Context, sw: dict, value, name: str, label: str, files: list[Path], group: str,
            baseline: str) -> Variant:
     """The network of `files` with the sweep's key set to `value`, named `name@key=value`."""
-    with_value = replace(common, overrides=(*common.overrides, f"{sw['key']}={value}"))
+    with_value = replace(context, overrides=(*context.overrides, f"{sw['key']}={value}"))
     return with_value.variant(f"{name}@{_leaf(sw)}={value}", label, files, group, baseline)
 
 
@@ -291,37 +294,37 @@ def _get(cfg: Config, key: str):
     return value
 
 
-def patched_run(common: Context, patches: Sequence[str | Path], upto: str | None = None) -> list[Variant]:
+def patched_run(context: Context, patches: Sequence[str | Path], upto: str | None = None) -> list[Variant]:
     """One network: the base, the path up to `upto` (none when None), then the patches. Its name says where it
     starts ("resnet50+gelu+layernorm", "widen+gelu"), so that it never takes the folder of a path's step."""
-    files = [s.patch for s in (upto_steps(upto, common.base) if upto else [])]
-    files += [patch_file(p, common.base) for p in patches]
-    name = "+".join([upto or common.base] + [Path(str(p)).stem for p in patches])
-    return [common.variant(name, name, files, "patched", None)]
+    files = [s.patch for s in (upto_steps(upto, context.base) if upto else [])]
+    files += [patch_file(p, context.base) for p in patches]
+    name = "+".join([upto or context.base] + [Path(str(p)).stem for p in patches])
+    return [context.variant(name, name, files, "patched", None)]
 
 
-def leave_one_out_runs(common: Context, upto: str | None = None, sweep: str | None = None) -> list[Variant]:
+def leave_one_out_runs(context: Context, upto: str | None = None, sweep: str | None = None) -> list[Variant]:
     """The full path up to `upto` (all of it when None), then for each of its steps the path without it
     ("no_gelu"), each measured against the full path. With `sweep`, then the sweep's values of the full network
     (`<full>@kernel_size=5`) where the swept step is on the path, without repeating a network already there."""
-    chosen = upto_steps(upto, common.base)
+    chosen = upto_steps(upto, context.base)
     if not chosen:
         raise RoadmapError(f"--leave-one-out: --upto {upto} leaves no step to leave out")
     full = chosen[-1]
-    variants = [common.variant(full.name, full.label, [s.patch for s in chosen], full.group, None)]
+    variants = [context.variant(full.name, full.label, [s.patch for s in chosen], full.group, None)]
     for dropped in chosen:
         files = [s.patch for s in chosen if s is not dropped]
-        variants.append(common.variant(f"no_{dropped.name}", f"– {dropped.label}", files, "leave one out",
+        variants.append(context.variant(f"no_{dropped.name}", f"– {dropped.label}", files, "leave one out",
                                        full.name))
     sw = _sweep_on(chosen, sweep, upto)
     if sw is not None:
         for value in sw["values"]:
-            _add_new(variants, _swept(common, sw, value, full.name, f"{full.label}, {_leaf(sw)} {value}",
+            _add_new(variants, _swept(context, sw, value, full.name, f"{full.label}, {_leaf(sw)} {value}",
                                       [s.patch for s in chosen], "sweep", full.name))
     return variants
 
 
-def reference_runs(common: Context, names: Sequence[str]) -> list[Variant]:
+def reference_runs(context: Context, names: Sequence[str]) -> list[Variant]:
     """timm models with the request's recipe. The recipe's settings of the roadmap's network (its scale, its
     drop path) do not apply to them; each model's own drop path comes from references.yaml."""
     import timm
@@ -332,8 +335,8 @@ def reference_runs(common: Context, names: Sequence[str]) -> list[Variant]:
             raise RoadmapError(f"--references {name}: not a timm model name")
         spec = known.get(name, {})
         entry = {"timm": {"name": name, "drop_path": spec.get("drop_path", 0.0)}}
-        layers = [*common.recipe_layers(skip=ARCHITECTURE), (shown(ABLATIONS / "references.yaml"), entry),
-                  *common.command_line(skip=ARCHITECTURE)]
+        layers = [*context.recipe_layers(skip=ARCHITECTURE), (shown(ABLATIONS / "references.yaml"), entry),
+                  *context.command_line(skip=ARCHITECTURE)]
         cfg, merged = merge_layers(layers)
         if cfg.data is not None:
             _check_input_size(cfg, merged)

@@ -15,11 +15,12 @@ from .experiment import Experiment
 
 
 def table(experiment_dir: Path | None, delta: float | None = None, sigma: float | None = None,
-                networks: int | None = None) -> tuple[str, pd.DataFrame]:
+          networks: int | None = None, *, base: str) -> tuple[str, pd.DataFrame]:
     """How many seeds per network the blocked analysis needs to resolve a Δ with 80% power (stats.seeds_needed),
     from an experiment's pooled σ and networks (or those given), for `delta`, else for 1 point, the experiment's
-    Δs and the paper's; with an experiment, what those seeds would cost at its runs' measured wall time. Returns
-    the line that says where σ came from, and the table."""
+    Δs and the paper's (on the experiment's base's path, or `base`'s without an experiment); with an experiment,
+    what those seeds would cost at its runs' measured wall time. Returns the line that says where σ came from, and
+    the table."""
     deltas: list[tuple[str, float]] = []
     cost = None
     if experiment_dir is not None:
@@ -47,9 +48,9 @@ def table(experiment_dir: Path | None, delta: float | None = None, sigma: float 
         deltas = [("--delta", delta)]
     else:
         deltas = [("1 point", 1.0), *deltas]
-        if experiment_dir is None or exp.plan.get("paper_recipe", "paper_in1k") == "paper_in1k":
+        if experiment_dir is None or exp.plan.get("paper_recipe", paper.PAPER_RECIPE) == paper.PAPER_RECIPE:
             deltas += [(f"paper: {r['step']}", r["delta"])
-                       for r in paper.own_deltas(exp.plan["base"] if experiment_dir else "resnet50")]
+                       for r in paper.own_deltas(exp.plan["base"] if experiment_dir else base)]
     rows = []
     for what, d in deltas:
         need = stats.seeds_needed(abs(d), sigma, networks)

@@ -51,6 +51,7 @@ def test_each_purpose_draws_from_its_own_stream():
     assert draws(Purpose.TENSOR_AUGMENT) == torch.rand(4, generator=torch.Generator().manual_seed(key + 11)).tolist()
     assert draws(Purpose.ERASING_BOXES, rank=1) == torch.rand(
         4, generator=torch.Generator().manual_seed(key + 13 + 7_919_000)).tolist()
+    assert draws(Purpose.ERASING_NOISE) == torch.rand(4, generator=torch.Generator().manual_seed(key + 14)).tolist()
     assert len({tuple(draws(p)) for p in Purpose}) == len(Purpose)
 
 

@@ -11,3 +11,12 @@ def test_paper_prints_its_own_steps_under_welch(capsys):
     assert verdicts["patchify_stem"] == verdicts["gelu"] == "within noise" and verdicts["widen"] == "better"
     assert main(["paper", "--base", "resnet200"]) == 0
     assert "not tested: no std printed" in capsys.readouterr().out
+
+
+def test_the_papers_path_is_the_roadmaps_as_far_as_the_paper_prints_it():
+    from convnext_roadmap import paper, roadmap
+
+    for base in roadmap.bases():
+        printed = [name for name, *_ in paper.path(base)]
+        # Table 10 and 11 end at ConvNeXt: the released model's layer scale is not among their rows
+        assert printed == [base, *(s.name for s in roadmap.steps(base) if s.name != "layer_scale")]

@@ -77,12 +77,13 @@ def test_a_step_spacing_needs_a_tracker_and_a_tracker_its_package(monkeypatch):
     import builtins
 
     from convnext_roadmap import RoadmapError
-    from convnext_roadmap.preflight import check_trackers
+    from convnext_roadmap.preflight import check_log_flags, check_tracker_installed
 
-    check_trackers(None, None)
-    check_trackers("tensorboard", 10)
+    check_log_flags(None, None)
+    check_log_flags("tensorboard", 10)
+    check_tracker_installed("tensorboard")
     with pytest.raises(RoadmapError, match="--log-every-steps: only with --log tensorboard"):
-        check_trackers(None, 10)
+        check_log_flags(None, 10)
     real = builtins.__import__
 
     def without_tensorboard(name, *args, **kwargs):
@@ -92,4 +93,4 @@ def test_a_step_spacing_needs_a_tracker_and_a_tracker_its_package(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", without_tensorboard)
     with pytest.raises(RoadmapError, match=r"pip install 'convnext-roadmap\[tensorboard\]'"):
-        check_trackers("tensorboard", None)
+        check_tracker_installed("tensorboard")

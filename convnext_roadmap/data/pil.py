@@ -22,22 +22,22 @@ log = logging.getLogger(__name__)
 
 class ImageDataset(torch.utils.data.Dataset):
     """Images from a list of (path, class). In training (`skip`), an image that cannot be read or augmented is
-    skipped with a warning and written to `skipped`, the next one taking its place: a long run must not die on one
-    bad file; but a set where nothing can be read is an error. Evaluation and prediction (`skip=False`) keep every
-    image in its place, so that a bad one is an error naming it rather than a shifted row."""
+    skipped with a warning and written to `skipped_images`, the next one taking its place: a long run must not die
+    on one bad file; but a set where nothing can be read is an error. Evaluation and prediction (`skip=False`) keep
+    every image in its place, so that a bad one is an error naming it rather than a shifted row."""
 
     MAX_IN_A_ROW = 50
 
-    def __init__(self, split: Split, transform, skip: bool = True, skipped: SkippedImages | None = None):
+    def __init__(self, split: Split, transform, skip: bool = True, skipped_images: SkippedImages | None = None):
         self.samples, self.classes, self.transform, self.skip = split.samples, split.classes, transform, skip
-        self.skipped_file = skipped or SkippedImages()
+        self.skipped_images = skipped_images or SkippedImages()
         self.skipped: set[Path] = set()  # in this process
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, item):
-        """`item`: an index, or (index, seed) from an `order.ImageSeeds` sampler: the image's random draws seeded first."""
+        """`item`: an index, or (index, seed) from an `order.ImageSeeds` sampler (the image's draws seeded first)."""
         index, seed = item if isinstance(item, tuple) else (item, None)
         if seed is not None:
             seed_cpu(seed)
@@ -60,7 +60,7 @@ class ImageDataset(torch.utils.data.Dataset):
         if not self.skip:
             raise RoadmapError(f"{path}: {why} ({type(error).__name__}: {error})")
         if path not in self.skipped:
-            self.skipped_file.add(path, f"{why} ({type(error).__name__}: {error})")
+            self.skipped_images.add(path, f"{why} ({type(error).__name__}: {error})")
         self.skipped.add(path)
         log.warning("skipping image %s, %s (%s: %s); %d skipped so far", path, why, type(error).__name__, error,
                     len(self.skipped))
@@ -187,8 +187,8 @@ def image_loaders(data_cfg, train_split: Split, val_split: Split, train_batch: i
     from ..device import loader_workers
 
     train_tf, val_tf = transforms(data_cfg, uint8=True)
-    train_set = ImageDataset(train_split, train_tf, skipped=skipped)
-    val_set = ImageDataset(val_split, val_tf, skipped=skipped)
+    train_set = ImageDataset(train_split, train_tf, skipped_images=skipped)
+    val_set = ImageDataset(val_split, val_tf, skipped_images=skipped)
     workers = loader_workers(data_cfg.workers)
     # uint8 through the workers' shared memory (a quarter of float32's bytes), pinned for an asynchronous copy;
     # the training workers kept between epochs, not forked again for each (the evaluation's come and go, so that

@@ -9,7 +9,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from ..errors import RoadmapError
 from ..resources import cache_dir
 from .synthetic import SYNTHETIC_VERSION, make_synthetic

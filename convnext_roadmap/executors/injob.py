@@ -97,7 +97,8 @@ class Queue:
     def __init__(self, jobs: list[Job], claims: Path, slot: int, launch_gpus: str | None = None):
         self.jobs, self.claims, self.slot = jobs, claims, slot
         self.launch_gpus = launch_gpus  # the launch's own CUDA_VISIBLE_DEVICES, if it had one
-        self.launch = (os.getpid(), processes.started(os.getpid()))  # made in the launch's process, which the worker outlives
+        # made in the launch's process, which the worker outlives
+        self.launch = (os.getpid(), processes.started(os.getpid()))
         self.parent: int | None = None  # submitit's controller, which the launch watches and cancels
 
     def __call__(self) -> None:

@@ -329,8 +329,8 @@ def _print_new_epochs(job: Job, shown: int) -> int:
 
 
 def _controller_alive(pid: str) -> bool:
-    """Whether a local job's controller still runs: the process lives and is submitit's (not a later process given
-    the same pid)."""
+    """Whether a local job's controller still runs: a process of that pid lives, and it is submitit's (a later
+    process given the same pid is not)."""
     try:
         cmdline = Path(f"/proc/{int(pid)}/cmdline").read_bytes()
     except (OSError, ValueError):

@@ -45,7 +45,7 @@ def main() -> None:
     after_tf, _ = transforms(d, uint8=True)
 
     def worker(transform, collate, seeded: bool):
-        ds = ImageDataset(split, transform, skipped=SkippedImages())
+        ds = ImageDataset(split, transform, skipped_images=SkippedImages())
         items = [ds[(i, i)] if seeded else ds[i] for i in range(n)]
         return [collate(items[i:i + batch]) for i in range(0, n - batch + 1, batch)]
 
@@ -60,7 +60,7 @@ def main() -> None:
         return batches, time.process_time() - start
 
     def timms():
-        loader = create_loader(ImageDataset(split, None, skipped=SkippedImages()), (3, 224, 224), batch,
+        loader = create_loader(ImageDataset(split, None, skipped_images=SkippedImages()), (3, 224, 224), batch,
                                is_training=True, use_prefetcher=True, scale=tuple(d.crop_scale), hflip=0.5,
                                auto_augment=d.auto_augment, re_prob=d.random_erasing, re_mode="pixel",
                                interpolation=d.interpolation, mean=tuple(d.mean), std=tuple(d.std), num_workers=0,
