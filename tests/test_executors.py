@@ -365,6 +365,7 @@ def test_a_scheduler_that_does_not_answer_is_not_one_whose_jobs_ended(tmp_path, 
     bin_dir.mkdir()
     _fake(bin_dir, "sacct", 1, err="sacct: error: Problem talking to the database: Connection refused\\n")
     _fake(bin_dir, "squeue", 0, out="7_0|RUNNING|1:00|None\\n")
+    _fake(bin_dir, "sbatch", 0)  # the whole scheduler stood in: the test needs no SLURM on this machine
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     exp = tmp_path / "exp"
     run = exp / "gelu" / "seed0"
