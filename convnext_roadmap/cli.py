@@ -259,7 +259,8 @@ def cmd_table(args) -> None:
 
 
 def cmd_plot(args) -> None:
-    for path in _report(args)[1][1]:
+    _, (_, paths, _) = _report(args)
+    for path in paths:
         print(path)
 
 

@@ -7,15 +7,23 @@ import os
 from pathlib import Path
 
 
-def started(pid: int) -> str | None:
-    """When process `pid` started (Linux: /proc/PID/stat's start time, in clock ticks), to tell it from a later
-    process given the same pid; None where /proc has no such process, or it has ended (a zombie)."""
+ENDED = ("Z", "X")  # /proc's states of a process that has ended (a zombie: only its exit status is left)
+
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (which may hold spaces), or None where it cannot be read."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()  # after the command name, which may hold spaces
-    return None if fields[0] in ("Z", "X") else fields[19]
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def started(pid: int) -> str | None:
+    """When process `pid` started (Linux: /proc/PID/stat's start time, in clock ticks), to tell it from a later
+    process given the same pid; None where /proc has no such process, or it has ended."""
+    fields = _stat(pid)
+    return None if fields is None or fields[0] in ENDED else fields[19]
 
 
 def alive(pid: int | str, since: str | None = None) -> bool:
@@ -34,12 +42,5 @@ def alive(pid: int | str, since: str | None = None) -> bool:
         return False
     except PermissionError:
         return True
-    return not _zombie(pid)  # a zombie has ended: only its exit status is left
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2:].split()[0] in ("Z", "X")
+    fields = _stat(pid)
+    return fields is None or fields[0] not in ENDED

@@ -156,8 +156,9 @@ def update_plan(experiment_dir: Path, change: Callable[[dict | None], dict]) -> 
 
 
 def compared_with(names: list[str], baselines: dict[str, str | None]) -> dict[str, str | None]:
-    """For each run (in the order of plan.json, or of a request), the run it is shown against: its baseline, or the row before where
-    the baseline is not among `names` (left out by --steps, or not finished); None for one without a baseline."""
+    """For each run (in the order of plan.json, or of a request), the run it is shown against: its baseline, or the
+    row before where the baseline is not among `names` (left out by --steps, or not finished); None for one without
+    a baseline."""
     out = {}
     for before, name in zip([None, *names], names):
         base = baselines.get(name)

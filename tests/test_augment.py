@@ -51,7 +51,8 @@ def test_a_training_batch_is_cropped_flipped_augmented_and_normalized(synthetic)
     images, targets, _ = decode(train, stored_size(data))
     x = BatchAugment(data)(images[:16], torch.Generator().manual_seed(0))
     assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32
-    plain = BatchAugment(proxy_data(synthetic, "data.random_erasing=0.0"))(images[:16], torch.Generator().manual_seed(0))
+    unerased = proxy_data(synthetic, "data.random_erasing=0.0")
+    plain = BatchAugment(unerased)(images[:16], torch.Generator().manual_seed(0))
     assert (x != plain).any((1, 2, 3)).sum() >= 12  # erasing on (nearly) every image: a box of noise
 
 
