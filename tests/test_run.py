@@ -254,16 +254,19 @@ def _two_ranks(tmp_path, job: Job, tag: str) -> list[str]:
 
 def test_a_data_parallel_run_resumed_after_a_stop_ends_as_the_straight_one(tmp_path, data):
     # each rank draws its own drop-path masks and mixup pairs: a resume that gave every rank rank 0's streams
-    # would train the epochs after it on other draws
-    assert _two_ranks(tmp_path, _job(tmp_path, data, "straight"), "a") == ["completed", "completed"]
-    assert _two_ranks(tmp_path, _job(tmp_path, data, "resumed", 1), "b") == ["interrupted", "interrupted"]
+    # would train the epochs after it on other draws. The EMA too: every rank evaluates its shard of the
+    # validation set with its own EMA, so an EMA started from each rank's own initial weights (before DDP's
+    # broadcast) would mix models in ema_* and, resumed from rank 0's saved one, differ from the straight run
+    ema = ["train.ema=true", "train.ema_decay=0.5"]
+    assert _two_ranks(tmp_path, _job(tmp_path, data, "straight", overrides=ema), "a") == ["completed", "completed"]
+    assert _two_ranks(tmp_path, _job(tmp_path, data, "resumed", 1, ema), "b") == ["interrupted", "interrupted"]
     assert len(torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["rng"]) == 2
-    assert _two_ranks(tmp_path, _job(tmp_path, data, "resumed"), "c") == ["completed", "completed"]
+    assert _two_ranks(tmp_path, _job(tmp_path, data, "resumed", overrides=ema), "c") == ["completed", "completed"]
     a, b = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
     assert [m["epoch"] for m in b] == [1, 2, 3]
     for x, y in zip(a, b):
-        assert x["train_loss"] == pytest.approx(y["train_loss"], abs=1e-6)
-        assert x["val_loss"] == pytest.approx(y["val_loss"], abs=1e-6)
+        for key in ("train_loss", "val_loss", "ema_val_loss"):
+            assert x[key] == pytest.approx(y[key], abs=1e-6), key
 
 
 def test_progress_lines_come_every_log_every_batches_without_a_terminal(tmp_path, data, capsys):

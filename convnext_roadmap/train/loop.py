@@ -84,7 +84,6 @@ class Trainer:
                                f"{len(self.train_loader.sampler) * world} training images")
         self.scheduler = build_schedule(self.optimizer, t, self.steps_per_epoch)
         self.mixup, self.criterion = build_criterion(t, len(self.classes))
-        self.ema = ModelEmaV3(self.model, decay=t.ema_decay) if t.ema else None
         self.autocast_dtype = self.amp  # what the forward pass ran in, as seen
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
         self.scaler = torch.amp.GradScaler(device.type) if self.amp == torch.float16 else None
@@ -93,6 +92,9 @@ class Trainer:
         if world > 1:
             self.wrapped = nn.parallel.DistributedDataParallel(
                 self.wrapped, device_ids=[device.index] if self.cuda else None)
+        # after the wrap, which gave every rank rank 0's weights: one EMA per run, the same on every rank (timm and
+        # the official code copy each rank's own initial weights, and evaluate a mix of them over the shards)
+        self.ema = ModelEmaV3(self.model, decay=t.ema_decay) if t.ema else None
 
     def autocast(self):
         # the same autocast on any device, so that the CPU tests run the code a GPU runs
