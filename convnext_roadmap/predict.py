@@ -32,7 +32,7 @@ def load_run(path: Path, device: torch.device):
     from .model import build_model
 
     cfg = read_config(path / "config.yaml")
-    best = torch.load(path / "best.pt", map_location="cpu", weights_only=False)
+    best = results.load_checkpoint(path / "best.pt")
     model = build_model(cfg, len(best["classes"]))
     model.load_state_dict(best["model"])
     return cfg, model.to(device).eval(), best["classes"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -50,6 +51,30 @@ def read_json(path: Path) -> dict | None:
         raise RoadmapError(f"{path}: not a JSON object; the file was changed by hand or damaged (restore or "
                            f"delete it)")
     return data
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint of this project (checkpoint.pt, best.pt), read on the CPU without running code: torch's
+    weights-only unpickler, which builds tensors and plain data, and numpy's arrays (its random state is one,
+    pickled under numpy 2's name or, by an older numpy, 1's); a file that needs anything else (a results folder
+    from elsewhere can hold any pickle) is refused, unloaded."""
+    import pickle
+
+    import numpy as np
+    import torch
+
+    rebuild = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's own array-building function, under either version
+    arrays = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), rebuild,  # the random state's keys are uint32
+              (rebuild, "numpy.core.multiarray._reconstruct"), (rebuild, "numpy._core.multiarray._reconstruct")]
+    try:
+        with torch.serialization.safe_globals(arrays):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)|got <class '([^']+)'>", str(e))
+        said = next(g for g in found.groups() if g) if found else "more than weights"
+        raise RoadmapError(f"{path}: refused: it holds {said}, which "
+                           f"loading would run; a checkpoint of this project holds only tensors and plain data") \
+            from None
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

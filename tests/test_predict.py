@@ -42,3 +42,48 @@ def test_a_flip_averages_the_probabilities_of_the_image_and_its_mirror():
         mirror = model(x[..., [3, 2, 1, 0]]).softmax(-1)  # the columns reversed by hand
         assert torch.allclose(plain, model(x).softmax(-1))
     assert torch.allclose(flipped, (plain + mirror) / 2) and not torch.allclose(flipped, plain)
+
+
+class _Touch:
+    """What a foreign pickle may hold: a call made while it loads (here, creating a file)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.path}",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_none(tmp_path, capsys):
+    from convnext_roadmap import resolve_config
+    from convnext_roadmap.cli import main
+    from convnext_roadmap.loading import to_yaml
+
+    run = tmp_path / "exp" / "resnet50" / "seed0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(to_yaml(resolve_config("resnet50", recipe="smoke")))
+    marker = tmp_path / "ran"
+    torch.save({"model": {}, "epoch": 1, "classes": ["a", "b"], "extra": _Touch(marker)}, run / "best.pt")
+    for command in (["eval", "exp/resnet50"], ["predict", "exp/resnet50", "--data", f"csv:{tmp_path}"]):
+        assert main([*command, "--results", str(tmp_path), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{run / 'best.pt'}: " in err and "posix.system" in err, err
+        assert not marker.exists()
+
+
+def test_our_own_checkpoints_load_with_weights_only_new_and_old(tmp_path):
+    import random
+
+    import numpy as np
+
+    from convnext_roadmap.results import load_checkpoint
+
+    # what a checkpoint of this project holds: tensors, plain data, and (before and after this change) numpy's
+    # random state, an array
+    saved = {"model": {"w": torch.ones(2)}, "history": [{"epoch": 1, "top1": 50.0}], "classes": ["a"],
+             "rng": [{"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}]}
+    torch.save(saved, tmp_path / "checkpoint.pt")
+    back = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert back["history"] == saved["history"] and (back["rng"][0]["numpy"][1] == saved["rng"][0]["numpy"][1]).all()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .. import rng
+from .. import results, rng
 from .schedule import WarmupCosine
 
 
@@ -33,7 +33,7 @@ def snapshot(trainer, epoch: int, history: list[dict], best: float, every_rng: l
 def resume(trainer, path: Path) -> tuple[dict, str | None]:
     """Restore the trainer from its checkpoint; return the checkpoint, and a line to say where the run cannot go on
     exactly as the saved one would (another number of processes, a checkpoint of an earlier version)."""
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = results.load_checkpoint(path)
     trainer.model.load_state_dict(saved["model"])
     trainer.optimizer.load_state_dict(saved["optimizer"])
     trainer.scheduler.load_state_dict(saved["scheduler"])
