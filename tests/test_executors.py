@@ -63,6 +63,33 @@ def test_profile_flags_override_and_unknown_keys_fail(tmp_path, monkeypatch):
     assert load_profile(str(bad), {})[0] == ClusterProfile(partition="gpu")
 
 
+@pytest.mark.parametrize("tasks, says", [(16, "two or more processes on one GPU"), (4, "GPUs 4-7 of each node idle")])
+def test_a_gpu_profile_whose_tasks_are_not_its_gpus_is_refused_before_sinfo_is_asked(tmp_path, monkeypatch, capsys,
+                                                                                    tasks, says):
+    # NCCL takes one rank per GPU: 16 tasks on 8 GPUs fail ("Duplicate GPU detected") after the queue's wait and at
+    # every requeue; 4 leave half the GPUs idle. Found from the profile alone, before the cluster is asked anything
+    profile = tmp_path / "gpus.yaml"
+    profile.write_text(f"gpus_per_node: 8\ntasks_per_node: {tasks}\n")
+    (tmp_path / "bin").mkdir()
+    for tool in ("sbatch", "sinfo", "scontrol"):  # the cluster's tools, each refusing to be asked
+        (tmp_path / "bin" / tool).write_text("#!/bin/sh\nexit 99\n")
+        (tmp_path / "bin" / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    args = ["run", "--steps", "resnet50", "--recipe", "smoke", "--executor", "slurm", "--device", "cuda",
+            "--results", str(tmp_path / "r")]
+    assert main([*args, "--cluster", str(profile)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"gpus.yaml: tasks_per_node: {tasks}, but gpus_per_node: 8" in err and says in err
+    assert not (tmp_path / "r").exists()
+    # the flag that set it is named where a flag did
+    assert main([*args, "--cluster", "default", "--gpus-per-node", "8", "--tasks-per-node", str(tasks)]) == 2
+    assert f"--tasks-per-node: tasks_per_node: {tasks}, but gpus_per_node: 8" in capsys.readouterr().err
+    # on the CPU of GPU nodes, processes are not GPUs: as many as asked
+    profile.write_text(f"gpus_per_node: 8\ntasks_per_node: {tasks}\n")
+    assert main([*args[:-4], "--device", "cpu", "--cluster", str(profile), "--results", str(tmp_path / "r")]) == 2
+    assert "sinfo" in capsys.readouterr().err  # got past the profile to the cluster's own limits
+
+
 def test_the_local_share_of_cpus_is_of_those_the_launch_may_use(tmp_path, monkeypatch):
     # in a cpuset or an salloc allocation the machine has more cores than the launch may use: 3 of 64 here
     import os

@@ -90,7 +90,9 @@ class Slurm(Executor):
         nodes', not this machine's)."""
         from ..device import parse_device
 
-        p, limits = self.profile, partition_limits(self.profile.partition)
+        p, parsed = self.profile, parse_device(device)
+        self._check_profile(parsed)
+        limits = partition_limits(p.partition)
         if limits is None:
             raise RoadmapError(f"{self.source_of('partition')}: partition: {p.partition or 'the default partition'}:"
                                f" sinfo knows no such partition")
@@ -100,7 +102,6 @@ class Slurm(Executor):
             raise RoadmapError(f"{self.source_of(key)}: {key}: {text} (sinfo/scontrol; a profile that fits: "
                                f"--cluster local for slurm/local-cluster)")
 
-        parsed = parse_device(device)
         if parsed is not None and parsed.type == "cuda" and not p.gpus_per_node:
             raise RoadmapError(f"{self.source_of('gpus_per_node')}: gpus_per_node: 0, but --device {device} trains "
                                f"on a GPU (--gpus-per-node N)")
@@ -119,6 +120,19 @@ class Slurm(Executor):
             refuse("nodes", f"{p.nodes} nodes, but {where} has {limits['nodes']}")
         if limits["max_min"] is not None and p.timeout_min > limits["max_min"]:
             refuse("timeout_min", f"{p.timeout_min} min, but {where} allows at most {limits['max_min']} min")
+
+    def _check_profile(self, parsed) -> None:
+        """The profile's own consistency, before what the cluster can give: a GPU job has one task per GPU (NCCL
+        takes one rank per GPU)."""
+        p = self.profile
+        if not p.gpus_per_node or (parsed is not None and parsed.type == "cpu") or p.tasks() == p.gpus_per_node:
+            return
+        what = ("two or more processes on one GPU, which NCCL refuses (\"Duplicate GPU detected\") after the "
+                "queue's wait" if p.tasks() > p.gpus_per_node else
+                f"GPUs {p.tasks()}-{p.gpus_per_node - 1} of each node idle")
+        raise RoadmapError(f"{self.source_of('tasks_per_node')}: tasks_per_node: {p.tasks()}, but gpus_per_node: "
+                           f"{p.gpus_per_node}: a GPU job has one task per GPU, and this would put {what} (leave "
+                           f"tasks_per_node out, or train on the CPU: --device cpu)")
 
     def cpus(self, jobs: int | None = None) -> tuple[int, str]:
         p = self.profile
