@@ -44,14 +44,13 @@ def rank_device(device: str, local_rank: int) -> torch.device:
 
 
 def train_device(device: str, world: int) -> torch.device:
-    """The device this process trains on, made CUDA's current one where it is a rank's GPU (a process alone keeps
-    the current device: `torch.cuda.set_device` takes only an indexed device)."""
+    """The device this process trains on, made CUDA's current one where it is numbered (a rank's GPU, or `cuda:N`
+    in-process), so that what asks the current device (kernels, NCCL, the allocator) asks the run's; `cuda` alone
+    keeps the current one (`torch.cuda.set_device` takes only an indexed device)."""
     import os
 
-    if world == 1:
-        return pick_device(device)
-    mine = rank_device(device, int(os.environ.get("LOCAL_RANK", 0)))
-    if mine.type == "cuda":
+    mine = pick_device(device) if world == 1 else rank_device(device, int(os.environ.get("LOCAL_RANK", 0)))
+    if mine.type == "cuda" and mine.index is not None:
         torch.cuda.set_device(mine)
     return mine
 
@@ -121,8 +120,8 @@ def autocast_dtype(amp: bool | str, device: torch.device) -> tuple[torch.dtype |
         return torch.float16, None
     if amp != "auto":
         return None, None
-    if device.type == "cuda":  # is_bf16_supported() alone counts the emulation of a V100 or a T4
-        native, where = torch.cuda.is_bf16_supported(including_emulation=False), "this GPU"
+    if device.type == "cuda":  # the run's GPU, not the current one; is_bf16_supported() counts a V100's emulation
+        native, where = bool(torch.version.hip) or torch.cuda.get_device_properties(device).major >= 8, "this GPU"
     else:
         native, where = torch.ops.mkldnn._is_mkldnn_bf16_supported(), "this CPU"
     if native:

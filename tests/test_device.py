@@ -6,15 +6,42 @@ import torch
 from convnext_roadmap.device import autocast_dtype
 
 
-@pytest.mark.parametrize("native, want", [(True, torch.bfloat16), (False, None)])
-def test_auto_takes_bf16_only_where_the_gpu_computes_it_natively(monkeypatch, native, want):
-    # a V100 or a T4: torch.cuda.is_bf16_supported() is True, counting emulation, and False without it
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation or native)
-    dtype, note = autocast_dtype("auto", torch.device("cuda"))
-    assert dtype == want
-    assert (note is None) == native
-    if not native:
-        assert "this GPU has no native bf16, so it trained in fp32" in note and "train.amp=fp16" in note
+def _v100_and_h100(monkeypatch, current: int = 0) -> list[int]:
+    """Stand-ins for a node with a V100 (GPU 0: compute capability 7.0, bf16 only emulated) beside an H100 (GPU 1:
+    9.0, native bf16); CUDA's current device is `current`. Returns the list `set_device` appends to."""
+    from types import SimpleNamespace
+
+    from torch._utils import _get_device_index
+
+    made_current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: made_current[-1] if made_current else current)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: made_current.append(_get_device_index(d, optional=False)))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d=None: SimpleNamespace(
+        major=(7, 9)[torch.cuda.current_device() if d is None else _get_device_index(d, optional=True)]))
+    monkeypatch.setattr(torch.version, "hip", None)
+    return made_current
+
+
+@pytest.mark.parametrize("current", [0, 1])
+def test_auto_takes_bf16_where_the_runs_own_gpu_computes_it_natively(monkeypatch, current):
+    # whichever GPU is current, the run's own decides: the H100 bf16, the V100 (is_bf16_supported() is True there,
+    # counting emulation) fp32 with a note
+    _v100_and_h100(monkeypatch, current)
+    assert autocast_dtype("auto", torch.device("cuda", 1)) == (torch.bfloat16, None)
+    dtype, note = autocast_dtype("auto", torch.device("cuda", 0))
+    assert dtype is None and "this GPU has no native bf16, so it trained in fp32" in note and "train.amp=fp16" in note
+    # `cuda` without a number is the current one
+    assert autocast_dtype("auto", torch.device("cuda"))[0] == (None, torch.bfloat16)[current]
+
+
+def test_an_in_process_run_on_cuda_n_makes_its_gpu_current_first(monkeypatch):
+    from convnext_roadmap.device import train_device
+
+    made_current = _v100_and_h100(monkeypatch, current=0)
+    assert train_device("cuda:1", 1) == torch.device("cuda", 1) and made_current == [1]
+    assert autocast_dtype("auto", torch.device("cuda"))[0] == torch.bfloat16  # asked after: the H100
 
 
 @pytest.mark.parametrize("amp, want", [(True, torch.bfloat16), ("bf16", torch.bfloat16), ("fp16", torch.float16),
