@@ -326,7 +326,15 @@ def test_the_cores_are_divided_between_the_jobs(tmp_path):
     assert Local(tmp_path, parallel=2).slots(jobs=5) == 2
 
 
-def test_a_local_job_can_train_data_parallel(tmp_path):
+# what torchrun, a Kubeflow pod or a cluster's prolog may leave in the launch's shell: none of it this job's
+INHERITED = {"MASTER_ADDR": "10.255.255.1", "MASTER_PORT": "29500", "RANK": "0", "WORLD_SIZE": "1",
+             "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}
+
+
+@pytest.mark.parametrize("inherited", [{}, INHERITED], ids=["clean", "inherited-rendezvous"])
+def test_a_local_job_can_train_data_parallel(tmp_path, monkeypatch, inherited):
+    for name, value in inherited.items():
+        monkeypatch.setenv(name, value)
     data = make_imagefolder(tmp_path / "data")
     # two runs on one worker (--parallel 1): rank 0 claims each from the queue and its other rank follows
     assert main(["run", "--steps", "resnet50,patchify_stem", "--recipe", "smoke", "--set", "train.batch_size=4",
@@ -335,6 +343,20 @@ def test_a_local_job_can_train_data_parallel(tmp_path):
     for step in ("resnet50", "patchify_stem"):
         summary = json.loads((tmp_path / "r" / "ddp" / step / "seed0" / "summary.json").read_text())
         assert summary["processes"] == 2 and summary["effective_batch"] == 8
+    assert {name: os.environ.get(name) for name in inherited} == inherited  # the launch's own are left alone
+
+
+def test_a_worker_that_dies_before_its_run_leaves_its_error_in_the_row(tmp_path):
+    from convnext_roadmap.executors.local import Local
+    from convnext_roadmap.job import Job
+
+    # --device cuda on a machine without one, past the pre-flight: each worker's process group refuses it
+    job = Job(run_dir=str(tmp_path / "e" / "resnet50" / "seed0"), name="resnet50", cfg={"train": {"epochs": 1}},
+              seed=0, device="cuda")
+    Local(tmp_path / "e", tasks_per_job=2, parallel=1).submit([job])
+    error = json.loads((tmp_path / "e" / "resnet50" / "seed0" / "summary.json").read_text())["error"]
+    assert error.startswith("not started: the queue's workers ended: ") and \
+        "RoadmapError: --device cuda: no CUDA device is available here" in error, error
 
 
 _RANK = """

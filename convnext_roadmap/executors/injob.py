@@ -16,6 +16,9 @@ from .. import processes, results
 from ..job import Job
 
 CANCELLED = "cancelled"  # in a queue's folder: `roadmap cancel` ended it
+# torch.distributed's rendezvous, as torchrun, a Kubeflow pod or a cluster's prolog may leave them in the launch's
+# shell: a job's processes set their own
+RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 LAUNCH_GONE = 75  # a local worker's exit code when it stopped because its launch had died
 
 
@@ -29,14 +32,17 @@ def run(job: Job) -> dict:
 @contextlib.contextmanager
 def process_group(device: str):
     """torch.distributed from submitit's environment for the length of the block when the job has several tasks,
-    its backend and each rank's GPU from the device the job trains on (`--device`); yields whether it has."""
+    its backend and each rank's GPU from the device the job trains on (`--device`); yields whether it has. The
+    rendezvous variables the job's process inherited are dropped first, whether or not it has."""
     import submitit
     import torch
 
     from ..device import backend, rank_device
 
+    for name in RENDEZVOUS:  # inherited ones are not this job's: submitit would take their port for every job
+        os.environ.pop(name, None)  # (concurrent jobs binding one), and refuse to export its own over them
     distributed = submitit.JobEnvironment().num_tasks > 1
-    if distributed:
+    if distributed:  # a port of the job's own, drawn from its job id (as submitit does when none is inherited)
         env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         mine = rank_device(device, env.local_rank)
         if mine.type == "cuda":  # NCCL's collectives use the current device: each rank its own

@@ -23,7 +23,7 @@ from ..errors import RoadmapError
 from ..job import Job
 from .base import Executor, JobState, Options
 from .injob import CANCELLED, Queue
-from .records import mark_failed, outcome_line, record
+from .records import last_error_line, mark_failed, outcome_line, record
 
 A_WEEK_MIN = 7 * 24 * 60
 CONTROLLERS_LOG = "controllers.log"  # what submitit's controllers print (in `local/`)
@@ -182,6 +182,8 @@ class Local(Executor):
                         r["workers"] = workers
                     results.record_jobs(self.experiment_dir, records)
             if waiting and not replaced and all(over.values()):
+                # what the workers died of, from their logs (a process group that could not start, …)
+                said = next((f": {e}" for h in handles.values() if (e := last_error_line(str(h.paths.stderr)))), "")
                 for i in sorted(set(range(len(order))) - set(started)):
                     ended.add(i)
                     job = order[i]
@@ -189,7 +191,8 @@ class Local(Executor):
                         print(f"- {job.name} seed{job.seed}: cancelled before it started", flush=True)
                         continue
                     results.write_failure(Path(job.run_dir), job.name, job.seed,
-                                          f"not started: the queue's workers ended (their logs: {claims.parent})")
+                                          f"not started: the queue's workers ended{said} (their logs: "
+                                          f"{claims.parent})")
                     print(outcome_line(job, 0), flush=True)
 
     def _start(self, work, slot: int, threads: int, runs: int):
