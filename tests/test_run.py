@@ -269,6 +269,55 @@ def test_a_data_parallel_run_resumed_after_a_stop_ends_as_the_straight_one(tmp_p
             assert x[key] == pytest.approx(y[key], abs=1e-6), key
 
 
+_FAILING_RANK = """
+import datetime, json, sys, time
+import torch.distributed as dist
+from convnext_roadmap.job import Job
+from convnext_roadmap.train import loop, run_job
+rank, init, job = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=datetime.timedelta(seconds=300))
+if rank == 1:  # the second optimizer step of epoch 1 fails on rank 1 alone
+    steps = iter(range(10**6))
+    step = loop.Trainer._step
+    def failing(self):
+        if next(steps) == 1:
+            raise ValueError("rank 1's own failure")
+        step(self)
+    loop.Trainer._step = failing
+try:
+    run_job(Job(**job))
+except Exception as e:
+    print("raised", type(e).__name__, flush=True)
+if rank == 1:
+    time.sleep(240)  # a failed rank's process that lingers (NCCL's teardown may): its peers must not wait for it
+"""
+
+
+def test_a_rank_that_fails_ends_its_job_within_a_minute_with_its_cause_in_the_row(tmp_path, data):
+    import dataclasses
+    import os
+    import subprocess
+    import sys
+    import time
+
+    job = _job(tmp_path, data, "failing")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ranks = [subprocess.Popen([sys.executable, "-c", _FAILING_RANK, str(rank), f"file://{tmp_path / 'pg'}",
+                               json.dumps(dataclasses.asdict(job))], stdout=subprocess.PIPE, text=True, env=env)
+             for rank in (0, 1)]
+    try:
+        began = time.time()
+        ranks[0].wait(timeout=200)  # gloo's own timeout here is 300 s; NCCL's ours, 10 min
+        waited = time.time() - began
+    finally:
+        for r in ranks:
+            r.kill()
+    summary = json.loads((tmp_path / "failing" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"] == "rank 1: ValueError: rank 1's own failure", summary
+    assert waited < 60 + 30  # a minute after the failure, and the start of two processes before it
+    assert "rank 1's own failure" in (tmp_path / "failing" / "error.rank1.txt").read_text()
+
+
 def test_progress_lines_come_every_log_every_batches_without_a_terminal(tmp_path, data, capsys):
     # a SLURM log has no terminal: the lines must come all the same, each with what a user watches a run for
     assert run_job(_job(tmp_path, data, "logged", overrides=["train.log_every=2"]))["status"] == "completed"

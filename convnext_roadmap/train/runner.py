@@ -50,16 +50,71 @@ def run_job(job: Job) -> dict:
     if decision[0] is not None:
         _say(rank, f"= {job.name} seed{job.seed}: {results.describe_holder(decision[0])}")
         return {"status": "skipped", "holder": decision[0]}
+    peers = _Peers(job, rank) if world > 1 else None
     try:
         return _train(job, out, rank, world)
     except Exception as e:
         results.write_text(out / ("error.txt" if rank == 0 else f"error.rank{rank}.txt"), traceback.format_exc())
         if rank == 0:
             results.write_failure(out, job.name, job.seed, root_cause(e), job.meta)
+        if peers is not None:
+            peers.fail(root_cause(e))
         raise
     finally:
+        if peers is not None:
+            peers.stop()
         if rank == 0:
             lock.release()
+
+
+class _Peers:
+    """Under DDP, a rank that fails must not leave the others waiting in a collective for it (NCCL's timeout: ten
+    minutes): it says so in the process group's store, and a thread of every rank that hears it ends its process
+    within WATCH_S, rank 0 writing the failing rank's cause as the run's. A store that no longer answers (rank 0's
+    process, which holds it, is gone) ends them too."""
+
+    KEY = "roadmap/failed"
+    WATCH_S = 5.0
+
+    def __init__(self, job: Job, rank: int):
+        import threading
+
+        self.job, self.rank = job, rank
+        self.store = torch.distributed.distributed_c10d._get_default_store()
+        self.stopped = threading.Event()
+        threading.Thread(target=self._watch, daemon=True, name="peers-watch").start()
+
+    def fail(self, cause: str) -> None:
+        try:
+            self.store.set(self.KEY, f"{self.rank}\t{cause}")
+        except Exception:  # noqa: BLE001 - a store already gone: the others hear that instead
+            pass
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def _watch(self) -> None:
+        import os
+
+        lost = False
+        while not self.stopped.wait(self.WATCH_S):
+            try:
+                if not self.store.check([self.KEY]):
+                    lost = False
+                    continue
+                rank, cause = self.store.get(self.KEY).decode().split("\t", 1)
+            except Exception:  # noqa: BLE001 - no answer: rank 0 has ended, or is ending with the run (once more)
+                if not lost:
+                    lost = True
+                    continue
+                rank, cause = "0", "its process ended (see its log)"
+            if self.stopped.is_set():
+                return
+            if self.rank == 0 and rank != "0":
+                results.write_failure(Path(self.job.run_dir), self.job.name, self.job.seed, f"rank {rank}: {cause}",
+                                      self.job.meta)
+            print(f"rank {rank} of this run failed ({cause}): rank {self.rank} ends too", flush=True)
+            os._exit(1)
 
 
 def claim(out: Path, lock: results.RunLock):
