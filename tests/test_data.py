@@ -27,3 +27,17 @@ def test_a_runs_summary_counts_the_images_it_left_out(tmp_path, monkeypatch, cap
     assert "1 image(s) left out (skipped.txt)" in capsys.readouterr().out  # the run's line says so too
     lines = (run / "skipped.txt").read_text().splitlines()
     assert {line.split("\t")[0] for line in lines} == {str(bad)}  # two epochs, one image
+
+
+@pytest.mark.parametrize("pipeline,workers", [("pil", 1), ("tensor", 0)])
+def test_an_unreadable_validation_image_fails_the_run_naming_it(tmp_path, monkeypatch, capsys, pipeline, workers):
+    # replaced by its neighbour, it would be counted twice in top-1; left out, top-1 would be of another set
+    root = make_imagefolder(tmp_path / "d")
+    bad = root / "val" / "owl" / "1.png"
+    bad.write_bytes(b"not a png")
+    monkeypatch.setenv("ROADMAP_CACHE", str(tmp_path / "cache"))
+    main(["run", "--steps", "resnet50", *SMOKE, "--data", f"imagefolder:{root}", "--set",
+          f"data.pipeline={pipeline}", "--set", f"data.workers={workers}", "--results", str(tmp_path / "r"),
+          "--experiment", "e"])
+    summary = json.loads((tmp_path / "r" / "e" / "resnet50" / "seed0" / "summary.json").read_text())
+    assert summary["status"] == "failed" and f"{bad}: unreadable (UnidentifiedImageError" in summary["error"], summary

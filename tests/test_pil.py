@@ -32,8 +32,9 @@ def test_an_images_draws_are_its_own_whatever_the_workers(tmp_path):
     two = resolve_config(recipe="smoke", data=f"imagefolder:{root}", overrides=[*common, "data.workers=2"])
     a, b = epoch_batches(alone), epoch_batches(two)
     assert len(a) == len(b) > 1 and all(torch.equal(x, y) for x, y in zip(a, b))
-    train, _, _ = make_loaders(two.data, 4, 8, seed=3)
+    train, val, _ = make_loaders(two.data, 4, 8, seed=3)
     assert train.loader.persistent_workers and train.loader.num_workers == 2
+    assert val.loader.persistent_workers  # the evaluation's workers are not forked again at every evaluation
     assert next(iter(train.loader))[0].dtype == torch.uint8  # through the workers' shared memory; floats after
     for epoch in (0, 1):  # the workers kept from epoch 0 make epoch 1 as fresh ones do
         train.set_epoch(epoch)

@@ -188,16 +188,17 @@ def image_loaders(data_cfg, train_split: Split, val_split: Split, train_batch: i
 
     train_tf, val_tf = transforms(data_cfg, uint8=True)
     train_set = ImageDataset(train_split, train_tf, skipped_images=skipped)
-    val_set = ImageDataset(val_split, val_tf, skipped_images=skipped)
+    # every validation image counted once, in its place: an unreadable one is an error naming it, not replaced
+    val_set = ImageDataset(val_split, val_tf, skip=False)
     workers = loader_workers(data_cfg.workers)
     # uint8 through the workers' shared memory (a quarter of float32's bytes), pinned for an asynchronous copy;
-    # the training workers kept between epochs, not forked again for each (the evaluation's come and go, so that
-    # only one set of workers is alive at a time)
-    common = dict(num_workers=workers, collate_fn=fast_collate, pin_memory=device.type == "cuda")
+    # both loaders keep their workers between epochs (as timm's do), not forked again for each
+    common = dict(num_workers=workers, collate_fn=fast_collate, pin_memory=device.type == "cuda",
+                  persistent_workers=workers > 0)
     # a generator of their own: a loader starting its workers draws their base seed from it, and from the global
     # stream otherwise, which would shift the network's draws by whether (and when) the workers were started
     train = EpochLoader(train_set, train_batch, sampler=ImageSeeds(EpochSampler(len(train_set), seed, rank, world)),
-                        drop_last=True, generator=torch.Generator(), persistent_workers=workers > 0, **common)
+                        drop_last=True, generator=torch.Generator(), **common)
     # every image counted once under any number of processes (DistributedSampler's padding counts some twice)
     val = torch.utils.data.DataLoader(val_set, eval_batch, sampler=EvalShard(len(val_set), rank, world),
                                       generator=torch.Generator(), **common)

@@ -148,7 +148,10 @@ def tensor_loaders(data_cfg, train_split: Split, val_split: Split, train_batch: 
     size, resample = stored_size(data_cfg), data_cfg.interpolation
     images, targets, unreadable = cached(train_split, size, resample)
     val_images, val_targets, val_unreadable = cached(val_split, size, resample)
-    for line in unreadable + val_unreadable if rank == 0 else []:  # every rank decodes the same files
+    if val_unreadable:  # every validation image counted: one left out would change what top-1 is of
+        path, why = val_unreadable[0].split("\t", 1)
+        raise RoadmapError(f"{path}: {why}: a validation image must be readable (training images are skipped)")
+    for line in unreadable if rank == 0 else []:  # every rank decodes the same files
         skipped.add(*line.split("\t", 1))
     train = TensorLoader(images, targets, train_batch, EpochSampler(len(images), seed, rank, world), seed,
                          augment=BatchAugment(data_cfg), prefetch=device.type == "cuda", rank=rank)
