@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -29,13 +30,15 @@ def find_run(results_root: Path, run: str) -> Path:
 
 
 def load_run(path: Path, device: torch.device):
+    """(config, best weights as a model on `device` in the run's memory format, classes)."""
     from .model import build_model
 
     cfg = read_config(path / "config.yaml")
     best = results.load_checkpoint(path / "best.pt")
     model = build_model(cfg, len(best["classes"]))
     model.load_state_dict(best["model"])
-    return cfg, model.to(device).eval(), best["classes"]
+    model = model.to(device).eval()
+    return cfg, model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model, best["classes"]
 
 
 def _loader(cfg: Config, split: Split, batch_size: int):
@@ -44,13 +47,21 @@ def _loader(cfg: Config, split: Split, batch_size: int):
 
 
 @torch.no_grad()
-def _probabilities(model, loader, device, flip: bool):
+def _probabilities(model, loader, device, flip: bool, cfg: Config | None = None):
+    """Softmax of every image, evaluated as the run trained (`cfg.train`): its autocast precision on this device
+    and its memory format."""
+    from .device import autocast_dtype
+
+    amp = autocast_dtype(cfg.train.amp, device)[0] if cfg is not None else None
+    channels_last = cfg is not None and cfg.train.channels_last
     out = []
     for x, _ in loader:
         x = x.to(device)
-        p = model(x).float().softmax(-1)
-        if flip:
-            p = (p + model(torch.flip(x, dims=[3])).float().softmax(-1)) / 2
+        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
+            p = model(x).float().softmax(-1)
+            if flip:
+                p = (p + model(torch.flip(x, dims=[3])).float().softmax(-1)) / 2
         out.append(p.cpu())
     return torch.cat(out)
 
@@ -61,7 +72,7 @@ def evaluate_run(path: Path, spec: str | None, device: torch.device, flip: bool 
     _, val = load_splits(spec or cfg.data.source)
     if val.classes != classes:
         raise RoadmapError(f"--data {spec}: its classes differ from the run's ({len(val.classes)} vs {len(classes)})")
-    probs = _probabilities(model, _loader(cfg, val, cfg.train.batch_size * 2), device, flip)
+    probs = _probabilities(model, _loader(cfg, val, cfg.train.batch_size * 2), device, flip, cfg)
     target = torch.tensor([t for _, t in val.samples])
     top5 = probs.topk(min(5, len(classes)), dim=-1).indices
     return {"run": str(path), "images": len(target), "top1": 100 * (top5[:, 0] == target).float().mean().item(),
@@ -100,7 +111,7 @@ def predict(path: Path, spec: str, out: Path, device: torch.device, flip: bool =
                            f"on {_few(classes)}: predict with a run trained on this data")
     items = test_images(spec)
     split = Split([(p, 0) for _, p in items], classes)
-    probs = _probabilities(model, _loader(cfg, split, cfg.train.batch_size * 2), device, flip)
+    probs = _probabilities(model, _loader(cfg, split, cfg.train.batch_size * 2), device, flip, cfg)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["id", "label"])

@@ -87,3 +87,21 @@ def test_our_own_checkpoints_load_with_weights_only_new_and_old(tmp_path):
     torch.save(saved, tmp_path / "checkpoint.pt")
     back = load_checkpoint(tmp_path / "checkpoint.pt")
     assert back["history"] == saved["history"] and (back["rng"][0]["numpy"][1] == saved["rng"][0]["numpy"][1]).all()
+
+
+@pytest.mark.parametrize("amp, channels_last, want", [("bf16", "true", torch.bfloat16), ("false", "false", None)])
+def test_a_run_is_evaluated_in_its_own_precision_and_memory_format(amp, channels_last, want):
+    from convnext_roadmap import resolve_config
+
+    cfg = resolve_config("resnet50", recipe="smoke", overrides=[f"train.amp={amp}",
+                                                                f"train.channels_last={channels_last}"])
+    seen = []
+
+    class Looks(torch.nn.Module):  # what the forward pass was given, as the training loop gives it
+        def forward(self, x):
+            seen.append((torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None,
+                         x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()))
+            return torch.zeros(len(x), 3)
+
+    predict._probabilities(Looks(), [(torch.randn(2, 3, 4, 4), None)], torch.device("cpu"), flip=True, cfg=cfg)
+    assert seen == [(want, channels_last == "true")] * 2

@@ -121,6 +121,27 @@ def test_resume_gives_the_same_run(tmp_path, data, amp, pipeline):
     assert straight["last_epochs_below_best"] == pytest.approx(below) and straight["levelled_off"] == (below <= 1.5)
 
 
+def test_a_compiled_run_is_evaluated_compiled_the_model_and_its_ema(tmp_path, data, monkeypatch):
+    compiled = []
+
+    class Compiled(torch.nn.Module):  # torch.compile's stand-in: what went through the compiled model, and how
+        def __init__(self, model):
+            super().__init__()
+            self.model, self.calls = model, []
+            compiled.append(self)
+
+        def forward(self, x):
+            self.calls.append(self.model.training)
+            return self.model(x)
+
+    monkeypatch.setattr(torch, "compile", lambda model, **_: Compiled(model))
+    job = _job(tmp_path, data, "compiled", overrides=["train.compile=true", "train.ema=true", "train.epochs=1"])
+    assert run_job(job)["status"] == "completed"
+    model, ema = compiled
+    assert True in model.calls and False in model.calls  # trained, then evaluated, through the compiled model
+    assert ema.calls and not any(ema.calls)  # the EMA's evaluations through its own
+
+
 def test_failed_run_is_a_failed_row(tmp_path, data, capsys):
     args = ["run", "--steps", "resnet50", *SMOKE, "--set", "train.batch_size=1000", "--data",
             f"imagefolder:{data}", "--results", str(tmp_path), "--experiment", "broken"]

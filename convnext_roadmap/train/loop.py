@@ -87,14 +87,17 @@ class Trainer:
         self.autocast_dtype = self.amp  # what the forward pass ran in, as seen
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
         self.scaler = torch.amp.GradScaler(device.type) if self.amp == torch.float16 else None
-        # what a training step calls: the model compiled, then wrapped by DDP (the EMA and evaluation take the model)
-        self.wrapped = torch.compile(self.model) if t.compile else self.model
+        # what evaluation calls: the model as it trains, compiled where it trains compiled; what a training step
+        # calls: that, wrapped by DDP
+        self.compiled = torch.compile(self.model) if t.compile else self.model
+        self.wrapped = self.compiled
         if world > 1:
             self.wrapped = nn.parallel.DistributedDataParallel(
-                self.wrapped, device_ids=[device.index] if self.cuda else None)
+                self.compiled, device_ids=[device.index] if self.cuda else None)
         # after the wrap, which gave every rank rank 0's weights: one EMA per run, the same on every rank (timm and
         # the official code copy each rank's own initial weights, and evaluate a mix of them over the shards)
         self.ema = ModelEmaV3(self.model, decay=t.ema_decay) if t.ema else None
+        self.ema_compiled = (torch.compile(self.ema.module) if t.compile else self.ema.module) if t.ema else None
 
     def autocast(self):
         # the same autocast on any device, so that the CPU tests run the code a GPU runs

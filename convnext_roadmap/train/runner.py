@@ -192,10 +192,10 @@ def _train(job: Job, out: Path, rank: int, world: int) -> dict:
             with progress_bar(len(trainer.train_loader), f"{job.name} s{job.seed} {epoch + 1}/{t.epochs}") as bar:
                 trained = trainer.train_epoch(epoch, bar, board.step if board else None,
                                               say=(bar.write if not bar.disable else _print) if rank == 0 else None)
-            metrics = {"epoch": epoch + 1, **trained, **trainer.evaluate(trainer.model),
+            metrics = {"epoch": epoch + 1, **trained, **trainer.evaluate(trainer.compiled),
                        "lr": trainer.optimizer.param_groups[0]["lr"], "epoch_s": time.time() - tick}
             if trainer.ema is not None:
-                metrics.update({f"ema_{k}": v for k, v in trainer.evaluate(trainer.ema.module).items()})
+                metrics.update({f"ema_{k}": v for k, v in trainer.evaluate(trainer.ema_compiled).items()})
             history.append(metrics)
             every_rng = state.streams(trainer)  # on every rank, at the same point
             if rank == 0:
