@@ -43,9 +43,9 @@ def make_loaders(data_cfg, train_batch: int, eval_batch: int, seed: int, distrib
     """(train loader, val loader, class names). Both loaders yield (images, targets); the train loader's
     `set_epoch(e)` takes that epoch's order and augmentations from (seed, e, rank) as `order` promises, so that a
     resumed run sees the same batches as an uninterrupted one and seed k of every network sees the same data; the
-    val loader is the rank's exact shard. The per-image pipeline's
-    batches are on `device` (default: the CPU), the tensor pipeline's on the CPU, made in a thread ahead of use
-    when the run trains on a GPU. Images that cannot be read or augmented are left out and go to `skipped`."""
+    val loader is the rank's exact shard. Both pipelines' batches arrive on `device` (default: the CPU)
+    normalized, made as uint8 and pinned ahead of use when the run trains on a GPU. Images that cannot be read or
+    augmented are left out and go to `skipped`."""
     import torch
 
     from .tensor import tensor_loaders

@@ -1,13 +1,16 @@
-"""Augmentation of whole batches as tensors, each sample with its own draws from a generator the caller gives
-(`order.batch_generator`): timm's random-resized crop and flip, RandAugment, and random erasing (which the per-image
-pipeline also runs, on the device)."""
+"""Augmentation of batches as tensors: timm's random-resized crop, flip and RandAugment of whole uint8 batches on
+the CPU (the tensor pipeline's), and both pipelines' last stage on the device — normalizing and random erasing,
+each sample with its own draws from `order.batch_generator`."""
 
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
+
+from .order import Purpose, batch_generator
 
 RAND_OPS = ["AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color",
             "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel"]
@@ -57,14 +60,13 @@ GEOMETRIC = {"Rotate": _rotate, "ShearX": lambda m, s: _shear(m, s, 0), "ShearY"
 
 
 class BatchAugment:
-    """uint8 batches (B×3×S×S) → normalized float batches (B×3×img×img), each sample with its own draws."""
+    """uint8 batches (B×3×S×S) → uint8 batches (B×3×img×img), cropped, flipped and RandAugment-ed, each sample with
+    its own draws: what timm's transforms give its prefetcher (normalizing and erasing are `DeviceBatches`')."""
 
     def __init__(self, data_cfg):
         d = data_cfg
-        self.size, self.scale, self.erasing, self.mode = d.img_size, tuple(d.crop_scale), d.random_erasing, d.interpolation
+        self.size, self.scale, self.mode = d.img_size, tuple(d.crop_scale), d.interpolation
         self.rand = parse_rand_augment(d.auto_augment) if d.auto_augment else None
-        self.mean = torch.tensor(d.mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(d.std).view(1, 3, 1, 1)
         self.fill = torch.tensor([round(m * 255) for m in d.mean]).view(1, 3, 1, 1).float()  # timm's img_mean
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -74,8 +76,7 @@ class BatchAugment:
         x = F.grid_sample(x, grid, mode=self.mode, padding_mode="border", align_corners=False).clamp(0, 255)
         if self.rand is not None:
             x = self._rand_augment(x, g)
-        x = (x / 255 - self.mean) / self.std
-        return erase(x, self.erasing, g) if self.erasing > 0 else x
+        return x.round_().clamp_(0, 255).to(torch.uint8)  # a PIL image's integers, a quarter of float32's bytes
 
     def _crop_and_flip(self, n: int, side: int, g: torch.Generator) -> torch.Tensor:
         """timm's RandomResizedCrop draws (area in scale, log-uniform ratio in [3/4, 4/3], the first of 10 tries
@@ -222,3 +223,56 @@ def erase(x: torch.Tensor, probability: float, g: torch.Generator, noise: torch.
     fill = torch.randn((len(erased), *x.shape[1:]), generator=noise or g, device=x.device, dtype=x.dtype)
     x[erased] = torch.where(inside.unsqueeze(1), fill, x[erased])
     return x
+
+
+class DeviceBatches:
+    """A loader's uint8 batches as normalized float batches on `device`, randomly erased with chance `erasing`:
+    timm's PrefetchLoader (the copy on a side stream on CUDA, the next batch's while the current one trains,
+    normalization and erasing on the device), with the erasing drawn from (seed, epoch, rank) rather than from
+    the global streams, which the network draws from too, so that seed k of every network sees the same boxes."""
+
+    def __init__(self, loader, data_cfg, device: torch.device, seed: int = 0, rank: int = 0, erasing: float = 0.0):
+        self.loader, self.device, self.seed, self.rank, self.erasing = loader, device, seed, rank, erasing
+        self.mean = torch.tensor([255 * m for m in data_cfg.mean], device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor([255 * s for s in data_cfg.std], device=device).view(1, 3, 1, 1)
+        self.epoch, self.stream = 0, None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+        self.epoch = epoch
+
+    @property
+    def sampler(self):
+        return self.loader.sampler
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def _ready(self, x, y, g, noise):
+        x = x.to(self.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
+        y = y.to(self.device, non_blocking=True)
+        return (erase(x, self.erasing, g, noise) if self.erasing > 0 else x), y
+
+    def __iter__(self):
+        g = batch_generator(self.seed, self.epoch, self.rank, Purpose.ERASING_BOXES)
+        noise = batch_generator(self.seed, self.epoch, self.rank, Purpose.ERASING_NOISE, self.device)
+        cuda = self.device.type == "cuda"
+        if cuda and self.stream is None:  # one for the loader's life: the allocator pools memory per stream
+            self.stream = torch.cuda.Stream(self.device)
+        consumer = torch.cuda.current_stream(self.device) if cuda else None
+        pending = None
+        for x, y in self.loader:
+            if cuda:  # memory the consumer freed may be reused below: not before its queued work is done
+                self.stream.wait_stream(consumer)
+            with torch.cuda.stream(self.stream) if cuda else nullcontext():
+                batch = self._ready(x, y, g, noise)
+            if pending is not None:
+                yield pending
+            if cuda:
+                consumer = torch.cuda.current_stream(self.device)
+                consumer.wait_stream(self.stream)
+                for t in batch:  # made on the side stream, used on the consumer's
+                    t.record_stream(consumer)
+            pending = batch
+        if pending is not None:
+            yield pending

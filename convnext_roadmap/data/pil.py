@@ -4,7 +4,6 @@ as uint8; normalized and randomly erased on the device the run trains on, as tim
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -13,8 +12,8 @@ from timm.data import create_transform
 
 from ..errors import RoadmapError
 from ..rng import restored, seed_cpu
-from .augment import erase
-from .order import EpochSampler, EvalShard, ImageSeeds, Purpose, batch_generator
+from .augment import DeviceBatches
+from .order import EpochSampler, EvalShard, ImageSeeds
 from .sources import SkippedImages, Split
 
 log = logging.getLogger(__name__)
@@ -125,59 +124,6 @@ class EpochLoader(torch.utils.data.DataLoader):
             if batch is None:
                 return
             yield batch
-
-
-class DeviceBatches:
-    """A loader's uint8 batches as normalized float batches on `device`, randomly erased with chance `erasing`:
-    timm's PrefetchLoader (the copy on a side stream on CUDA, the next batch's while the current one trains,
-    normalization and erasing on the device), with the erasing drawn from (seed, epoch, rank) rather than from
-    the global streams, which the network draws from too, so that seed k of every network sees the same boxes."""
-
-    def __init__(self, loader, data_cfg, device: torch.device, seed: int = 0, rank: int = 0, erasing: float = 0.0):
-        self.loader, self.device, self.seed, self.rank, self.erasing = loader, device, seed, rank, erasing
-        self.mean = torch.tensor([255 * m for m in data_cfg.mean], device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor([255 * s for s in data_cfg.std], device=device).view(1, 3, 1, 1)
-        self.epoch, self.stream = 0, None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.loader.set_epoch(epoch)
-        self.epoch = epoch
-
-    @property
-    def sampler(self):
-        return self.loader.sampler
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def _ready(self, x, y, g, noise):
-        x = x.to(self.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
-        y = y.to(self.device, non_blocking=True)
-        return (erase(x, self.erasing, g, noise) if self.erasing > 0 else x), y
-
-    def __iter__(self):
-        g = batch_generator(self.seed, self.epoch, self.rank, Purpose.ERASING_BOXES)
-        noise = batch_generator(self.seed, self.epoch, self.rank, Purpose.ERASING_NOISE, self.device)
-        cuda = self.device.type == "cuda"
-        if cuda and self.stream is None:  # one for the loader's life: the allocator pools memory per stream
-            self.stream = torch.cuda.Stream(self.device)
-        consumer = torch.cuda.current_stream(self.device) if cuda else None
-        pending = None
-        for x, y in self.loader:
-            if cuda:  # memory the consumer freed may be reused below: not before its queued work is done
-                self.stream.wait_stream(consumer)
-            with torch.cuda.stream(self.stream) if cuda else nullcontext():
-                batch = self._ready(x, y, g, noise)
-            if pending is not None:
-                yield pending
-            if cuda:
-                consumer = torch.cuda.current_stream(self.device)
-                consumer.wait_stream(self.stream)
-                for t in batch:  # made on the side stream, used on the consumer's
-                    t.record_stream(consumer)
-            pending = batch
-        if pending is not None:
-            yield pending
 
 
 def image_loaders(data_cfg, train_split: Split, val_split: Split, train_batch: int, eval_batch: int, seed: int,

@@ -6,7 +6,8 @@ from that square, so for non-square images, or crop_pct < 1, they never reach th
 whole image would. For the synthetic set (square, crop_pct 1) the two are the same.
 
 The per-image path (pil.py) spends more time in PIL than a small proxy network spends training; here a batch of
-64 costs a few milliseconds. Its order and draws are `order`'s, so seed k of every step sees the same crops, flips,
+64 costs a few milliseconds. Batches leave here as uint8 (pinned on a GPU run) and are normalized and randomly
+erased on the device by `augment.DeviceBatches`, as the per-image path's are. Its order and draws are `order`'s, so seed k of every step sees the same crops, flips,
 ops and erasures.
 """
 
@@ -25,7 +26,7 @@ from PIL import Image
 
 from ..errors import RoadmapError
 from ..resources import atomic_write, cache_dir
-from .augment import BatchAugment
+from .augment import BatchAugment, DeviceBatches
 from .order import EpochSampler, EvalShard, Purpose, batch_generator
 from .sources import SkippedImages, Split
 
@@ -93,18 +94,17 @@ def cached(split: Split, size: int, resample: str = "bicubic") -> tuple[torch.Te
 # ------------------------------------------------------------------------------------------------- loaders
 
 class TensorLoader:
-    """Batches of a decoded set in the order of a sampler (an EpochSampler, or an EvalShard); training batches
-    augmented with the draws of `order.batch_generator`, evaluation batches a centre crop. With `prefetch`, the
-    next batch is made in a thread while the current one trains (worth it when training runs on a GPU)."""
+    """uint8 batches of a decoded set in the order of a sampler (an EpochSampler, or an EvalShard); training batches
+    augmented with the draws of `order.batch_generator`, evaluation batches a centre crop. With `pin` (a run on a
+    GPU), the next batch is made and pinned in a thread while the current one trains, so that its copy to the GPU
+    overlaps the step (`augment.DeviceBatches` copies, normalizes and erases, as for the per-image pipeline)."""
 
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int, sampler, seed: int,
-                 augment: BatchAugment | None = None, crop: int | None = None, mean=None, std=None,
-                 drop_last: bool = True, prefetch: bool = False, rank: int = 0):
+                 augment: BatchAugment | None = None, crop: int | None = None, drop_last: bool = True,
+                 pin: bool = False, rank: int = 0):
         self.images, self.targets, self.batch_size, self.sampler = images, targets, batch_size, sampler
-        self.seed, self.augment, self.crop, self.drop_last, self.prefetch = seed, augment, crop, drop_last, prefetch
+        self.seed, self.augment, self.crop, self.drop_last, self.pin = seed, augment, crop, drop_last, pin
         self.rank = rank  # each DDP rank draws its own augmentations
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1) if mean is not None else None
-        self.std = torch.tensor(std).view(1, 3, 1, 1) if std is not None else None
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -119,17 +119,19 @@ class TensorLoader:
     def _batch(self, idx: torch.Tensor, g: torch.Generator):
         x = self.images[idx]
         if self.augment is not None:
-            return self.augment(x, g), self.targets[idx]
-        side, c = x.shape[-1], self.crop
-        top = int(round((side - c) / 2))
-        x = x[:, :, top:top + c, top:top + c].float()
-        return (x / 255 - self.mean) / self.std, self.targets[idx]
+            x = self.augment(x, g)
+        else:
+            side, c = x.shape[-1], self.crop
+            top = int(round((side - c) / 2))
+            x = x[:, :, top:top + c, top:top + c].contiguous()
+        y = self.targets[idx]
+        return (x.pin_memory(), y.pin_memory()) if self.pin else (x, y)
 
     def __iter__(self):
         order = torch.tensor(list(self.sampler), dtype=torch.long)
         g = batch_generator(self.seed, self.epoch, self.rank, Purpose.TENSOR_AUGMENT)
         batches = [order[i:i + self.batch_size] for i in range(0, len(self) * self.batch_size, self.batch_size)]
-        if not self.prefetch:
+        if not self.pin:
             for idx in batches:
                 yield self._batch(idx, g)
             return
@@ -143,8 +145,8 @@ class TensorLoader:
 
 def tensor_loaders(data_cfg, train_split: Split, val_split: Split, train_batch: int, eval_batch: int, seed: int,
                    rank: int, world: int, skipped: SkippedImages, device: torch.device = torch.device("cpu")):
-    """(train, val) loaders of the decoded set; their batches are on the CPU, made in a thread ahead of use when the
-    run trains on a GPU."""
+    """(train, val) loaders of the decoded set, their batches normalized (and the training ones erased) on
+    `device`; on a GPU, each uint8 batch is made and pinned in a thread ahead of its use."""
     size, resample = stored_size(data_cfg), data_cfg.interpolation
     images, targets, unreadable = cached(train_split, size, resample)
     val_images, val_targets, val_unreadable = cached(val_split, size, resample)
@@ -153,8 +155,10 @@ def tensor_loaders(data_cfg, train_split: Split, val_split: Split, train_batch: 
         raise RoadmapError(f"{path}: {why}: a validation image must be readable (training images are skipped)")
     for line in unreadable if rank == 0 else []:  # every rank decodes the same files
         skipped.add(*line.split("\t", 1))
+    pin = device.type == "cuda"
     train = TensorLoader(images, targets, train_batch, EpochSampler(len(images), seed, rank, world), seed,
-                         augment=BatchAugment(data_cfg), prefetch=device.type == "cuda", rank=rank)
+                         augment=BatchAugment(data_cfg), pin=pin, rank=rank)
     val = TensorLoader(val_images, val_targets, eval_batch, EvalShard(len(val_images), rank, world), seed,
-                       crop=data_cfg.img_size, mean=data_cfg.mean, std=data_cfg.std, drop_last=False)
-    return train, val
+                       crop=data_cfg.img_size, drop_last=False, pin=pin)
+    return (DeviceBatches(train, data_cfg, device, seed, rank, data_cfg.random_erasing),
+            DeviceBatches(val, data_cfg, device))
