@@ -175,26 +175,46 @@ class Timer:
             peak = max(peak, level)
         return peak / 2**20
 
-    def result(self, peak_memory: bool = True) -> Speed:
+    def release(self) -> None:
+        """The model back on the CPU and this timer's tensors freed, so that the next model is measured alone."""
+        self.model.to("cpu")
+        del self.x, self.y, self.opt
+        if self.cuda:
+            torch.cuda.empty_cache()
+
+    def result(self, peak_mem_mb: float | None = None) -> Speed:
         n = self.x.shape[0]
         # the first round warms up (allocator, kernel selection); the median of the rest is the figure
         infer = statistics.median(self.infer_s[1:] or self.infer_s)
         train = statistics.median(self.train_s[1:] or self.train_s)
-        return Speed(n / infer, n / train, self.peak_memory_mb() if peak_memory else None)
+        return Speed(n / infer, n / train, peak_mem_mb)
 
 
 def measure_speed(models: dict[str, nn.Module], *, batch_size: int, img_size: int, device: str,
                   rounds: int = 5, num_classes: int = 1000, peak_memory: bool = True,
-                  amp: bool = False) -> dict[str, Speed]:
-    """Measure several models side by side: rounds alternate between them, in a rotating order, so that the
-    machine's drift and noise fall on all of them alike."""
+                  amp: bool = False, train_cfg=None) -> dict[str, Speed]:
+    """Measure several models side by side, with cuDNN's autotuner and TF32 as a run sets them (`train_cfg`'s, by
+    default the ones `config.Train` declares): each one's peak memory alone on the device first, then rounds
+    alternating between them, in a rotating order, so that the machine's drift and noise fall on all of them alike."""
+    from types import SimpleNamespace
+
+    from .config import Train
+    from .device import configure_backends
+
+    declared = SimpleNamespace(**{k: Train.model_fields[k].default for k in ("cudnn_benchmark", "tf32")})
+    configure_backends(train_cfg or declared, torch.device(device))
     torch.set_flush_denormal(True)  # untrained networks drift into denormals, which would time the FPU, not the net
+    peaks = {name: None for name in models}
+    for name, m in models.items() if peak_memory else ():  # the others' weights not counted in its peak
+        alone = Timer(m, batch_size, img_size, device, num_classes, amp)
+        peaks[name] = alone.peak_memory_mb()
+        alone.release()
     timers = {name: Timer(m, batch_size, img_size, device, num_classes, amp) for name, m in models.items()}
     names = list(timers)
     for r in range(rounds + 1):
         for name in names[r % len(names):] + names[: r % len(names)]:
             timers[name].round()
-    return {name: t.result(peak_memory) for name, t in timers.items()}
+    return {name: t.result(peaks[name]) for name, t in timers.items()}
 
 
 def bench(variants, ends: dict[str, str], *, batch_size: int, img_size: int, device: str, rounds: int,
@@ -214,7 +234,7 @@ def bench(variants, ends: dict[str, str], *, batch_size: int, img_size: int, dev
             load_timm_state_dict(models[v.name], reference.state_dict())  # the same numbers on both sides
             models[f"timm:{twin}"] = reference
         speeds = measure_speed(models, batch_size=batch_size, img_size=img_size, device=device, rounds=rounds,
-                               amp=amp)
+                               amp=amp, train_cfg=v.cfg.train)
         ours = speeds[v.name]
         row = {"step": v.name, "infer_img_s": round(ours.infer_img_s, 1), "train_img_s": round(ours.train_img_s, 1),
                "peak_mem_mb": round(ours.peak_mem_mb) if ours.peak_mem_mb is not None else None,

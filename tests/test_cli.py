@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from convnext_roadmap import resolve_config
 from convnext_roadmap.cli import main
 
 
@@ -133,3 +134,27 @@ def test_a_reader_that_stops_early_is_no_traceback():
     assert result.stderr == ""
 
 
+
+
+def test_bench_times_as_runs_train_and_measures_each_peak_memory_alone(monkeypatch):
+    # a run turns on cuDNN's autotuner and TF32 (the recipes' defaults); a bench without them timed other kernels.
+    # A peak measured while the twin sat on the GPU too counted the twin's weights: each is measured alone
+    from types import SimpleNamespace
+
+    import torch
+
+    from convnext_roadmap import device, measure, model
+
+    backends, held, at_peak = [], [], []
+    monkeypatch.setattr(device, "configure_backends",
+                        lambda cfg, dev: backends.append((cfg.cudnn_benchmark, cfg.tf32, dev)))
+    init, release, peak = measure.Timer.__init__, measure.Timer.release, measure.Timer.peak_memory_mb
+    monkeypatch.setattr(measure.Timer, "__init__", lambda self, *a, **k: (held.append(self), init(self, *a, **k))[1])
+    monkeypatch.setattr(measure.Timer, "release", lambda self: (held.remove(self), release(self))[1])
+    monkeypatch.setattr(measure.Timer, "peak_memory_mb", lambda self: (at_peak.append(len(held)), peak(self))[1])
+    assert main(["bench", "--upto", "resnet50", "--img-size", "32", "--batch-size", "2", "--rounds", "1"]) == 0
+    assert backends == [(True, True, torch.device("cpu"))]  # the recipes' defaults
+    assert at_peak == [1, 1]  # ours, then timm's resnet50
+    speeds = measure.measure_speed({"a": model.build_model(resolve_config("resnet50"))}, batch_size=2, img_size=32,
+                                   device="cpu", rounds=1, train_cfg=SimpleNamespace(cudnn_benchmark=False, tf32=False))
+    assert backends[-1] == (False, False, torch.device("cpu")) and speeds["a"].peak_mem_mb > 0  # a run's own

@@ -48,3 +48,41 @@ def test_doctor_expects_one_run_on_each_visible_gpu(tmp_path, monkeypatch):
     seen[1] = "GPU-aa"  # both runs on one GPU
     (line,) = doc.pinned()
     assert line.verdict == "FAIL"
+
+
+def test_the_data_path_compares_pinned_with_pinned_and_times_the_cpu_only(tmp_path, monkeypatch):
+    # on a GPU ours pins its batches (a CPU cost): timm's must pin too, or the ratio favours timm by the pinning;
+    # and the GPU finishing its copies while the CPU spins in synchronize is not the input path's CPU time
+    import timm.data
+
+    from conftest import make_imagefolder
+    from convnext_roadmap import doctor
+    from convnext_roadmap.data import pil
+
+    root = make_imagefolder(tmp_path / "imgs", per_class=4)
+    clock, asked = [0.0], {}
+
+    class Batches(list):
+        def set_epoch(self, epoch):
+            pass
+
+    def ours(d, split, val_split, batch, *args):  # what ours costs: 1 s of CPU a pass
+        asked["ours"] = args[-1]
+        clock[0] += 1.0
+        return Batches([None] * (len(split.samples) // batch)), None
+
+    class Timms(list):
+        dataset = range(8)
+
+    def timms(*args, **kwargs):
+        asked["timm's pin_memory"] = kwargs["pin_memory"]
+        clock[0] += 2.0
+        return Timms()
+
+    monkeypatch.setattr(pil, "image_loaders", ours)
+    monkeypatch.setattr(timm.data, "create_loader", timms)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: clock.__setitem__(0, clock[0] + 100.0))
+    monkeypatch.setattr(doctor.time, "process_time", lambda: clock[0])
+    per_image_ours, per_image_timms, images = doctor.input_path_cpu_s(f"imagefolder:{root}", torch.device("cuda"), 8)
+    assert asked == {"ours": torch.device("cuda"), "timm's pin_memory": True}
+    assert (per_image_ours, per_image_timms, images) == (1.0 / 8, 2.0 / 8, 8)  # no synchronize in either
