@@ -230,7 +230,8 @@ def bench(variants, ends: dict[str, str], *, batch_size: int, img_size: int, dev
         models = {v.name: build_model(v.cfg)}
         twin = ends.get(v.name)
         if twin:
-            reference = timm.create_model(twin, pretrained=False)
+            # its stochastic depth too, so that both do the same work in training
+            reference = timm.create_model(twin, pretrained=False, drop_path_rate=v.cfg.block.drop_path)
             load_timm_state_dict(models[v.name], reference.state_dict())  # the same numbers on both sides
             models[f"timm:{twin}"] = reference
         speeds = measure_speed(models, batch_size=batch_size, img_size=img_size, device=device, rounds=rounds,

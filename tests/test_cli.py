@@ -138,9 +138,11 @@ def test_a_reader_that_stops_early_is_no_traceback():
 
 def test_bench_times_as_runs_train_and_measures_each_peak_memory_alone(monkeypatch):
     # a run turns on cuDNN's autotuner and TF32 (the recipes' defaults); a bench without them timed other kernels.
+    # timm's twin trained without the stochastic depth ours did (ResNet-50's config has 0.1), ~7% of a CPU step.
     # A peak measured while the twin sat on the GPU too counted the twin's weights: each is measured alone
     from types import SimpleNamespace
 
+    import timm
     import torch
 
     from convnext_roadmap import device, measure, model
@@ -152,9 +154,12 @@ def test_bench_times_as_runs_train_and_measures_each_peak_memory_alone(monkeypat
     monkeypatch.setattr(measure.Timer, "__init__", lambda self, *a, **k: (held.append(self), init(self, *a, **k))[1])
     monkeypatch.setattr(measure.Timer, "release", lambda self: (held.remove(self), release(self))[1])
     monkeypatch.setattr(measure.Timer, "peak_memory_mb", lambda self: (at_peak.append(len(held)), peak(self))[1])
+    create, twins = timm.create_model, []
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: (twins.append(k.get("drop_path_rate")), create(*a, **k))[1])
     assert main(["bench", "--upto", "resnet50", "--img-size", "32", "--batch-size", "2", "--rounds", "1"]) == 0
     assert backends == [(True, True, torch.device("cpu"))]  # the recipes' defaults
     assert at_peak == [1, 1]  # ours, then timm's resnet50
+    assert twins == [resolve_config("resnet50").block.drop_path] != [0.0]  # timm's does our stochastic depth's work
     speeds = measure.measure_speed({"a": model.build_model(resolve_config("resnet50"))}, batch_size=2, img_size=32,
                                    device="cpu", rounds=1, train_cfg=SimpleNamespace(cudnn_benchmark=False, tf32=False))
     assert backends[-1] == (False, False, torch.device("cpu")) and speeds["a"].peak_mem_mb > 0  # a run's own

@@ -58,6 +58,21 @@ def test_block_axes_build_what_they_say():
     assert block.shortcut.conv.stride == (2, 2)
 
 
+@pytest.mark.parametrize("act_at, in_place", [
+    ("block.act_at=[conv1, conv2, output]", True),  # ResNet's: the branch ends in bn3, summed into in place (timm's)
+    ("block.act_at=[conv1, conv2, conv3, output]", False),  # an in-place ReLU's output, which its backward needs
+])
+def test_the_shortcut_is_added_in_place_where_no_backward_needs_the_branchs_output(act_at, in_place):
+    cfg = resolve_config("resnet50", overrides=["stages.width_mult=0.25", "block.drop_path=0.0", act_at])
+    model = build_model(cfg, num_classes=5)
+    block = model.stages[0].blocks[1]  # its shortcut is the identity
+    seen = []
+    block.norm3.register_forward_hook(lambda m, i, o: seen.append(o.data_ptr()))
+    block.register_forward_hook(lambda m, i, o: seen.append(o.data_ptr()))
+    model(torch.randn(2, 3, 32, 32)).sum().backward()  # an in-place add that a backward needed would raise here
+    assert (seen[0] == seen[1]) == in_place  # one tensor: the branch's output, the sum, the ReLU's output
+
+
 # The CPU's faster convs (model/layers.py) against torch's own nn.Conv2d: the same outputs and gradients, in float64.
 
 def _conv_pair(kind, c, k, stride, padding, bias=True):

@@ -48,6 +48,9 @@ class Block(nn.Module):
             self.shortcut = nn.Identity()
         self.act_out = make_act(act if "output" in act_at else "none")
         self.out_channels = c
+        # the shortcut added into the branch's output in place (as timm's blocks do: a tensor less per block, ~3% of
+        # a CPU training step), where no backward needs that output: not after an in-place ReLU, which keeps it
+        self.add_in_place = isinstance(self.act3, nn.Identity) or layer_scale is not None
 
     def zero_init_last(self) -> None:
         """The scale of the branch's last norm to zero, where it has one (timm's ResNet: bn3). Where the branch ends
@@ -65,4 +68,5 @@ class Block(nn.Module):
         x = self.act3(self.norm3(self.conv3(x)))
         if self.gamma is not None:
             x = x * self.gamma.view(1, -1, 1, 1)
-        return self.act_out(self.drop_path(x) + shortcut)
+        x = self.drop_path(x)
+        return self.act_out(x.add_(shortcut) if self.add_in_place else x + shortcut)
