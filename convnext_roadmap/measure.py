@@ -159,6 +159,7 @@ class Timer:
         """Peak memory of one training step: the CUDA allocator's high-water mark, or on the CPU the high-water
         mark of the allocations the profiler records."""
         self.model.train()
+        self._train_step()  # warm: the autotuner's first step of a shape allocates workspaces no later step needs
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._train_step()

@@ -135,7 +135,6 @@ def test_a_reader_that_stops_early_is_no_traceback():
 
 
 
-
 def test_bench_times_as_runs_train_and_measures_each_peak_memory_alone(monkeypatch):
     # a run turns on cuDNN's autotuner and TF32 (the recipes' defaults); a bench without them timed other kernels.
     # timm's twin trained without the stochastic depth ours did (ResNet-50's config has 0.1), ~7% of a CPU step.

@@ -63,7 +63,8 @@ def test_profile_flags_override_and_unknown_keys_fail(tmp_path, monkeypatch):
     assert load_profile(str(bad), {})[0] == ClusterProfile(partition="gpu")
 
 
-@pytest.mark.parametrize("tasks, says", [(16, "two or more processes on one GPU"), (4, "GPUs 4-7 of each node idle")])
+@pytest.mark.parametrize("tasks, says", [(16, "two or more processes on one GPU"), (4, "GPUs 4-7 of each node idle"),
+                                         (7, "GPU 7 of each node idle")])
 def test_a_gpu_profile_whose_tasks_are_not_its_gpus_is_refused_before_sinfo_is_asked(tmp_path, monkeypatch, capsys,
                                                                                     tasks, says):
     # NCCL takes one rank per GPU: 16 tasks on 8 GPUs fail ("Duplicate GPU detected") after the queue's wait and at

@@ -220,3 +220,18 @@ def test_resnet_init_starts_each_resnet_block_as_its_shortcut():
     x = torch.randn(2, block.conv1.in_channels, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(block(x), torch.relu(x))  # the branch is zero: ReLU(0 + x)
+
+
+def test_the_in_place_add_keeps_the_wider_dtype_of_the_two():
+    # CUDA's autocast runs LayerNorm in fp32: a bf16 branch then meets an fp32 shortcut, whose sum stays fp32 (as
+    # `x + shortcut` gives); added into the bf16 branch in place, it would be rounded to bf16. Stood in on the CPU
+    # by a block whose shortcut is the fp32 input and whose branch ends in bf16
+    block = build_model(resolve_config("resnet50", overrides=["stages.width_mult=0.25", "block.drop_path=0.0"]),
+                        num_classes=5).stages[0].blocks[1]
+    block.norm3.register_forward_hook(lambda m, i, o: o.to(torch.bfloat16))
+    x = torch.randn(2, block.conv1.in_channels, 8, 8)
+    with torch.no_grad():
+        out = block(x)
+        branch = block.norm3(block.conv3(block.act2(block.norm2(block.conv2(block.act1(block.norm1(block.conv1(x))))))))
+    assert out.dtype == torch.float32 and block.add_in_place
+    assert torch.equal(out, torch.relu(branch.float() + x))  # the fp32 sum, by hand

@@ -87,6 +87,18 @@ def test_our_own_checkpoints_load_with_weights_only_new_and_old(tmp_path):
     torch.save(saved, tmp_path / "checkpoint.pt")
     back = load_checkpoint(tmp_path / "checkpoint.pt")
     assert back["history"] == saved["history"] and (back["rng"][0]["numpy"][1] == saved["rng"][0]["numpy"][1]).all()
+    # the same checkpoint as numpy 1 writes it: its globals under numpy.core, not numpy._core (a protocol-2 pickle
+    # names each global as text lines, so the names can be rewritten in place)
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "checkpoint.pt") as z, zipfile.ZipFile(tmp_path / "numpy1.pt", "w") as out:
+        for item in z.infolist():
+            data = z.read(item)
+            out.writestr(item, data.replace(b"numpy._core", b"numpy.core") if item.filename.endswith(".pkl") else data)
+    assert b"numpy.core.multiarray" in zipfile.ZipFile(tmp_path / "numpy1.pt").read(
+        next(n for n in zipfile.ZipFile(tmp_path / "numpy1.pt").namelist() if n.endswith("data.pkl")))
+    back = load_checkpoint(tmp_path / "numpy1.pt")
+    assert (back["rng"][0]["numpy"][1] == saved["rng"][0]["numpy"][1]).all()
 
 
 @pytest.mark.parametrize("amp, channels_last, want", [("bf16", "true", torch.bfloat16), ("false", "false", None)])

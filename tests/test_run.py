@@ -264,7 +264,8 @@ def _two_ranks(tmp_path, job: Job, tag: str) -> list[str]:
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ranks = [subprocess.Popen([sys.executable, "-c", _DDP, str(rank), f"file://{tmp_path / f'pg-{tag}'}",
-                               json.dumps(dataclasses.asdict(job))], stdout=subprocess.PIPE, text=True, env=env)
+                               json.dumps(dataclasses.asdict(job)), failed], stdout=subprocess.PIPE, text=True,
+                              env=env)
              for rank in (0, 1)]
     try:
         return [r.communicate(timeout=240)[0].strip().splitlines()[-1] for r in ranks]
@@ -298,10 +299,10 @@ from convnext_roadmap.train import loop, run_job
 rank, init, job = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
 dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=datetime.timedelta(seconds=300))
 if rank == 1:  # the second optimizer step of epoch 1 fails on rank 1 alone
-    steps = iter(range(10**6))
+    calls = iter(range(10**6))
     step = loop.Trainer._step
     def failing(self):
-        if next(steps) == 1:
+        if next(calls) == 1:
             raise ValueError("rank 1's own failure")
         step(self)
     loop.Trainer._step = failing
@@ -309,12 +310,13 @@ try:
     run_job(Job(**job))
 except Exception as e:
     print("raised", type(e).__name__, flush=True)
-if rank == 1:
+if rank == 1 and sys.argv[4] == "lingers":
     time.sleep(240)  # a failed rank's process that lingers (NCCL's teardown may): its peers must not wait for it
 """
 
 
-def test_a_rank_that_fails_ends_its_job_within_a_minute_with_its_cause_in_the_row(tmp_path, data):
+@pytest.mark.parametrize("failed", ["lingers", "exits"])  # exits: rank 0's collective fails at once, of another cause
+def test_a_rank_that_fails_ends_its_job_within_a_minute_with_its_cause_in_the_row(tmp_path, data, failed):
     import dataclasses
     import os
     import subprocess
@@ -324,7 +326,8 @@ def test_a_rank_that_fails_ends_its_job_within_a_minute_with_its_cause_in_the_ro
     job = _job(tmp_path, data, "failing")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ranks = [subprocess.Popen([sys.executable, "-c", _FAILING_RANK, str(rank), f"file://{tmp_path / 'pg'}",
-                               json.dumps(dataclasses.asdict(job))], stdout=subprocess.PIPE, text=True, env=env)
+                               json.dumps(dataclasses.asdict(job)), failed], stdout=subprocess.PIPE, text=True,
+                              env=env)
              for rank in (0, 1)]
     try:
         began = time.time()

@@ -7,8 +7,8 @@ whole image would. For the synthetic set (square, crop_pct 1) the two are the sa
 
 The per-image path (pil.py) spends more time in PIL than a small proxy network spends training; here a batch of
 64 costs a few milliseconds. Batches leave here as uint8 (pinned on a GPU run) and are normalized and randomly
-erased on the device by `augment.DeviceBatches`, as the per-image path's are. Its order and draws are `order`'s, so seed k of every step sees the same crops, flips,
-ops and erasures.
+erased on the device by `augment.DeviceBatches`, as the per-image path's are. Its order and draws are `order`'s, so
+seed k of every step sees the same crops, flips, ops and erasures.
 """
 
 from __future__ import annotations

@@ -129,7 +129,8 @@ class Slurm(Executor):
             return
         what = ("two or more processes on one GPU, which NCCL refuses (\"Duplicate GPU detected\") after the "
                 "queue's wait" if p.tasks() > p.gpus_per_node else
-                f"GPUs {p.tasks()}-{p.gpus_per_node - 1} of each node idle")
+                (f"GPU {p.tasks()}" if p.tasks() == p.gpus_per_node - 1 else f"GPUs {p.tasks()}-{p.gpus_per_node - 1}")
+                + " of each node idle")
         raise RoadmapError(f"{self.source_of('tasks_per_node')}: tasks_per_node: {p.tasks()}, but gpus_per_node: "
                            f"{p.gpus_per_node}: a GPU job has one task per GPU, and this would put {what} (leave "
                            f"tasks_per_node out, or train on the CPU: --device cpu)")

@@ -48,8 +48,8 @@ class Block(nn.Module):
             self.shortcut = nn.Identity()
         self.act_out = make_act(act if "output" in act_at else "none")
         self.out_channels = c
-        # the shortcut added into the branch's output in place (as timm's blocks do: a tensor less per block, ~3% of
-        # a CPU training step), where no backward needs that output: not after an in-place ReLU, which keeps it
+        # the shortcut added into the branch's output in place (as timm's ResNet blocks do: a tensor less per block,
+        # ~3% of a CPU training step), where no backward needs that output: not after an in-place ReLU, which keeps it
         self.add_in_place = isinstance(self.act3, nn.Identity) or layer_scale is not None
 
     def zero_init_last(self) -> None:
@@ -69,4 +69,6 @@ class Block(nn.Module):
         if self.gamma is not None:
             x = x * self.gamma.view(1, -1, 1, 1)
         x = self.drop_path(x)
-        return self.act_out(x.add_(shortcut) if self.add_in_place else x + shortcut)
+        # and not into a narrower dtype: under CUDA autocast a bf16 branch meets an fp32 shortcut after a LayerNorm
+        in_place = self.add_in_place and torch.promote_types(x.dtype, shortcut.dtype) == x.dtype
+        return self.act_out(x.add_(shortcut) if in_place else x + shortcut)

@@ -55,8 +55,10 @@ def run_job(job: Job) -> dict:
         return _train(job, out, rank, world)
     except Exception as e:
         results.write_text(out / ("error.txt" if rank == 0 else f"error.rank{rank}.txt"), traceback.format_exc())
+        # rank 0's collective fails at once when a failing peer's process ends: that peer's cause is the run's
+        cause = (peers.peer_cause() if peers is not None else None) or root_cause(e)
         if rank == 0:
-            results.write_failure(out, job.name, job.seed, root_cause(e), job.meta)
+            results.write_failure(out, job.name, job.seed, cause, job.meta)
         if peers is not None:
             peers.fail(root_cause(e))
         raise
@@ -85,13 +87,25 @@ class _Peers:
         threading.Thread(target=self._watch, daemon=True, name="peers-watch").start()
 
     def fail(self, cause: str) -> None:
+        self.stopped.set()  # first: this rank's own watch must not hear its own failure and cut its exit short
         try:
-            self.store.set(self.KEY, f"{self.rank}\t{cause}")
+            if not self.store.check([self.KEY]):  # the first failure is the run's cause
+                self.store.set(self.KEY, f"{self.rank}\t{cause}")
         except Exception:  # noqa: BLE001 - a store already gone: the others hear that instead
             pass
 
     def stop(self) -> None:
         self.stopped.set()
+
+    def peer_cause(self) -> str | None:
+        """`rank R: cause` when another rank has failed, else None."""
+        try:
+            if self.store.check([self.KEY]):
+                rank, cause = self.store.get(self.KEY).decode().split("\t", 1)
+                return f"rank {rank}: {cause}" if rank != str(self.rank) else None
+        except Exception:  # noqa: BLE001 - no store: no word from the others
+            pass
+        return None
 
     def _watch(self) -> None:
         import os
@@ -108,12 +122,14 @@ class _Peers:
                     lost = True
                     continue
                 rank, cause = "0", "its process ended (see its log)"
-            if self.stopped.is_set():
+            if self.stopped.is_set() or rank == str(self.rank):
                 return
             if self.rank == 0 and rank != "0":
                 results.write_failure(Path(self.job.run_dir), self.job.name, self.job.seed, f"rank {rank}: {cause}",
                                       self.job.meta)
             print(f"rank {rank} of this run failed ({cause}): rank {self.rank} ends too", flush=True)
+            # not an exception: the main thread is blocked in a collective; the run lock of a dead holder is
+            # taken over by the next claim, and the checkpoint on disk is the last whole one
             os._exit(1)
 
 
