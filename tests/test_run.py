@@ -264,8 +264,7 @@ def _two_ranks(tmp_path, job: Job, tag: str) -> list[str]:
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ranks = [subprocess.Popen([sys.executable, "-c", _DDP, str(rank), f"file://{tmp_path / f'pg-{tag}'}",
-                               json.dumps(dataclasses.asdict(job)), failed], stdout=subprocess.PIPE, text=True,
-                              env=env)
+                               json.dumps(dataclasses.asdict(job))], stdout=subprocess.PIPE, text=True, env=env)
              for rank in (0, 1)]
     try:
         return [r.communicate(timeout=240)[0].strip().splitlines()[-1] for r in ranks]
