@@ -12,8 +12,11 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapt
 
 from .errors import RoadmapError
 
-Norm = Literal["batchnorm", "layernorm", "none"]
-Act = Literal["relu", "gelu", "none"]
+# a callable anyone wrote, as `module:attr`: a module beside the YAML that names it (its source then travels in the
+# config's `code`), or one on sys.path (`timm.layers:GlobalResponseNorm`)
+ImportRef = Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")]
+Norm = Union[Literal["batchnorm", "layernorm", "none"], ImportRef]  # called with the channel count
+Act = Union[Literal["relu", "gelu", "none"], ImportRef]  # called with nothing
 Position = Literal["conv1", "conv2", "conv3"]
 Positive = Annotated[int, Field(ge=1)]
 Probability = Annotated[float, Field(ge=0, lt=1)]
@@ -59,6 +62,16 @@ class Stages(Section):
         return self
 
 
+class Extra(Section):
+    """A module inserted into the block after conv1, conv2 or conv3 (after that conv's norm and activation: where
+    the block's tensor has one channel count, the conv's own), called with that channel count first, then `args`;
+    it must keep the tensor's shape. After conv3 is the residual branch's end, before layer scale and the add."""
+
+    at: Position
+    module: Union[Literal["grn"], ImportRef]  # grn: ConvNeXt V2's Global Response Normalization
+    args: dict[str, Any] = {}
+
+
 class Block(Section):
     """One residual block. conv1..conv3 are the layout's three convs in the order they run (model/geometry.py)."""
 
@@ -76,6 +89,7 @@ class Block(Section):
     # as the paper trains every step (Table 5); resnet: timm's ResNet init (Kaiming-normal convs, fan-out; the scale
     # of each block's last norm zero, so that a ResNet block, whose branch ends in it, starts as its shortcut)
     init: Literal["trunc_normal", "resnet"] = "trunc_normal"
+    extras: list[Extra] = []  # in order; several at one point run in the order given
 
     @field_validator("kernel_size")
     @classmethod
@@ -210,6 +224,22 @@ class TimmModel(Section):
     # whether timm knows `name`: preflight.check_configs, which may import timm
 
 
+class UserCode(Section):
+    """A module of the user's, carried in the config so that a job imports the source the launch checked, wherever
+    it runs; the digest names the version (a changed module is a different network)."""
+
+    sha256: str
+    source: str
+
+    @model_validator(mode="after")
+    def _digest_matches(self):
+        import hashlib
+
+        if hashlib.sha256(self.source.encode()).hexdigest() != self.sha256:
+            raise Problem("sha256", "does not match the source (edited by hand?)")
+        return self
+
+
 class RoadmapNet(Section):
     """The roadmap's configurable network, every architecture section in full; with a recipe, train and data."""
 
@@ -218,6 +248,7 @@ class RoadmapNet(Section):
     block: Block
     downsample: Downsample
     head: Head
+    code: dict[str, UserCode] = {}  # by module name: the modules beside the YAML files its `module:attr`s name
     train: Union[Train, None] = None  # None: architecture only, no recipe applied
     data: Union[Data, None] = None
 
@@ -266,7 +297,25 @@ def _kind(data) -> str:
 Config = Annotated[Union[Annotated[RoadmapNet, Tag("roadmap")], Annotated[TimmNet, Tag("timm")]],
                    Discriminator(_kind)]
 KINDS = {"roadmap": RoadmapNet, "timm": TimmNet}  # the union's tags, which pydantic puts first in an error's loc
-SECTIONS = (*ARCHITECTURE, "timm", "train", "data")  # what a config's top level may hold, of either kind
+SECTIONS = (*ARCHITECTURE, "code", "timm", "train", "data")  # what a config's top level may hold, of either kind
+# the keys that may name a callable as `module:attr`, besides each block.extras[i].module
+IMPORTABLE = ("stem.norm", "stem.act", "block.norm", "block.act", "downsample.norm", "head.norm")
+
+
+def import_refs(data: dict) -> dict[str, str]:
+    """Every `module:attr` a config's plain data names, by the dotted key that names it (extras as
+    `block.extras[i].module`)."""
+    out = {}
+    for key in IMPORTABLE:
+        section, field = key.split(".")
+        value = (data.get(section) or {}).get(field) if isinstance(data.get(section), dict) else None
+        if isinstance(value, str) and ":" in value:
+            out[key] = value
+    extras = (data.get("block") or {}).get("extras") if isinstance(data.get("block"), dict) else None
+    for i, extra in enumerate(extras if isinstance(extras, list) else []):
+        if isinstance(extra, dict) and isinstance(extra.get("module"), str) and ":" in extra["module"]:
+            out[f"block.extras[{i}].module"] = extra["module"]
+    return out
 _CONFIG = TypeAdapter(Config)
 
 

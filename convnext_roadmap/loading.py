@@ -15,7 +15,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .config import ARCHITECTURE, KINDS, SECTIONS, Config, Problem, parse
+from .config import ARCHITECTURE, KINDS, SECTIONS, Config, ImportRef, Problem, import_refs, parse
 from .errors import RoadmapError
 
 
@@ -100,8 +100,9 @@ class Merged:
                 self.origin[dotted] = source
 
     def source_of(self, key: str) -> str:
-        """The source that set `key`, or the nearest enclosing key; the first source when none did."""
-        parts = key.split(".")
+        """The source that set `key` (a list's item as `key[i]`: the list's), or the nearest enclosing key; the first
+        source when none did."""
+        parts = re.sub(r"\[\d+\]", "", key).split(".")
         for n in range(len(parts), 0, -1):
             found = self.origin.get(".".join(parts[:n]))
             if found:
@@ -110,11 +111,39 @@ class Merged:
 
 
 def merge_layers(layers: list[tuple[str, dict]]) -> tuple[Config, Merged]:
-    """Merge (source, mapping) layers in order and validate the result as a config."""
+    """Merge (source, mapping) layers in order, take in the user's modules they name, and validate the result as a
+    config."""
     merged = Merged()
     for source, doc in layers:
         merged.merge(doc, source)
+    bind_code(merged)
     return validate(merged), merged
+
+
+def bind_code(merged: Merged) -> None:
+    """Put the source of each module a `module:attr` names into the config's `code`, when that module is a file
+    beside the YAML that names it (for a `--set`, in the current directory): the job then imports what was
+    checked here, on any machine. A module already in `code` (a run's own config.yaml) keeps its recorded source;
+    one found nowhere beside is left to sys.path. Modules no longer named are dropped."""
+    import hashlib
+
+    refs = import_refs(merged.data)
+    if not refs and not merged.data.get("code"):
+        return
+    code = dict(merged.data.get("code") or {})
+    named = set()
+    for key, ref in refs.items():
+        module = ref.split(":", 1)[0]
+        named.add(module)
+        source = merged.source_of(key)
+        folder = Path.cwd() if source.startswith("--") else Path(source).parent
+        file = folder / f"{module}.py"
+        if module in code or "." in module or not file.is_file():
+            continue
+        text = file.read_text()
+        code[module] = {"sha256": hashlib.sha256(text.encode()).hexdigest(), "source": text}
+        merged.origin[f"code.{module}"] = source
+    merged.data["code"] = {m: v for m, v in code.items() if m in named}
 
 
 def validate(merged: Merged, schema: type[BaseModel] | None = None) -> BaseModel:
@@ -133,8 +162,14 @@ def validate(merged: Merged, schema: type[BaseModel] | None = None) -> BaseModel
 def _describe(err: dict, merged: Merged, schema: type[BaseModel]) -> str:
     loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
     # pydantic reports a failed Union/Literal member in the loc (e.g. "literal['depthwise']"); keep the field path
-    loc = [p for p in loc if not re.match(r"^(int|float|str|bool|none|literal\[.*\]|list\[.*\]|constrained-.*)$", p)]
-    index = next((p for p in err["loc"] if isinstance(p, int)), None)
+    member = r"^(int|float|str|bool|none|literal\[.*\]|list\[.*\]|dict\[.*\]|constrained-.*)$"
+    loc = [p for p in loc if not re.match(member, p)]
+    shown = []  # the key as written, a list's item as key[i]
+    for p in err["loc"]:
+        if isinstance(p, int) and shown:
+            shown[-1] += f"[{p}]"
+        elif not isinstance(p, int) and not re.match(member, str(p)):
+            shown.append(str(p))
     cause = (err.get("ctx") or {}).get("error")
     if isinstance(cause, Problem):  # a cross-field rule: its key is relative to the section that raised it
         key = ".".join([*loc, cause.key])
@@ -156,8 +191,7 @@ def _describe(err: dict, merged: Merged, schema: type[BaseModel]) -> str:
     if kind == "missing":
         return f"{source}: {key}: missing (the base config and the recipe must set every field)"
     field = _field(schema, loc)
-    item = f"[{index}]" if index is not None else ""
-    return f"{source}: {key}{item}: got {err.get('input')!r}, expected {_expected(err, field)}"
+    return f"{source}: {'.'.join(shown)}: got {err.get('input')!r}, expected {_expected(err, field)}"
 
 
 def _expected(err: dict, field) -> str:
@@ -200,6 +234,8 @@ def _field(schema: type[BaseModel], path: list[str]):
 def _type_words(annotation) -> str:
     """A type annotation in words: `Union[int, Literal["depthwise"]]` → "an integer or 'depthwise'"."""
     origin, args = get_origin(annotation), get_args(annotation)
+    if annotation == ImportRef:
+        return "module:attr (a callable of your own, or a library's)"
     if origin is Literal:
         return " or ".join(repr(a) for a in args)
     if origin is Union:
@@ -216,9 +252,17 @@ def _type_words(annotation) -> str:
             type(None): "null"}.get(annotation, str(annotation))
 
 
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (a module's source in `code`) as literal blocks, readable as the file they came from."""
+
+
+_Dumper.add_representer(str, lambda dumper, text: dumper.represent_scalar(
+    "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
+
+
 def to_yaml(cfg: BaseModel) -> str:
-    sections = {k: v for k, v in cfg.model_dump().items() if v is not None}  # no train/data: no recipe applied
-    return yaml.safe_dump(sections, sort_keys=False, default_flow_style=None, allow_unicode=True)
+    sections = {k: v for k, v in cfg.model_dump().items() if v not in (None, {})}  # no train/data: no recipe applied
+    return yaml.dump(sections, Dumper=_Dumper, sort_keys=False, default_flow_style=None, allow_unicode=True)
 
 
 def read_config(path: Path) -> Config:

@@ -5,7 +5,7 @@ runs it."""
 
 from __future__ import annotations
 
-from .config import Config, TimmNet
+from .config import Config, RoadmapNet, TimmNet, import_refs
 from .errors import RoadmapError
 from .executors import Executor, registry
 from .roadmap import Variant
@@ -31,14 +31,21 @@ def check(variants: list[Variant], executor: Executor, *, device: str = "auto", 
 
 
 def check_configs(variants: list[Variant]) -> None:
-    """The checks of a config that need timm, so the schema leaves them here (it imports neither torch nor timm),
-    each one error line naming the file or flag that set the key: a timm model timm does not know, a RandAugment
-    spec the data pipeline cannot read."""
+    """The checks of a config that need torch or timm, so the schema leaves them here (it imports neither), each
+    one error line naming the file or flag that set the key: a layer of the user's that does not import, make or
+    keep the shape, a timm model timm does not know, a RandAugment spec the data pipeline cannot read."""
     for v in variants:
         check_config(v.cfg, v.source_of)
 
 
 def check_config(cfg: Config, source_of) -> None:
+    if isinstance(cfg, RoadmapNet) and (cfg.block.extras or import_refs(cfg.model_dump())):
+        from .model.imports import UserLayerError, probe
+
+        try:
+            probe(cfg)
+        except UserLayerError as e:
+            raise RoadmapError(f"{source_of(e.key)}: {e}") from None
     if isinstance(cfg, TimmNet):
         import timm
 

@@ -110,6 +110,24 @@ def test_the_readmes_local_cluster_command_completes(tmp_path, capsys):
     assert capsys.readouterr().out.count("done already") == len(records)
 
 
+def test_a_layer_of_ones_own_trains_on_a_node_without_its_folder(tmp_path, data, monkeypatch):
+    # the README's se.yaml beside its my_layers.py, the file gone once the launch has checked it: the job builds
+    # from the source its config carries
+    from test_user_layers import SE, SE_YAML, gone_after_the_checks
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "my_layers.py").write_text(SE)
+    (mine / "se.yaml").write_text(SE_YAML)
+    monkeypatch.chdir(mine)
+    gone_after_the_checks(monkeypatch, mine / "my_layers.py")
+    assert main(["run", "--patch", "./se.yaml", *JOB, "--data", f"imagefolder:{data}", "--results",
+                 str(tmp_path / "r"), "--wait"]) == 0
+    table = pd.read_csv(next((tmp_path / "r").iterdir()) / "table.csv")
+    assert table.step.tolist() == ["resnet50+se"] and table.status.tolist() == ["completed"]
+    assert not (mine / "my_layers.py").exists()
+
+
 def test_the_default_profile_runs_on_the_local_cluster(tmp_path, data):
     assert main(["run", "--steps", "resnet50", "--recipe", "smoke", "--seeds", "1", "--executor", "slurm", "--data",
                  f"imagefolder:{data}", "--results", str(tmp_path), "--wait"]) == 0

@@ -9,22 +9,26 @@ import torch.nn as nn
 from timm.layers import DropPath
 
 from .geometry import LAYOUTS
-from .layers import conv, make_act, make_norm
+from .imports import Layers
+from .layers import conv
+
+BUILT_IN = Layers()  # the built-in norms and activations only
 
 
 class Block(nn.Module):
-    """conv1 → norm1 → act1 → conv2 → norm2 → act2 → conv3 → norm3 → act3 → layer scale → drop path → + shortcut → act.
+    """conv1 → norm1 → act1 → extra1 → conv2 → … → act3 → extra3 → layer scale → drop path → + shortcut → act.
 
     `layout` says which of conv1..conv3 is the k×k conv and how wide each is (see `geometry.LAYOUTS`); `norm_at` and
     `act_at` say after which convs a norm and an activation run ("output": after the residual add). The k×k conv is
     grouped (`groups`, or "depthwise") and carries the stride. A block that strides or changes width projects its
-    shortcut with a conv and a norm.
+    shortcut with a conv and a norm. `extras` are (point, make) pairs: make(channels) is a module inserted after
+    that conv's norm and activation (extra1..3, empty where none). `layers` makes the norms and activations named.
     """
 
     def __init__(self, c_in: int, width: int, *, layout: str, kernel_size: int, groups, expansion: int,
                  act: str, act_at: list[str], norm: str, norm_at: list[str], stride: int = 1,
                  layer_scale: float | None = None, drop_path: float = 0.0,
-                 shortcut_norm: str = "batchnorm", shortcut_kernel: int = 1):
+                 shortcut_norm: str = "batchnorm", shortcut_kernel: int = 1, extras=(), layers: Layers = BUILT_IN):
         super().__init__()
         c = c_in
         for i, (spatial, c_out) in enumerate(LAYOUTS[layout](c_in, width, expansion), start=1):
@@ -34,23 +38,25 @@ class Block(nn.Module):
                 self.add_module(f"conv{i}", conv(c, c_out, kernel_size, stride, g, norm_after=norm_here))
             else:
                 self.add_module(f"conv{i}", conv(c, c_out, 1, norm_after=norm_here))
-            self.add_module(f"norm{i}", make_norm(norm_here, c_out))
-            self.add_module(f"act{i}", make_act(act if f"conv{i}" in act_at else "none"))
+            self.add_module(f"norm{i}", layers.norm(norm_here, c_out))
+            self.add_module(f"act{i}", layers.act(act if f"conv{i}" in act_at else "none"))
+            self.add_module(f"extra{i}", nn.Sequential(*[make(c_out) for at, make in extras if at == f"conv{i}"]))
             c = c_out
         self.gamma = nn.Parameter(torch.full((c,), layer_scale)) if layer_scale is not None else None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         if stride != 1 or c_in != c:
             self.shortcut = nn.Sequential(OrderedDict(
                 conv=conv(c_in, c, shortcut_kernel, stride, norm_after=shortcut_norm),
-                norm=make_norm(shortcut_norm, c),
+                norm=layers.norm(shortcut_norm, c),
             ))
         else:
             self.shortcut = nn.Identity()
-        self.act_out = make_act(act if "output" in act_at else "none")
+        self.act_out = layers.act(act if "output" in act_at else "none")
         self.out_channels = c
         # the shortcut added into the branch's output in place (as timm's ResNet blocks do: a tensor less per block,
-        # ~3% of a CPU training step), where no backward needs that output: not after an in-place ReLU, which keeps it
-        self.add_in_place = isinstance(self.act3, nn.Identity) or layer_scale is not None
+        # ~3% of a CPU training step), where no backward needs that output: not after an in-place ReLU, which keeps it,
+        # nor after a module of the user's, which may
+        self.add_in_place = (isinstance(self.act3, nn.Identity) and not len(self.extra3)) or layer_scale is not None
 
     def zero_init_last(self) -> None:
         """The scale of the branch's last norm to zero, where it has one (timm's ResNet: bn3). Where the branch ends
@@ -63,9 +69,9 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.shortcut(x)
-        x = self.act1(self.norm1(self.conv1(x)))
-        x = self.act2(self.norm2(self.conv2(x)))
-        x = self.act3(self.norm3(self.conv3(x)))
+        x = self.extra1(self.act1(self.norm1(self.conv1(x))))
+        x = self.extra2(self.act2(self.norm2(self.conv2(x))))
+        x = self.extra3(self.act3(self.norm3(self.conv3(x))))
         if self.gamma is not None:
             x = x * self.gamma.view(1, -1, 1, 1)
         x = self.drop_path(x)

@@ -1,4 +1,4 @@
-"""Norms and activations chosen by name, and the convs that feed them."""
+"""Built-in norms, activations and block extras chosen by name, and the convs that feed them."""
 
 from __future__ import annotations
 
@@ -19,6 +19,23 @@ def make_norm(kind: str, channels: int) -> nn.Module:
 
 def make_act(kind: str) -> nn.Module:
     return {"relu": lambda: nn.ReLU(inplace=True), "gelu": nn.GELU, "none": nn.Identity}[kind]()
+
+
+class GlobalResponseNorm(nn.Module):
+    """ConvNeXt V2's GRN (Woo et al., CVPR 2023, Algorithm 1) on NCHW: each channel's L2 norm over the map, divided
+    by its mean over the channels, scales the input; gamma and beta start at zero, so GRN starts as the identity.
+    Named `weight` and `bias`, as timm's GlobalResponseNorm names them."""
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gx = torch.linalg.vector_norm(x, dim=(2, 3), keepdim=True)
+        nx = gx / (gx.mean(dim=1, keepdim=True) + self.eps)
+        return self.weight.view(1, -1, 1, 1) * (x * nx) + self.bias.view(1, -1, 1, 1) + x
 
 
 def conv(c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1, norm_after: str = "none") -> nn.Conv2d:

@@ -12,24 +12,25 @@ from timm.layers import trunc_normal_
 from ..config import Config, RoadmapNet, TimmNet
 from .block import Block
 from .geometry import stage_plan, stem_width
-from .layers import conv, make_act, make_norm
+from .imports import Layers
+from .layers import conv
 
 
-def make_stem(cfg: Config) -> nn.Sequential:
+def make_stem(cfg: Config, layers: Layers) -> nn.Sequential:
     s = cfg.stem
     width = stem_width(cfg)
     return nn.Sequential(OrderedDict(
         conv=conv(3, width, s.kernel_size, s.stride, norm_after=s.norm),
-        norm=make_norm(s.norm, width),
-        act=make_act(s.act),
+        norm=layers.norm(s.norm, width),
+        act=layers.act(s.act),
         pool=nn.MaxPool2d(3, 2, padding=1) if s.pool == "max" else nn.Identity(),
     ))
 
 
-def make_downsample(c_in: int, c_out: int, norm: str, kernel_size: int) -> nn.Sequential:
+def make_downsample(c_in: int, c_out: int, norm: str, kernel_size: int, layers: Layers) -> nn.Sequential:
     """A separate downsampling layer between stages: norm, then a stride-2 conv."""
     return nn.Sequential(OrderedDict(
-        norm=make_norm(norm, c_in),
+        norm=layers.norm(norm, c_in),
         conv=conv(c_in, c_out, kernel_size, stride=2),
     ))
 
@@ -45,15 +46,21 @@ class Stage(nn.Module):
 
 
 class Head(nn.Module):
-    def __init__(self, c_in: int, num_classes: int, norm: str, dropout: float):
+    """Global average pooling → norm → dropout → linear. A norm of the user's gets the pooled features as NCHW
+    (N×C×1×1), as every norm it names does."""
+
+    def __init__(self, c_in: int, num_classes: int, norm: str, dropout: float, layers: Layers):
         super().__init__()
-        self.norm = {"batchnorm": lambda: nn.BatchNorm1d(c_in), "layernorm": lambda: nn.LayerNorm(c_in, eps=1e-6),
-                     "none": nn.Identity}[norm]()
+        built_in = {"batchnorm": lambda: nn.BatchNorm1d(c_in), "layernorm": lambda: nn.LayerNorm(c_in, eps=1e-6),
+                    "none": nn.Identity}
+        self.nchw = norm not in built_in
+        self.norm = layers.norm(norm, c_in) if self.nchw else built_in[norm]()
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(c_in, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.drop(self.norm(x.mean((2, 3)))))
+        x = self.norm(x.mean((2, 3), keepdim=True)).flatten(1) if self.nchw else self.norm(x.mean((2, 3)))
+        return self.fc(self.drop(x))
 
 
 class Network(nn.Module):
@@ -62,14 +69,17 @@ class Network(nn.Module):
     def __init__(self, cfg: RoadmapNet, num_classes: int = 1000):
         super().__init__()
         b, ds = cfg.block, cfg.downsample
+        self.layers = layers = Layers(cfg)
+        extras = [(e.at, functools.partial(layers.extra, e.module, args=e.args, key=f"block.extras[{i}].module"))
+                  for i, e in enumerate(b.extras)]
         plan = stage_plan(cfg)
         rates = torch.linspace(0, b.drop_path, sum(depth for *_, depth in plan)).tolist()
-        self.stem = make_stem(cfg)
+        self.stem = make_stem(cfg, layers)
         c, stages = stem_width(cfg), []
         for i, (first_in, width, out, depth) in enumerate(plan):
             stride = 1 if i == 0 else 2
             separate = ds.type == "separate" and i > 0
-            downsample = make_downsample(c, out, ds.norm, ds.kernel_size) if separate else nn.Identity()
+            downsample = make_downsample(c, out, ds.norm, ds.kernel_size, layers) if separate else nn.Identity()
             c = first_in if separate else c
             blocks = []
             for j in range(depth):
@@ -79,12 +89,13 @@ class Network(nn.Module):
                     stride=stride if (j == 0 and ds.type == "in_block") else 1,
                     layer_scale=b.layer_scale, drop_path=rates.pop(0),
                     shortcut_norm=ds.norm, shortcut_kernel=ds.kernel_size if ds.type == "in_block" else 1,
+                    extras=extras, layers=layers,
                 ))
                 c = blocks[-1].out_channels
             stages.append(Stage(downsample, blocks))
         self.stages = nn.Sequential(*stages)
         self.num_features = c
-        self.head = Head(c, num_classes, cfg.head.norm, cfg.head.dropout)
+        self.head = Head(c, num_classes, cfg.head.norm, cfg.head.dropout, layers)
         INITS[b.init](self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,178 @@
+"""Layers of one's own: norms and activations named as `module:attr`, modules inserted into the block (the
+README's SE example verbatim), ConvNeXt V2's GRN against its paper, and the bad inputs, each one line."""
+
+import textwrap
+
+import pytest
+import torch
+
+from convnext_roadmap import build_model, resolve_config
+from convnext_roadmap.cli import main
+from convnext_roadmap.measure import count_params
+from convnext_roadmap.model.layers import GlobalResponseNorm
+
+SE = '''\
+import torch.nn as nn
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels, ratio=0.25):
+        super().__init__()
+        hidden = max(1, int(channels * ratio))
+        self.fc1, self.fc2 = nn.Conv2d(channels, hidden, 1), nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, x):
+        return x * self.fc2(self.fc1(x.mean((2, 3), keepdim=True)).relu()).sigmoid()
+'''
+SE_YAML = '''\
+# se.yaml: squeeze-and-excitation on the residual branch, before the add
+block:
+  extras:
+    - {at: conv3, module: "my_layers:SqueezeExcite", args: {ratio: 0.25}}
+'''
+
+
+@pytest.fixture
+def se(tmp_path, monkeypatch):
+    """A folder with the README's se.yaml beside the my_layers.py it names, as the current directory."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "my_layers.py").write_text(SE)
+    (folder / "se.yaml").write_text(SE_YAML)
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("ROADMAP_CACHE", str(tmp_path / "cache"))
+    return folder
+
+
+def test_grn_is_the_v2_papers_algorithm_1():
+    # Woo et al. 2023, Algorithm 1 (NHWC), written out: gx = norm(X, p=2, dim=(1,2)); nx = gx / (mean(gx, -1) + 1e-6);
+    # gamma * (X * nx) + beta + X
+    torch.manual_seed(0)
+    grn = GlobalResponseNorm(6)
+    with torch.no_grad():
+        grn.weight.normal_(), grn.bias.normal_()
+    x = torch.randn(2, 6, 5, 4)
+    X = x.permute(0, 2, 3, 1)
+    gx = torch.norm(X, p=2, dim=(1, 2), keepdim=True)
+    nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
+    expected = grn.weight * (X * nx) + grn.bias + X
+    torch.testing.assert_close(grn(x), expected.permute(0, 3, 1, 2))
+    assert torch.equal(GlobalResponseNorm(6)(x), x)  # gamma = beta = 0: it starts as the identity
+
+
+def test_the_se_example_adds_what_its_layers_hold(se, capsys):
+    # SE after conv3 of each ResNet-50 block: C = 256, 512, 1024, 2048 over 3, 4, 6, 3 blocks, hidden C/4; each SE
+    # holds two 1×1 convs with biases, 2·C·C/4 + C/4 + C parameters, and costs 2·C·C/4 multiply-adds (on a 1×1 map)
+    per_stage = [(256, 3), (512, 4), (1024, 6), (2048, 3)]
+    params = sum(n * (2 * c * c // 4 + c // 4 + c) for c, n in per_stage)
+    macs = sum(n * 2 * c * c // 4 for c, n in per_stage)
+    assert params == 10_078_656
+    base, ours = build_model(resolve_config()), build_model(resolve_config(patches=["./se.yaml"]))
+    assert count_params(ours) - count_params(base) == params
+    assert main(["flops", "--patch", "./se.yaml", "--format", "csv"]) == 0
+    row = capsys.readouterr().out.splitlines()[-1].split(",")
+    assert abs(float(row[3]) - (4.089 + macs / 1e9)) < 2e-3  # gflops: resnet50's 4.089 and the SE's
+
+
+def gone_after_the_checks(monkeypatch, file):
+    """`file` removed once the pre-flight has checked the request: a job must build from the source the launch
+    checked, which the config carries, not from the user's folder (on a SLURM node it may not be there)."""
+    from convnext_roadmap import preflight
+
+    check = preflight.check
+
+    def check_then_remove(*args, **kwargs):
+        out = check(*args, **kwargs)
+        file.rename(file.with_suffix(".moved"))
+        return out
+
+    monkeypatch.setattr(preflight, "check", check_then_remove)
+
+
+def test_a_layer_of_ones_own_trains_under_the_local_executor(se, tmp_path, capsys, monkeypatch):
+    import json
+
+    request = ["run", "--patch", "./se.yaml", "--recipe", "smoke", "--set", "data.workers=0", "--results",
+               str(tmp_path / "r"), "--experiment", "e"]
+    with monkeypatch.context() as m:
+        gone_after_the_checks(m, se / "my_layers.py")
+        assert main([*request, "--seeds", "1"]) == 0
+    (se / "my_layers.moved").rename(se / "my_layers.py")
+    summary = json.loads((tmp_path / "r" / "e" / "resnet50+se" / "seed0" / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    config = (tmp_path / "r" / "e" / "resnet50+se" / "seed0" / "config.yaml").read_text()
+    assert "class SqueezeExcite" in config  # the source the job imported, recorded with its digest
+    (se / "my_layers.py").write_text(SE.replace("ratio=0.25", "ratio=0.5"))
+    capsys.readouterr()
+    assert main([*request, "--seeds", "2"]) == 2  # seed 1 of another SE beside seed 0's: refused
+    assert "code.my_layers" in capsys.readouterr().err
+
+
+def test_the_source_travels_and_a_changed_module_is_another_network(se):
+    before = resolve_config(patches=["./se.yaml"])
+    (se / "my_layers.py").write_text(SE.replace("ratio=0.25", "ratio=0.5"))
+    after = resolve_config(patches=["./se.yaml"])
+    assert before != after and before.code["my_layers"].sha256 != after.code["my_layers"].sha256
+    (se / "my_layers.py").unlink()  # the job builds from the config's source, not from the folder
+    assert count_params(build_model(before)) > count_params(build_model(resolve_config()))
+
+
+@pytest.mark.parametrize("key, value", [("block.act", "torch.nn:SiLU"), ("block.norm", "timm.layers:LayerNorm2d"),
+                                        ("head.norm", "my_layers:Scale")])
+def test_norms_and_activations_may_be_anyones(se, key, value):
+    (se / "my_layers.py").write_text(SE + textwrap.dedent('''
+        class Scale(nn.Module):  # a norm gets NCHW, in the head too (N×C×1×1)
+            def __init__(self, channels):
+                super().__init__()
+                self.channels = channels
+
+            def forward(self, x):
+                assert x.ndim == 4 and x.shape[1] == self.channels
+                return 2 * x
+    '''))
+    cfg = resolve_config("layer_scale", overrides=[f"{key}={value}"])
+    model = build_model(cfg, num_classes=3)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    kind = value.split(":")[1]
+    assert any(type(m).__name__ == kind for m in model.modules())
+
+
+BAD = {
+    "unknown built-in": ("block:\n  norm: groupnorm\n", "block.norm: got 'groupnorm'"),
+    "no such module": ("block:\n  extras: [{at: conv3, module: 'nosuch_mod:X'}]\n",
+                       "block.extras[0].module: nosuch_mod:X: does not import (ModuleNotFoundError: No module named "
+                       "'nosuch_mod')"),
+    "no such attribute": ("block:\n  extras: [{at: conv3, module: 'my_layers:Nope'}]\n",
+                          "block.extras[0].module: my_layers:Nope: does not import (AttributeError"),
+    "raises": ("block:\n  extras: [{at: conv3, module: 'my_layers:SqueezeExcite', args: {ration: 0.5}}]\n",
+               "block.extras[0].module: my_layers:SqueezeExcite: raised TypeError: SqueezeExcite.__init__() got an "
+               "unexpected keyword argument 'ration'"),
+    "not a module": ("block:\n  act: 'my_layers:not_a_module'\n",
+                     "block.act: my_layers:not_a_module: returned a int, expected a torch.nn.Module"),
+    "changes the shape": ("block:\n  extras: [{at: conv2, module: 'my_layers:Halve'}]\n",
+                          "block.extras[0].module: my_layers:Halve: returned (2, 4, 16, 16) for an input of "
+                          "(2, 8, 16, 16): the network needs the shape kept"),  # the smoke recipe's widths
+    "no such point": ("block:\n  extras: [{at: conv4, module: grn}]\n", "block.extras[0].at: got 'conv4'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_a_bad_layer_is_one_line_naming_the_file_and_key_and_nothing_is_written(se, tmp_path, capsys, case):
+    (se / "my_layers.py").write_text(SE + textwrap.dedent('''
+        def not_a_module():
+            return 3
+
+        class Halve(nn.Module):
+            def __init__(self, channels):
+                super().__init__()
+
+            def forward(self, x):
+                return x[:, : x.shape[1] // 2]
+    '''))
+    text, words = BAD[case]
+    (se / "bad.yaml").write_text(text)
+    code = main(["run", "--patch", "./bad.yaml", "--recipe", "smoke", "--results", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("roadmap: error: bad.yaml: "), err
+    assert words in err, err
+    assert not (tmp_path / "r").exists()
