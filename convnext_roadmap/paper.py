@@ -32,10 +32,10 @@ def row(base: str, name: str, recipe: str = PAPER_RECIPE) -> dict | None:
 
 def path(base: str, recipe: str = PAPER_RECIPE) -> list[tuple[str, float, float | None]]:
     """The paper's (step, top-1, std) along a base's path, in its table's order (the base first), as it prints them:
-    the sweep's other values and the reference models left out."""
+    the sweep's other values, the reference models and the rows with no top-1 (ConvNeXt V2's) left out."""
     df = table().reset_index()
     on_path = ((df["base"] == base) & (df["recipe"] == recipe) & ~df["step"].str.contains("@")
-               & ~df["note"].fillna("").str.startswith("reference model"))
+               & ~df["note"].fillna("").str.startswith("reference model") & df["paper_top1"].notna())
     return [(r.step, r.paper_top1, None if math.isnan(r.paper_top1_std) else r.paper_top1_std)
             for r in df[on_path].itertuples()]
 

@@ -15,7 +15,8 @@ def run(*args):
 def test_steps_lists_the_path(capsys):
     assert main(["steps"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("resnet50") and out[-1].startswith("layer_scale") and len(out) == 14
+    assert out[0].startswith("resnet50") and out[-2].startswith("layer_scale") and out[-1].startswith("grn")
+    assert len(out) == 15
     assert "kernel sz. → 7" in "\n".join(out)
 
 

@@ -10,7 +10,12 @@ from conftest import randomize
 ENDS = [("resnet50", "resnet50", "resnet50", 25_557_032),
         ("resnet50", "layer_scale", "convnext_tiny", 28_589_128),
         ("resnet200", "resnet200", "resnet200", 64_673_832),
-        ("resnet200", "layer_scale", "convnext_base", 88_591_464)]
+        ("resnet200", "layer_scale", "convnext_base", 88_591_464),
+        # ConvNeXt V2: ConvNeXt's, less layer scale's C per block, plus GRN's 2 × 4C per block; by hand, ConvNeXt-T:
+        # ΣC·depth = 96·3 + 192·3 + 384·9 + 768·3 = 6,624, so 28,589,128 − 6,624 + 8 · 6,624 (the V2 README: 28.6 M);
+        # ConvNeXt-B: ΣC·depth = 128·3 + 256·3 + 512·27 + 1024·3 = 18,048 → 88,717,800 (89 M)
+        ("resnet50", "grn", "convnextv2_tiny", 28_589_128 + 7 * 6_624),
+        ("resnet200", "grn", "convnextv2_base", 88_591_464 + 7 * 18_048)]
 
 
 @pytest.mark.parametrize("base, step, timm_name, params", ENDS)

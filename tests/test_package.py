@@ -39,7 +39,7 @@ def test_the_installed_wheel_runs_from_another_folder(tmp_path):
     steps = roadmap("steps")
     assert steps.returncode == 0, steps.stderr
     assert steps.stderr.startswith(str(tmp_path / "site"))  # the installed copy, not this checkout
-    assert len(steps.stdout.splitlines()) == 14 and "kernel sz. → 7" in steps.stdout
+    assert len(steps.stdout.splitlines()) == 15 and "kernel sz. → 7" in steps.stdout
     flops = roadmap("flops", "--upto", "stage_ratio", "--format", "csv")
     assert flops.returncode == 0, flops.stderr
     lines = flops.stdout.splitlines()

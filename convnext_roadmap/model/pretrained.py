@@ -36,6 +36,7 @@ CONVNEXT_KEYS = [
     (r"^(stages\.\d+\.blocks\.\d+)\.norm\.", r"\1.norm1."),
     (r"^(stages\.\d+\.blocks\.\d+)\.mlp\.fc1\.", r"\1.conv2."),
     (r"^(stages\.\d+\.blocks\.\d+)\.mlp\.fc2\.", r"\1.conv3."),
+    (r"^(stages\.\d+\.blocks\.\d+)\.mlp\.grn\.", r"\1.extra2.0."),  # ConvNeXt V2's GRN, after fc1's GELU
     (r"^(stages\.\d+\.blocks\.\d+)\.gamma$", r"\1.gamma"),
     (r"^head\.norm\.", "head.norm."),
     (r"^head\.fc\.", "head.fc."),
