@@ -23,9 +23,16 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _roadmap_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--roadmap", metavar="FILE", help="a roadmap of your own, laid out as ablations/roadmap.yaml "
+                                                     "(default: the paper's)")
+    p.add_argument("--base", help="the starting network: one of the roadmap's bases (the paper's: resnet50, the "
+                                  "default, and resnet200)")
+
+
 def _selection(p: argparse.ArgumentParser, upto_help: str = "apply the path's steps up to this one",
                modes: bool = False) -> None:
-    p.add_argument("--base", default=roadmap.DEFAULT_BASE, help="the starting network (resnet50, resnet200)")
+    _roadmap_flags(p)
     p.add_argument("--upto", metavar="STEP", help=upto_help)
     one = p.add_mutually_exclusive_group() if modes else p
     one.add_argument("--patch", action="append", default=[], metavar="STEP|FILE",
@@ -87,7 +94,8 @@ def _requested(args, recipe=None, data=None) -> list[roadmap.Variant]:
     with_refs = getattr(args, "with_references", None)
     if with_refs is not None:
         refs += _names(with_refs) if with_refs != "default" else list(roadmap.references(args.base))
-    variants = roadmap.request(roadmap.Context(args.base, recipe, data, tuple(args.overrides)), upto=args.upto,
+    context = roadmap.Context(args.base, recipe, data, tuple(args.overrides), args.roadmap)
+    variants = roadmap.request(context, upto=args.upto,
                                patches=args.patch, leave_one_out=getattr(args, "leave_one_out", False),
                                sweep=getattr(args, "sweep", None), steps=_names(getattr(args, "steps", None)),
                                references=refs)
@@ -96,8 +104,8 @@ def _requested(args, recipe=None, data=None) -> list[roadmap.Variant]:
 
 
 def cmd_steps(args) -> None:
-    path = roadmap.steps(args.base)  # an unknown base is an error here
-    rows = [(args.base, roadmap.bases()[args.base], "the starting network")]
+    path = args.roadmap.steps(args.base)  # an unknown base is an error here
+    rows = [(args.base, args.roadmap.bases()[args.base], "the starting network")]
     rows += [(s.name, s.label, s.about) for s in path]
     width = max(len(r[0]) for r in rows)
     label_width = max(len(r[1]) for r in rows)
@@ -114,10 +122,11 @@ def cmd_show(args) -> None:
     from .preflight import check_config
 
     cfg, source_of = roadmap.resolve_with_sources(args.upto, args.base, args.patch, args.overrides, args.recipe,
-                                                  args.data)
+                                                  args.data, args.roadmap)
     check_config(cfg, source_of)
     if args.diff:
-        for key, (before, after) in diff(roadmap.resolve_config(None, args.base), cfg).items():
+        base = roadmap.resolve_config(None, args.base, roadmap=args.roadmap)
+        for key, (before, after) in diff(base, cfg).items():
             print(f"{key}: {before} → {after}")
         return
     print(to_yaml(cfg), end="")
@@ -151,7 +160,7 @@ def cmd_bench(args) -> None:
     from .device import pick_device
 
     pick_device(args.device)  # one line here, not a traceback from the first model moved there
-    rows = bench(_requested(args), roadmap.timm_models(args.base), batch_size=args.batch_size,
+    rows = bench(_requested(args), args.roadmap.timm_models(args.base), batch_size=args.batch_size,
                  img_size=args.img_size, device=args.device, rounds=args.rounds, amp=args.amp,
                  progress=lambda name: print(f"  measured {name}", file=sys.stderr))
     print(f"# {args.device}, batch {args.batch_size}, {args.img_size}², channels_last"
@@ -356,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("steps", help="list the roadmap's steps with the paper's labels")
-    p.add_argument("--base", default=roadmap.DEFAULT_BASE)
+    _roadmap_flags(p)
     p.set_defaults(func=cmd_steps)
 
     p = sub.add_parser("show", help="print a resolved config as YAML")
@@ -467,6 +476,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():  # a kill ends a run as Ctrl-C does, cleaning up
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
+        if "roadmap" in vars(args):  # the roadmap file read and checked first, its first base the default
+            args.roadmap = roadmap.load_roadmap(args.roadmap)
+            args.base = args.base or args.roadmap.default_base()
         code = args.func(args) or 0
         sys.stdout.flush()  # here, where a reader that has gone is handled, not at exit
         return code

@@ -380,4 +380,9 @@ def diff(a: BaseModel, b: BaseModel, trained_only: bool = False) -> dict[str, tu
 
     walk(a.model_dump(), b.model_dump(), "")
     skip = bookkeeping() if trained_only else set()
-    return {k: v for k, v in sorted(out.items()) if k not in skip}
+
+    def short(value):  # a module's source by its digest: the change, not the file
+        return f"sha256 {value['sha256'][:12]}" if isinstance(value, dict) and "sha256" in value else value
+
+    return {k: (short(x), short(y)) for k, (x, y) in sorted(out.items())
+            if k not in skip and not (k.startswith("code.") and k.endswith(".source"))}

@@ -48,62 +48,136 @@ class Variant:
 
 # ---------------------------------------------------------------------------------------------- the roadmap file
 
+@dataclass(frozen=True)
+class Roadmap:
+    """A roadmap file: its bases, each with its path of steps, and the steps' labels. The built-in one is
+    ablations/roadmap.yaml; a user's (`--roadmap FILE`) has the same layout, its step files in steps/ beside it
+    (or beside it), its bases' configs in base/ beside it (or beside it), and may name the built-in steps and bases,
+    whose files and labels it then takes from the built-in roadmap."""
+
+    file: Path
+
+    def doc(self) -> dict:
+        return _read_roadmap(self.file)
+
+    @property
+    def folder(self) -> Path:
+        return self.file.parent
+
+    def _find(self, kind: str, file: str) -> Path | None:
+        for where in (self.folder / kind / file, self.folder / file, ABLATIONS / kind / file):
+            if where.is_file():
+                return where
+        return None
+
+    def bases(self) -> dict[str, str]:
+        """Base name → label."""
+        return {name: spec["label"] for name, spec in self.doc()["bases"].items()}
+
+    def default_base(self) -> str:
+        return DEFAULT_BASE if DEFAULT_BASE in self.bases() else next(iter(self.bases()))
+
+    def timm_models(self, base: str) -> dict[str, str]:
+        """Step name → the timm model it is exactly (a path's ends)."""
+        return dict(self.doc()["bases"][base].get("timm", {}))
+
+    def check_base(self, base: str) -> None:
+        if base not in self.bases():
+            where = "" if self == BUILT_IN else f" of {shown(self.file)}"
+            raise RoadmapError(f"--base {base}: unknown base{where} (bases: {', '.join(self.bases())})")
+
+    def base_file(self, base: str) -> Path:
+        self.check_base(base)
+        found = self._find("base", f"{base}.yaml")
+        if found is None:
+            raise RoadmapError(f"{shown(self.file)}: bases.{base}: no base/{base}.yaml beside it, and no built-in "
+                               f"base of that name")
+        return found
+
+    def steps(self, base: str) -> list[Step]:
+        """The steps of a base's path, in order."""
+        self.check_base(base)
+        out = []
+        for entry in self.doc()["bases"][base]["path"]:
+            name, file = next(iter(entry.items())) if isinstance(entry, dict) else (entry, f"{entry}.yaml")
+            meta = self.doc().get("steps", {}).get(name) or BUILT_IN.doc()["steps"].get(name)
+            patch = self._find("steps", file)
+            if meta is None or patch is None:
+                raise RoadmapError(f"{shown(self.file)}: bases.{base}.path: {name}: "
+                                   + ("not in its steps, nor a built-in step" if meta is None else
+                                      f"no steps/{file} beside it, nor a built-in step's file"))
+            out.append(Step(name, meta["label"], meta.get("about", ""), patch, meta.get("group", "")))
+        return out
+
+    def upto_steps(self, upto: str | None, base: str) -> list[Step]:
+        """The path's steps up to and including `upto`; the whole path when None, none for the base itself."""
+        path = self.steps(base)
+        if upto is None:
+            return path
+        if upto == base:
+            return []
+        names = [s.name for s in path]
+        if upto not in names:
+            raise RoadmapError(f"--upto {upto}: unknown step (steps of {base}: {base}, {', '.join(names)})")
+        return path[: names.index(upto) + 1]
+
+    def patch_file(self, patch: str | Path, base: str) -> Path:
+        """A step name of the base's path, or a YAML file of the user's."""
+        by_name = {s.name: s.patch for s in self.steps(base)}
+        if str(patch) in by_name:
+            return by_name[str(patch)]
+        path = Path(patch)
+        if path.suffix in (".yaml", ".yml") or path.exists():
+            if not path.is_file():
+                raise RoadmapError(f"--patch {patch}: no such file")
+            return path
+        raise RoadmapError(f"--patch {patch}: unknown step or patch file (steps: {', '.join(by_name)})")
+
+
 @functools.cache
-def _roadmap_file() -> dict:
-    return load_yaml(ABLATIONS / "roadmap.yaml")
+def _read_roadmap(file: Path) -> dict:
+    doc = load_yaml(file)
+    bases_ = doc.get("bases")
+    if not isinstance(bases_, dict) or not bases_:
+        raise RoadmapError(f"{shown(file)}: bases: missing (a roadmap has bases, each with a label and a path)")
+    for name, spec in bases_.items():
+        for key in ("label", "path"):
+            if not isinstance(spec, dict) or key not in spec:
+                raise RoadmapError(f"{shown(file)}: bases.{name}.{key}: missing (a base has a label and a path)")
+    if not isinstance(doc.get("steps", {}), dict):
+        raise RoadmapError(f"{shown(file)}: steps: expected a mapping of step names to label, about and group")
+    return doc
 
 
-def bases() -> dict[str, str]:
-    """Base name → label."""
-    return {name: spec["label"] for name, spec in _roadmap_file()["bases"].items()}
+def load_roadmap(file: str | Path | None) -> Roadmap:
+    """The built-in roadmap, or the user's file (`--roadmap FILE`), read and checked here: one line if it is not."""
+    if file is None:
+        return BUILT_IN
+    path = Path(file).resolve()
+    if not path.is_file():
+        raise RoadmapError(f"--roadmap {file}: no such file")
+    roadmap = Roadmap(path)
+    roadmap.doc()
+    for base in roadmap.bases():
+        roadmap.base_file(base), roadmap.steps(base)
+    return roadmap
 
 
-def timm_models(base: str = DEFAULT_BASE) -> dict[str, str]:
-    """Step name → the timm model it is exactly (the two ends of a path)."""
-    return dict(_roadmap_file()["bases"][base].get("timm", {}))
-
-
-def check_base(base: str) -> None:
-    if base not in bases():
-        raise RoadmapError(f"--base {base}: unknown base (bases: {', '.join(bases())})")
+BUILT_IN = Roadmap(ABLATIONS / "roadmap.yaml")
+# the built-in roadmap's, as functions (most code asks about the paper's roadmap)
+bases, timm_models, check_base = BUILT_IN.bases, BUILT_IN.timm_models, BUILT_IN.check_base
 
 
 def steps(base: str = DEFAULT_BASE) -> list[Step]:
-    """The steps of a base's path, in order."""
-    check_base(base)
-    doc = _roadmap_file()
-    out = []
-    for entry in doc["bases"][base]["path"]:
-        name, file = next(iter(entry.items())) if isinstance(entry, dict) else (entry, f"{entry}.yaml")
-        meta = doc["steps"][name]
-        out.append(Step(name, meta["label"], meta["about"], ABLATIONS / "steps" / file, meta.get("group", "")))
-    return out
+    return BUILT_IN.steps(base)
 
 
 def upto_steps(upto: str | None, base: str) -> list[Step]:
-    """The path's steps up to and including `upto`; the whole path when None, none for the base itself."""
-    path = steps(base)
-    if upto is None:
-        return path
-    if upto == base:
-        return []
-    names = [s.name for s in path]
-    if upto not in names:
-        raise RoadmapError(f"--upto {upto}: unknown step (steps of {base}: {base}, {', '.join(names)})")
-    return path[: names.index(upto) + 1]
+    return BUILT_IN.upto_steps(upto, base)
 
 
 def patch_file(patch: str | Path, base: str) -> Path:
-    """A step name of the base's path, or a YAML file of the user's."""
-    by_name = {s.name: s.patch for s in steps(base)}
-    if str(patch) in by_name:
-        return by_name[str(patch)]
-    path = Path(patch)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise RoadmapError(f"--patch {patch}: no such file")
-        return path
-    raise RoadmapError(f"--patch {patch}: unknown step or patch file (steps: {', '.join(by_name)})")
+    return BUILT_IN.patch_file(patch, base)
 
 
 def recipes() -> list[str]:
@@ -156,6 +230,7 @@ class Context:
     recipe: str | Path | None = None
     data: str | None = None
     overrides: tuple[str, ...] = ()
+    roadmap: Roadmap = BUILT_IN  # or a user's (--roadmap FILE)
 
     def recipe_layers(self, skip: Sequence[str] = ()) -> list[tuple[str, dict]]:
         """The recipe's files as (source, mapping) layers, the most general first, without the `skip` sections."""
@@ -180,8 +255,7 @@ class Context:
     def config(self, files: Sequence[Path] = ()) -> tuple[Config, tuple[str, ...], Callable[[str], str]]:
         """The base's config, the recipe, these patch files, then the command line; the layers' sources, and which
         of them set each key."""
-        check_base(self.base)
-        base_file = ABLATIONS / "base" / f"{self.base}.yaml"
+        base_file = self.roadmap.base_file(self.base)
         layers = [(shown(base_file), load_yaml(base_file)), *self.recipe_layers(),
                   *[(shown(f), load_yaml(f)) for f in files], *self.command_line(skip=("timm",))]
         cfg, merged = merge_layers(layers)
@@ -194,20 +268,21 @@ class Context:
 
 def resolve_config(upto: str | None = None, base: str = DEFAULT_BASE, patches: Sequence[str | Path] = (),
                    overrides: Sequence[str] = (), recipe: str | Path | None = None,
-                   data: str | None = None) -> Config:
+                   data: str | None = None, roadmap: Roadmap = BUILT_IN) -> Config:
     """`resolve_with_sources`'s config alone."""
-    return resolve_with_sources(upto, base, patches, overrides, recipe, data)[0]
+    return resolve_with_sources(upto, base, patches, overrides, recipe, data, roadmap)[0]
 
 
 def resolve_with_sources(upto: str | None = None, base: str = DEFAULT_BASE, patches: Sequence[str | Path] = (),
-            overrides: Sequence[str] = (), recipe: str | Path | None = None,
-            data: str | None = None) -> tuple[Config, Callable[[str], str]]:
+                         overrides: Sequence[str] = (), recipe: str | Path | None = None, data: str | None = None,
+                         roadmap: Roadmap = BUILT_IN) -> tuple[Config, Callable[[str], str]]:
     """The config of `base` with the path's steps up to `upto` (none when None), then `patches` (step names or
     YAML files, in order), then `overrides` ("block.kernel_size=9"). With a `recipe` (a name under
     ablations/recipes/ or a file) the config also says how to train: its `train` and `data` sections, and the scale
     it trains at; `data` is a `--data` spec for `data.source`. Also which file or flag set each key."""
-    files = [s.patch for s in (upto_steps(upto, base) if upto else [])] + [patch_file(p, base) for p in patches]
-    cfg, _, source_of = Context(base, recipe, data, tuple(overrides)).config(files)
+    files = [s.patch for s in (roadmap.upto_steps(upto, base) if upto else [])]
+    files += [roadmap.patch_file(p, base) for p in patches]
+    cfg, _, source_of = Context(base, recipe, data, tuple(overrides), roadmap).config(files)
     return cfg, source_of
 
 
@@ -239,9 +314,9 @@ def path_runs(context: Context, upto: str | None = None, sweep: str | None = Non
     """The base and every step of its path up to `upto` (all of it when None), each with the steps before it and
     its Δ against the step before; with `sweep`, the sweep's values of its step beside it, each measured against
     the step before the swept one."""
-    chosen = upto_steps(upto, context.base)
+    chosen = context.roadmap.upto_steps(upto, context.base)
     sw = _sweep_on(chosen, sweep, upto)
-    variants = [context.variant(context.base, bases()[context.base], [], "baseline", None)]
+    variants = [context.variant(context.base, context.roadmap.bases()[context.base], [], "baseline", None)]
     previous = context.base
     for i, step in enumerate(chosen):
         files = [s.patch for s in chosen[: i + 1]]
@@ -297,8 +372,8 @@ def _get(cfg: Config, key: str):
 def patched_run(context: Context, patches: Sequence[str | Path], upto: str | None = None) -> list[Variant]:
     """One network: the base, the path up to `upto` (none when None), then the patches. Its name says where it
     starts ("resnet50+gelu+layernorm", "widen+gelu"), so that it never takes the folder of a path's step."""
-    files = [s.patch for s in (upto_steps(upto, context.base) if upto else [])]
-    files += [patch_file(p, context.base) for p in patches]
+    files = [s.patch for s in (context.roadmap.upto_steps(upto, context.base) if upto else [])]
+    files += [context.roadmap.patch_file(p, context.base) for p in patches]
     name = "+".join([upto or context.base] + [Path(str(p)).stem for p in patches])
     return [context.variant(name, name, files, "patched", None)]
 
@@ -307,7 +382,7 @@ def leave_one_out_runs(context: Context, upto: str | None = None, sweep: str | N
     """The full path up to `upto` (all of it when None), then for each of its steps the path without it
     ("no_gelu"), each measured against the full path. With `sweep`, then the sweep's values of the full network
     (`<full>@kernel_size=5`) where the swept step is on the path, without repeating a network already there."""
-    chosen = upto_steps(upto, context.base)
+    chosen = context.roadmap.upto_steps(upto, context.base)
     if not chosen:
         raise RoadmapError(f"--leave-one-out: --upto {upto} leaves no step to leave out")
     full = chosen[-1]

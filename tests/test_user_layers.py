@@ -176,3 +176,44 @@ def test_a_bad_layer_is_one_line_naming_the_file_and_key_and_nothing_is_written(
     assert code == 2 and err.count("\n") == 1 and err.startswith("roadmap: error: bad.yaml: "), err
     assert words in err, err
     assert not (tmp_path / "r").exists()
+
+
+MY_ROADMAP = '''\
+steps:
+  se: {group: mine, label: "+ SE", about: "squeeze-and-excitation before the add"}
+bases:
+  resnet50:
+    label: ResNet-50
+    path: [stage_ratio, patchify_stem, se]
+'''
+
+
+def test_a_roadmap_of_ones_own_lists_and_runs_its_steps_beside_the_built_in_ones(se, tmp_path, capsys):
+    (se / "my_roadmap.yaml").write_text(MY_ROADMAP)
+    assert main(["steps", "--roadmap", "my_roadmap.yaml"]) == 0
+    rows = [line.split()[:2] for line in capsys.readouterr().out.splitlines()]
+    assert rows == [["resnet50", "ResNet-50"], ["stage_ratio", "stage"], ["patchify_stem", '"patchify"'],
+                    ["se", "+"]]
+    assert main(["run", "--roadmap", "my_roadmap.yaml", "--upto", "se", "--dry-run", "--results",
+                 str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "se " in out and "block.extras: [] → [{'at': 'conv3', 'module': 'my_layers:SqueezeExcite'" in out
+    # se's network is the paper's patchify_stem with the SE layers: their parameters, hand-counted as above
+    se_cfg = resolve_config("se", roadmap=__import__("convnext_roadmap").roadmap.load_roadmap("my_roadmap.yaml"))
+    stem = resolve_config("patchify_stem")
+    per_stage = [(256, 3), (512, 3), (1024, 9), (2048, 3)]  # stage_ratio's (3, 3, 9, 3)
+    assert count_params(build_model(se_cfg)) - count_params(build_model(stem)) == sum(
+        n * (2 * c * c // 4 + c // 4 + c) for c, n in per_stage)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("bases:\n  mine: {label: Mine, path: [se]}\n", "my_roadmap.yaml: bases.mine: no base/mine.yaml beside it"),
+    ("steps: {}\nbases:\n  resnet50: {label: R, path: [nosuch]}\n",
+     "my_roadmap.yaml: bases.resnet50.path: nosuch: not in its steps, nor a built-in step"),
+    ("steps: {}\nbases:\n  resnet50: {label: R}\n", "my_roadmap.yaml: bases.resnet50.path: missing"),
+])
+def test_a_bad_roadmap_file_is_one_line(se, capsys, text, words):
+    (se / "my_roadmap.yaml").write_text(text)
+    assert main(["steps", "--roadmap", "my_roadmap.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err, err
