@@ -78,6 +78,10 @@ def parse_override(text: str) -> dict:
     return tree
 
 
+# lists that add up over the layers rather than being replaced: each patch inserts its own modules into the block
+ADDED_UP = ("block.extras",)
+
+
 class Merged:
     """A mapping built by deep-merging layers, remembering which source set each leaf."""
 
@@ -94,19 +98,38 @@ class Merged:
             dotted = f"{prefix}{key}"
             if isinstance(value, dict) and isinstance(into.get(key), dict):
                 self._merge(into[key], value, source, dotted + ".")
+            elif dotted in ADDED_UP:
+                self._add_up(into, key, value, source, dotted)
             else:
                 into[key] = copy.deepcopy(value)
                 self.origin = {k: v for k, v in self.origin.items() if not k.startswith(dotted + ".")}
                 self.origin[dotted] = source
 
+    def _add_up(self, into: dict, key: str, value, source: str, dotted: str) -> None:
+        """A list whose items add up over the layers (`ADDED_UP`): a layer's items are appended, each remembering
+        its own source, but for one equal to an item already there; null empties it."""
+        have = into.get(key) if isinstance(into.get(key), list) else []
+        if value is None or not isinstance(value, list):
+            into[key] = [] if value is None else copy.deepcopy(value)  # not a list: the schema's error to give
+            self.origin = {k: v for k, v in self.origin.items() if not k.startswith(dotted)}
+            self.origin[dotted] = source
+            return
+        into[key] = have
+        for item in value:
+            if item not in have:
+                have.append(copy.deepcopy(item))
+                self.origin[f"{dotted}[{len(have) - 1}]"] = source
+        self.origin.setdefault(dotted, source)
+
     def source_of(self, key: str) -> str:
-        """The source that set `key` (a list's item as `key[i]`: the list's), or the nearest enclosing key; the first
-        source when none did."""
-        parts = re.sub(r"\[\d+\]", "", key).split(".")
-        for n in range(len(parts), 0, -1):
-            found = self.origin.get(".".join(parts[:n]))
-            if found:
-                return found
+        """The source that set `key` (a list's item as `key[i]`: its own where the list adds up, else the list's),
+        or the nearest enclosing key; the first source when none did."""
+        for candidate in (key, re.sub(r"\[\d+\]", "", key)):
+            parts = candidate.split(".")
+            for n in range(len(parts), 0, -1):
+                found = self.origin.get(".".join(parts[:n]))
+                if found:
+                    return found
         return next(iter(self.origin.values()), "config")
 
 
@@ -138,10 +161,15 @@ def bind_code(merged: Merged) -> None:
         source = merged.source_of(key)
         folder = Path.cwd() if source.startswith("--") else Path(source).parent
         file = folder / f"{module}.py"
-        if module in code or "." in module or not file.is_file():
-            continue
+        if "." in module or not file.is_file() or (module in code and f"code.{module}" not in merged.origin):
+            continue  # a package, a module on sys.path, or one a run's config.yaml carries already
         text = file.read_text()
-        code[module] = {"sha256": hashlib.sha256(text.encode()).hexdigest(), "source": text}
+        entry = {"sha256": hashlib.sha256(text.encode()).hexdigest(), "source": text}
+        if module in code and code[module] != entry:
+            raise RoadmapError(f"{source}: {key}: {ref}: {file} is another {module}.py than the one beside "
+                               f"{merged.origin[f'code.{module}']}, which the config names too (one module name, "
+                               f"one source: rename one of them)")
+        code[module] = entry
         merged.origin[f"code.{module}"] = source
     merged.data["code"] = {m: v for m, v in code.items() if m in named}
 

@@ -39,7 +39,8 @@ def check_configs(variants: list[Variant]) -> None:
 
 
 def check_config(cfg: Config, source_of) -> None:
-    if isinstance(cfg, RoadmapNet) and (cfg.block.extras or import_refs(cfg.model_dump())):
+    # built once with a small batch where a layer could fail: one of the user's, or a built-in given arguments
+    if isinstance(cfg, RoadmapNet) and (import_refs(cfg.model_dump()) or any(e.args for e in cfg.block.extras)):
         from .model.imports import UserLayerError, probe
 
         try:

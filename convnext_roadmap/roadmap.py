@@ -144,8 +144,15 @@ def _read_roadmap(file: Path) -> dict:
         for key in ("label", "path"):
             if not isinstance(spec, dict) or key not in spec:
                 raise RoadmapError(f"{shown(file)}: bases.{name}.{key}: missing (a base has a label and a path)")
-    if not isinstance(doc.get("steps", {}), dict):
+        if not isinstance(spec["path"], list):
+            raise RoadmapError(f"{shown(file)}: bases.{name}.path: got {spec['path']!r}, expected a list of steps")
+    steps_ = doc.get("steps", {})
+    if not isinstance(steps_, dict):
         raise RoadmapError(f"{shown(file)}: steps: expected a mapping of step names to label, about and group")
+    for name, meta in steps_.items():
+        if not isinstance(meta, dict) or "label" not in meta:
+            raise RoadmapError(f"{shown(file)}: steps.{name}.label: missing (a step has a label, and may have about "
+                               f"and group)")
     return doc
 
 

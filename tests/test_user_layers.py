@@ -1,6 +1,7 @@
 """Layers of one's own: norms and activations named as `module:attr`, modules inserted into the block (the
 README's SE example verbatim), ConvNeXt V2's GRN against its paper, and the bad inputs, each one line."""
 
+import re
 import textwrap
 
 import pytest
@@ -197,7 +198,9 @@ def test_a_roadmap_of_ones_own_lists_and_runs_its_steps_beside_the_built_in_ones
     assert main(["run", "--roadmap", "my_roadmap.yaml", "--upto", "se", "--dry-run", "--results",
                  str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
-    assert "se " in out and "block.extras: [] → [{'at': 'conv3', 'module': 'my_layers:SqueezeExcite'" in out
+    runs = [line.split()[0] for line in out.splitlines() if re.match(r"^\w+ +[\d.]+ GFLOPs", line)]
+    assert runs == ["resnet50", "stage_ratio", "patchify_stem", "se"], out
+    assert "block.extras: [] → [{'at': 'conv3', 'module': 'my_layers:SqueezeExcite'" in out
     # se's network is the paper's patchify_stem with the SE layers: their parameters, hand-counted as above
     se_cfg = resolve_config("se", roadmap=__import__("convnext_roadmap").roadmap.load_roadmap("my_roadmap.yaml"))
     stem = resolve_config("patchify_stem")
@@ -211,9 +214,49 @@ def test_a_roadmap_of_ones_own_lists_and_runs_its_steps_beside_the_built_in_ones
     ("steps: {}\nbases:\n  resnet50: {label: R, path: [nosuch]}\n",
      "my_roadmap.yaml: bases.resnet50.path: nosuch: not in its steps, nor a built-in step"),
     ("steps: {}\nbases:\n  resnet50: {label: R}\n", "my_roadmap.yaml: bases.resnet50.path: missing"),
+    ("steps: {se: {about: x}}\nbases:\n  resnet50: {label: R, path: [se]}\n", "my_roadmap.yaml: steps.se.label: missing"),
+    ("bases:\n  resnet50: {label: R, path: se}\n", "my_roadmap.yaml: bases.resnet50.path: got 'se', expected a list"),
 ])
 def test_a_bad_roadmap_file_is_one_line(se, capsys, text, words):
     (se / "my_roadmap.yaml").write_text(text)
     assert main(["steps", "--roadmap", "my_roadmap.yaml"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err, err
+
+
+def test_extras_add_up_over_the_patches_and_null_removes_them(se):
+    # grn's extras, then se.yaml's: ConvNeXt V2-T with SE, not SE alone (every other list is replaced whole)
+    cfg = resolve_config("grn", patches=["./se.yaml"])
+    assert [(e.at, e.module) for e in cfg.block.extras] == [("conv2", "grn"), ("conv3", "my_layers:SqueezeExcite")]
+    assert resolve_config("grn", patches=["./se.yaml", "./se.yaml"]).block.extras == cfg.block.extras  # not twice
+    assert resolve_config("grn", overrides=["block.extras=null"]).block.extras == []
+
+
+def test_a_carried_module_is_imported_as_a_module_is(se):
+    # dataclasses (and pickle) look a class's module up in sys.modules while the module runs
+    (se / "my_layers.py").write_text(SE + textwrap.dedent('''
+        import dataclasses
+
+        @dataclasses.dataclass
+        class Options:
+            ratio: float = 0.25
+    '''))
+    assert count_params(build_model(resolve_config(patches=["./se.yaml"]))) > 0
+
+
+def test_an_error_names_the_key_of_the_layer_that_failed_not_another_naming_the_same(se, capsys):
+    (se / "two.yaml").write_text("block:\n  extras:\n    - {at: conv3, module: 'my_layers:SqueezeExcite'}\n"
+                                 "    - {at: conv2, module: 'my_layers:SqueezeExcite', args: {ration: 1}}\n")
+    assert main(["flops", "--patch", "./two.yaml"]) == 2
+    assert "two.yaml: block.extras[1].module: my_layers:SqueezeExcite: raised TypeError" in capsys.readouterr().err
+
+
+def test_two_files_of_one_module_name_are_refused(se, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "my_layers.py").write_text(SE.replace("0.25", "0.5"))
+    (other / "norm.yaml").write_text("head:\n  norm: 'my_layers:SqueezeExcite'\n")
+    assert main(["show", "--patch", "./se.yaml", "--patch", str(other / "norm.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is another my_layers.py than the one beside" in err, err
+    assert "se.yaml" in err and "norm.yaml" in err

@@ -12,7 +12,7 @@ from .geometry import LAYOUTS
 from .imports import Layers
 from .layers import conv
 
-BUILT_IN = Layers()  # the built-in norms and activations only
+BUILT_IN = Layers()  # a block built alone, outside a network, names no layer of the user's
 
 
 class Block(nn.Module):
@@ -38,8 +38,8 @@ class Block(nn.Module):
                 self.add_module(f"conv{i}", conv(c, c_out, kernel_size, stride, g, norm_after=norm_here))
             else:
                 self.add_module(f"conv{i}", conv(c, c_out, 1, norm_after=norm_here))
-            self.add_module(f"norm{i}", layers.norm(norm_here, c_out))
-            self.add_module(f"act{i}", layers.act(act if f"conv{i}" in act_at else "none"))
+            self.add_module(f"norm{i}", layers.norm(norm_here, c_out, "block.norm"))
+            self.add_module(f"act{i}", layers.act(act if f"conv{i}" in act_at else "none", "block.act"))
             self.add_module(f"extra{i}", nn.Sequential(*[make(c_out) for at, make in extras if at == f"conv{i}"]))
             c = c_out
         self.gamma = nn.Parameter(torch.full((c,), layer_scale)) if layer_scale is not None else None
@@ -47,16 +47,17 @@ class Block(nn.Module):
         if stride != 1 or c_in != c:
             self.shortcut = nn.Sequential(OrderedDict(
                 conv=conv(c_in, c, shortcut_kernel, stride, norm_after=shortcut_norm),
-                norm=layers.norm(shortcut_norm, c),
+                norm=layers.norm(shortcut_norm, c, "downsample.norm"),
             ))
         else:
             self.shortcut = nn.Identity()
-        self.act_out = layers.act(act if "output" in act_at else "none")
+        self.act_out = layers.act(act if "output" in act_at else "none", "block.act")
         self.out_channels = c
         # the shortcut added into the branch's output in place (as timm's ResNet blocks do: a tensor less per block,
         # ~3% of a CPU training step), where no backward needs that output: not after an in-place ReLU, which keeps it,
-        # nor after a module of the user's, which may
-        self.add_in_place = (isinstance(self.act3, nn.Identity) and not len(self.extra3)) or layer_scale is not None
+        # nor after a module of the user's (an extra, or a norm named as module:attr), which may
+        users_last = len(self.extra3) > 0 or (":" in norm and "conv3" in norm_at)
+        self.add_in_place = (isinstance(self.act3, nn.Identity) and not users_last) or layer_scale is not None
 
     def zero_init_last(self) -> None:
         """The scale of the branch's last norm to zero, where it has one (timm's ResNet: bn3). Where the branch ends

@@ -32,23 +32,25 @@ def _carried(name: str, entry) -> types.ModuleType:
     if private not in sys.modules:
         module = types.ModuleType(private)
         module.__file__ = f"<{name}.py, sha256 {entry.sha256[:12]}>"
-        exec(compile(entry.source, module.__file__, "exec"), module.__dict__)  # noqa: S102 - the user's own layer
-        sys.modules[private] = module
+        sys.modules[private] = module  # first, as an import does: dataclasses and pickle look the module up there
+        try:
+            exec(compile(entry.source, module.__file__, "exec"), module.__dict__)  # noqa: S102 - the user's layer
+        except BaseException:
+            del sys.modules[private]
+            raise
     return sys.modules[private]
 
 
 class Layers:
     """Makes the layers of one config. Built-ins by name; `module:attr` imported from the config's `code` (a module
-    the user wrote beside the YAML) or else from sys.path. `made` lists each module made from a `module:attr` with
-    the key that named it, so that a check can say which key a failing layer came from."""
+    the user wrote beside the YAML) or else from sys.path. Each is asked for with the config key that names it, and
+    `made` lists each module made from a `module:attr` with that key, so that a check can say which key failed."""
 
     def __init__(self, cfg=None):
         self.code = getattr(cfg, "code", None) or {}
-        self.keys = {ref: key for key, ref in reversed(import_refs(cfg.model_dump()).items())} if cfg else {}
         self.made: list[tuple[nn.Module, str]] = []
 
-    def resolve(self, ref: str) -> Callable:
-        key = self.keys.get(ref, "?")
+    def resolve(self, ref: str, key: str) -> Callable:
         name, attr = ref.split(":", 1)
         try:
             obj: Any = _carried(name, self.code[name]) if name in self.code else importlib.import_module(name)
@@ -60,10 +62,9 @@ class Layers:
             raise UserLayerError(key, ref, f"is a {type(obj).__name__}, not a callable that makes a module")
         return obj
 
-    def _make(self, ref: str, *args, **kwargs) -> nn.Module:
-        key = self.keys.get(ref, "?")
+    def _make(self, ref: str, key: str, *args, **kwargs) -> nn.Module:
         try:
-            module = self.resolve(ref)(*args, **kwargs)
+            module = self.resolve(ref, key)(*args, **kwargs)
         except UserLayerError:
             raise
         except Exception as e:  # noqa: BLE001 - the user's constructor: its own words
@@ -73,15 +74,15 @@ class Layers:
         self.made.append((module, key))
         return module
 
-    def norm(self, kind: str, channels: int) -> nn.Module:
-        return self._make(kind, channels) if ":" in kind else make_norm(kind, channels)
+    def norm(self, kind: str, channels: int, key: str) -> nn.Module:
+        return self._make(kind, key, channels) if ":" in kind else make_norm(kind, channels)
 
-    def act(self, kind: str) -> nn.Module:
-        return self._make(kind) if ":" in kind else make_act(kind)
+    def act(self, kind: str, key: str) -> nn.Module:
+        return self._make(kind, key) if ":" in kind else make_act(kind)
 
     def extra(self, module: str, channels: int, args: dict, key: str) -> nn.Module:
         if ":" in module:
-            return self._make(module, channels, **args)
+            return self._make(module, key, channels, **args)
         try:
             return EXTRAS[module](channels, **args)
         except TypeError as e:  # an argument it does not take
@@ -109,9 +110,10 @@ def probe(cfg, img_size: int = 64) -> None:
             x = args[0] if args else None
             if not isinstance(out, torch.Tensor) or x is None or out.shape != x.shape:
                 got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                raise UserLayerError(key, _ref(model.layers, key), f"returned {got} for an input of "
-                                     f"{tuple(x.shape)}: the network needs the shape kept")
+                raise UserLayerError(key, refs[key], f"returned {got} for an input of {tuple(x.shape)}: the "
+                                     f"network needs the shape kept")
 
+        refs = import_refs(cfg.model_dump())
         for module, key in model.layers.made:
             module.register_forward_pre_hook(lambda m, a, key=key: before(m, a, key))
             module.register_forward_hook(lambda m, a, o, key=key: after(m, a, o, key))
@@ -123,9 +125,4 @@ def probe(cfg, img_size: int = 64) -> None:
         except Exception as e:  # noqa: BLE001 - inside a layer of the user's: its own words, with its key
             if not current:
                 raise
-            raise UserLayerError(current[-1], _ref(model.layers, current[-1]),
-                                 f"raised {type(e).__name__}: {e}") from None
-
-
-def _ref(layers: Layers, key: str) -> str:
-    return next((ref for ref, k in layers.keys.items() if k == key), "?")
+            raise UserLayerError(current[-1], refs[current[-1]], f"raised {type(e).__name__}: {e}") from None

@@ -21,8 +21,8 @@ def make_stem(cfg: Config, layers: Layers) -> nn.Sequential:
     width = stem_width(cfg)
     return nn.Sequential(OrderedDict(
         conv=conv(3, width, s.kernel_size, s.stride, norm_after=s.norm),
-        norm=layers.norm(s.norm, width),
-        act=layers.act(s.act),
+        norm=layers.norm(s.norm, width, "stem.norm"),
+        act=layers.act(s.act, "stem.act"),
         pool=nn.MaxPool2d(3, 2, padding=1) if s.pool == "max" else nn.Identity(),
     ))
 
@@ -30,7 +30,7 @@ def make_stem(cfg: Config, layers: Layers) -> nn.Sequential:
 def make_downsample(c_in: int, c_out: int, norm: str, kernel_size: int, layers: Layers) -> nn.Sequential:
     """A separate downsampling layer between stages: norm, then a stride-2 conv."""
     return nn.Sequential(OrderedDict(
-        norm=layers.norm(norm, c_in),
+        norm=layers.norm(norm, c_in, "downsample.norm"),
         conv=conv(c_in, c_out, kernel_size, stride=2),
     ))
 
@@ -54,7 +54,7 @@ class Head(nn.Module):
         built_in = {"batchnorm": lambda: nn.BatchNorm1d(c_in), "layernorm": lambda: nn.LayerNorm(c_in, eps=1e-6),
                     "none": nn.Identity}
         self.nchw = norm not in built_in
-        self.norm = layers.norm(norm, c_in) if self.nchw else built_in[norm]()
+        self.norm = layers.norm(norm, c_in, "head.norm") if self.nchw else built_in[norm]()
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(c_in, num_classes)
 
