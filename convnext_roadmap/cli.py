@@ -149,6 +149,7 @@ def cmd_flops(args) -> None:
         ref = paper.row(args.base, v.name)
         rows.append({"step": v.name, "label": v.label, "paper_gflops": ref["paper_gflops"] if ref else None,
                      "gflops": round(ours["gflops"], 3), "gflops_fvcore": round(ours["gflops_fvcore"], 3),
+                     "paper_params_m": ref["paper_params_m"] if ref else None,
                      "params_m": round(ours["params"] / 1e6, 3), **paper.check_flops(ours["gflops"], ref)})
     _print_frame(pd.DataFrame(rows), args.format)
 
