@@ -101,6 +101,9 @@ def test_a_layer_of_ones_own_trains_under_the_local_executor(se, tmp_path, capsy
     (se / "my_layers.moved").rename(se / "my_layers.py")
     summary = json.loads((tmp_path / "r" / "e" / "resnet50+se" / "seed0" / "summary.json").read_text())
     assert summary["status"] == "completed"
+    # the row's network at 224²: ResNet-50's 25,557,032 parameters and the SE layers' (hand-counted above)
+    assert summary["params"] == 25_557_032 + 10_078_656
+    assert abs(summary["gflops_224"] - (4.089 + 0.010059776)) < 1e-3
     config = (tmp_path / "r" / "e" / "resnet50+se" / "seed0" / "config.yaml").read_text()
     assert "class SqueezeExcite" in config  # the source the job imported, recorded with its digest
     (se / "my_layers.py").write_text(SE.replace("ratio=0.25", "ratio=0.5"))
