@@ -1,5 +1,5 @@
 """data/augment.py: every RandAugment op on tensors computes what timm's PIL op computes; a training batch is
-cropped, flipped and augmented as timm's transforms would, as uint8, then normalized and erased on the device."""
+cropped, flipped and augmented as timm's transforms would (as uint8 for a GPU run), normalized and erased."""
 
 import random
 
@@ -45,19 +45,17 @@ def test_each_rand_augment_op_matches_timms(name, increasing):
             assert (ours - expected).abs().mean() < 0.6 and (ours - expected).abs().max() < 1.5
 
 
-def test_a_training_batch_is_augmented_as_uint8_and_erased_on_the_device(synthetic):
+def test_a_training_batch_is_augmented_and_erased(synthetic):
     data = proxy_data(synthetic, "data.random_erasing=1.0")
     train, _ = load_splits(data.source)
     images, targets, _ = decode(train, stored_size(data))
-    x = BatchAugment(data)(images[:16], torch.Generator().manual_seed(0))
-    assert x.shape == (16, 3, 32, 32) and x.dtype == torch.uint8  # a quarter of float32's bytes to copy
+    x = BatchAugment(data, uint8=True)(images[:16], torch.Generator().manual_seed(0))
+    assert x.shape == (16, 3, 32, 32) and x.dtype == torch.uint8  # a GPU run's: a quarter of float32's bytes to copy
     erased = epoch_batches(resolve_config(recipe="cpu_proxy", data=data.source, overrides=["data.random_erasing=1.0"]))
     plain = epoch_batches(resolve_config(recipe="cpu_proxy", data=data.source, overrides=["data.random_erasing=0.0"]))
     assert all(b.dtype == torch.float32 for b in erased)
     changed = torch.cat([(a != b).any((1, 2, 3)) for a, b in zip(erased, plain)])
     assert changed.sum() >= 0.75 * len(changed)  # erasing on (nearly) every image: a box of noise
-    mean, std = torch.tensor(data.mean).view(1, 3, 1, 1), torch.tensor(data.std).view(1, 3, 1, 1)
-    assert all(((b * std + mean) * 255).sub(((b * std + mean) * 255).round()).abs().max() < 1e-3 for b in plain)
 
 
 def test_a_crop_of_the_whole_image_is_the_image_or_its_mirror(synthetic):
@@ -66,7 +64,7 @@ def test_a_crop_of_the_whole_image_is_the_image_or_its_mirror(synthetic):
     data = proxy_data(synthetic, "data.crop_scale=[1.0, 1.0]", "data.auto_augment=null", "data.random_erasing=0.0")
     train, _ = load_splits(data.source)
     images, _, _ = decode(train, stored_size(data))
-    x = BatchAugment(data)(images[:32], torch.Generator().manual_seed(3))
+    x = BatchAugment(data, uint8=True)(images[:32], torch.Generator().manual_seed(3))
     x, plain = x.float(), images[:32].float()
     same = (x - plain).abs().amax((1, 2, 3)) < 1  # resampled at the same size, rounded to integers
     mirrored = (x - plain.flip(3)).abs().amax((1, 2, 3)) < 1

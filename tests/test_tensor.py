@@ -66,9 +66,10 @@ def test_a_gpu_runs_batches_are_uint8_pinned_in_the_prefetch_thread(synthetic, t
         return t
 
     monkeypatch.setattr(torch.Tensor, "pin_memory", pin_memory)
-    loader = TensorLoader(images, targets, 8, EpochSampler(len(images), 0), 0, augment=BatchAugment(data), pin=True)
+    loader = TensorLoader(images, targets, 8, EpochSampler(len(images), 0), 0, augment=BatchAugment(data, uint8=True),
+                          pin=True)
     batches = list(loader)
     assert len(batches) == 60 // 8 and all(x.dtype == torch.uint8 for x, _ in batches)
     assert pinned_in == [(False, torch.uint8), (False, torch.int64)] * len(batches)
-    unpinned = TensorLoader(images, targets, 8, EpochSampler(len(images), 0), 0, augment=BatchAugment(data))
+    unpinned = TensorLoader(images, targets, 8, EpochSampler(len(images), 0), 0, augment=BatchAugment(data, uint8=True))
     assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, unpinned)) and len(pinned_in) == 2 * len(batches)

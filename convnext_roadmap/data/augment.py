@@ -1,6 +1,6 @@
 """Augmentation of batches as tensors: timm's random-resized crop, flip and RandAugment of whole uint8 batches on
-the CPU (the tensor pipeline's), and both pipelines' last stage on the device — normalizing and random erasing,
-each sample with its own draws from `order.batch_generator`."""
+the CPU (the tensor pipeline's), and the last stage of a batch made for another device — the copy, normalizing and
+random erasing there — each sample with its own draws from `order.batch_generator`."""
 
 from __future__ import annotations
 
@@ -60,13 +60,17 @@ GEOMETRIC = {"Rotate": _rotate, "ShearX": lambda m, s: _shear(m, s, 0), "ShearY"
 
 
 class BatchAugment:
-    """uint8 batches (B×3×S×S) → uint8 batches (B×3×img×img), cropped, flipped and RandAugment-ed, each sample with
-    its own draws: what timm's transforms give its prefetcher (normalizing and erasing are `DeviceBatches`')."""
+    """uint8 batches (B×3×S×S) → cropped, flipped and RandAugment-ed batches (B×3×img×img), each sample with its own
+    draws. `uint8`: as uint8, what timm's transforms give its prefetcher (for a GPU run: `DeviceBatches` normalizes
+    and erases there); else normalized and randomly erased here, where a CPU run trains."""
 
-    def __init__(self, data_cfg):
+    def __init__(self, data_cfg, uint8: bool = False):
         d = data_cfg
         self.size, self.scale, self.mode = d.img_size, tuple(d.crop_scale), d.interpolation
+        self.uint8, self.erasing = uint8, d.random_erasing
         self.rand = parse_rand_augment(d.auto_augment) if d.auto_augment else None
+        self.mean = torch.tensor(d.mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(d.std).view(1, 3, 1, 1)
         self.fill = torch.tensor([round(m * 255) for m in d.mean]).view(1, 3, 1, 1).float()  # timm's img_mean
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -76,7 +80,10 @@ class BatchAugment:
         x = F.grid_sample(x, grid, mode=self.mode, padding_mode="border", align_corners=False).clamp(0, 255)
         if self.rand is not None:
             x = self._rand_augment(x, g)
-        return x.round_().clamp_(0, 255).to(torch.uint8)  # a PIL image's integers, a quarter of float32's bytes
+        if self.uint8:
+            return x.round_().clamp_(0, 255).to(torch.uint8)  # a PIL image's integers, a quarter of float32's bytes
+        x = (x / 255 - self.mean) / self.std
+        return erase(x, self.erasing, g) if self.erasing > 0 else x
 
     def _crop_and_flip(self, n: int, side: int, g: torch.Generator) -> torch.Tensor:
         """timm's RandomResizedCrop draws (area in scale, log-uniform ratio in [3/4, 4/3], the first of 10 tries

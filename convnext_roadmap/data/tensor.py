@@ -6,9 +6,9 @@ from that square, so for non-square images, or crop_pct < 1, they never reach th
 whole image would. For the synthetic set (square, crop_pct 1) the two are the same.
 
 The per-image path (pil.py) spends more time in PIL than a small proxy network spends training; here a batch of
-64 costs a few milliseconds. Batches leave here as uint8 (pinned on a GPU run) and are normalized and randomly
-erased on the device by `augment.DeviceBatches`, as the per-image path's are. Its order and draws are `order`'s, so
-seed k of every step sees the same crops, flips, ops and erasures.
+64 costs a few milliseconds. For a GPU run, batches leave here as uint8, pinned, and are normalized and randomly
+erased on the GPU by `augment.DeviceBatches`, as the per-image path's are; a CPU run's are normalized and erased
+here. Its order and draws are `order`'s, so seed k of every step sees the same crops, flips, ops and erasures.
 """
 
 from __future__ import annotations
@@ -101,10 +101,13 @@ class TensorLoader:
 
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int, sampler, seed: int,
                  augment: BatchAugment | None = None, crop: int | None = None, drop_last: bool = True,
-                 pin: bool = False, rank: int = 0):
+                 pin: bool = False, rank: int = 0, mean=None, std=None):
         self.images, self.targets, self.batch_size, self.sampler = images, targets, batch_size, sampler
         self.seed, self.augment, self.crop, self.drop_last, self.pin = seed, augment, crop, drop_last, pin
         self.rank = rank  # each DDP rank draws its own augmentations
+        # evaluation crops normalized here (a CPU run), or left uint8 for the device to normalize (a GPU run)
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1) if mean is not None else None
+        self.std = torch.tensor(std).view(1, 3, 1, 1) if std is not None else None
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -124,6 +127,8 @@ class TensorLoader:
             side, c = x.shape[-1], self.crop
             top = int(round((side - c) / 2))
             x = x[:, :, top:top + c, top:top + c].contiguous()
+            if self.mean is not None:
+                x = (x.float() / 255 - self.mean) / self.std
         y = self.targets[idx]
         return (x.pin_memory(), y.pin_memory()) if self.pin else (x, y)
 
@@ -145,8 +150,8 @@ class TensorLoader:
 
 def tensor_loaders(data_cfg, train_split: Split, val_split: Split, train_batch: int, eval_batch: int, seed: int,
                    rank: int, world: int, skipped: SkippedImages, device: torch.device = torch.device("cpu")):
-    """(train, val) loaders of the decoded set, their batches normalized (and the training ones erased) on
-    `device`; on a GPU, each uint8 batch is made and pinned in a thread ahead of its use."""
+    """(train, val) loaders of the decoded set, their batches normalized (and the training ones erased): on the CPU
+    as they are made; on a GPU, each made as uint8 and pinned in a thread ahead of its use, then on the GPU."""
     size, resample = stored_size(data_cfg), data_cfg.interpolation
     images, targets, unreadable = cached(train_split, size, resample)
     val_images, val_targets, val_unreadable = cached(val_split, size, resample)
@@ -155,10 +160,13 @@ def tensor_loaders(data_cfg, train_split: Split, val_split: Split, train_batch: 
         raise RoadmapError(f"{path}: {why}: a validation image must be readable (training images are skipped)")
     for line in unreadable if rank == 0 else []:  # every rank decodes the same files
         skipped.add(*line.split("\t", 1))
-    pin = device.type == "cuda"
+    gpu = device.type == "cuda"
     train = TensorLoader(images, targets, train_batch, EpochSampler(len(images), seed, rank, world), seed,
-                         augment=BatchAugment(data_cfg), pin=pin, rank=rank)
+                         augment=BatchAugment(data_cfg, uint8=gpu), pin=gpu, rank=rank)
+    normalized = {} if gpu else {"mean": data_cfg.mean, "std": data_cfg.std}
     val = TensorLoader(val_images, val_targets, eval_batch, EvalShard(len(val_images), rank, world), seed,
-                       crop=data_cfg.img_size, drop_last=False, pin=pin)
+                       crop=data_cfg.img_size, drop_last=False, pin=gpu, **normalized)
+    if not gpu:  # a CPU run trains where the batch is made: no copy to overlap, normalized and erased here
+        return train, val
     return (DeviceBatches(train, data_cfg, device, seed, rank, data_cfg.random_erasing),
             DeviceBatches(val, data_cfg, device))
