@@ -228,7 +228,8 @@ def cmd_run(args) -> int:
     exp_dir = _results_root(args) / (args.experiment or f"{args.base}-{Path(str(args.recipe)).stem}")
     # the launch's own flags before the executor's options are read: --wait with an executor that has nothing to
     # wait for says so first (preflight.check asks again, for the Python API's callers)
-    preflight.check_log_flags(args.log, args.log_every_steps)
+    wandb = {k: v for k, v in (("project", args.wandb_project), ("entity", args.wandb_entity)) if v}
+    preflight.check_log_flags(args.log, args.log_every_steps, wandb)
     preflight.check_wait(registry()[args.executor], args.wait, args.timeout_wait)
     flags = dict.fromkeys(name for cls in registry().values() for name in cls.Options.model_fields)
     executor = make(args.executor, exp_dir, {name: getattr(args, name) for name in flags})
@@ -240,7 +241,7 @@ def cmd_run(args) -> int:
     return launch.run(variants, list(range(first, first + args.seeds)), exp_dir, executor, base=args.base,
                       recipe=str(args.recipe), device=args.device, force=args.force, dry_run=args.dry_run,
                       wait=args.wait, timeout_wait=args.timeout_wait, log=args.log,
-                      log_every_steps=args.log_every_steps)
+                      log_every_steps=args.log_every_steps, wandb=wandb)
 
 
 def _experiment(args) -> Path:
@@ -416,10 +417,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timm models to train (comma list); without --upto/--steps, only those")
     p.add_argument("--pretrained", nargs="?", const="true", metavar="FILE",
                    help="start from pretrained weights: timm's hub, or a local .safetensors/.pth file")
-    p.add_argument("--log", choices=["tensorboard"], help="also write TensorBoard scalars into each run's folder")
+    p.add_argument("--log", action="append", choices=["tensorboard", "wandb"], default=[],
+                   help="also send each run's scalars to TensorBoard (its folder) or Weights & Biases; give twice "
+                        "for both")
     p.add_argument("--log-every-steps", type=positive, metavar="STEPS",
                    help=f"with --log: a training-loss point every this many optimizer steps (default "
                         f"{TENSORBOARD_EVERY_STEPS}; train.log_every spaces the progress lines, in batches)")
+    p.add_argument("--wandb-project", metavar="NAME",
+                   help="with --log wandb: the W&B project (default: WANDB_PROJECT, else convnext-roadmap)")
+    p.add_argument("--wandb-entity", metavar="NAME", help="with --log wandb: the W&B entity (default: WANDB_ENTITY)")
     _executor_flags(p)
     p.set_defaults(func=cmd_run)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-TENSORBOARD_EVERY_STEPS = 50  # optimizer steps between TensorBoard's training-loss points (`--log-every-steps`)
+TENSORBOARD_EVERY_STEPS = 50  # optimizer steps between the trackers' training-loss points (`--log-every-steps`)
 
 
 @dataclass
@@ -20,5 +20,6 @@ class Job:
     stop_after: int | None = None  # end this call after that many epochs, leaving a checkpoint (time budgets)
     meta: dict = field(default_factory=dict)  # recorded in the summary: step label, base, experiment
     measures: dict = field(default_factory=dict)  # FLOPs and params as the plan counted them, for the summary
-    tensorboard: bool = False  # TensorBoard scalars in the run folder: per epoch, and every log_every_steps steps
+    log: tuple[str, ...] = ()  # trackers (`--log`: tensorboard, wandb): per epoch, and every log_every_steps steps
     log_every_steps: int = TENSORBOARD_EVERY_STEPS
+    wandb: dict = field(default_factory=dict)  # W&B's project and entity, where flags named them

@@ -4,7 +4,7 @@ an executor, wait, report."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from . import plan, preflight, report, results
 from .executors import Executor, records
@@ -14,16 +14,19 @@ from .roadmap import Variant
 
 def run(variants: list[Variant], seeds: list[int], experiment_dir: Path, executor: Executor, *, base: str,
         recipe: str, device: str = "auto", force: bool = False, dry_run: bool = False, wait: bool = False,
-        timeout_wait: float | None = None, log: str | None = None, log_every_steps: int | None = None) -> int:
+        timeout_wait: float | None = None, log: Sequence[str] = (), log_every_steps: int | None = None,
+        wandb: dict | None = None) -> int:
     """Train the variants × seeds that are not done yet; return the exit code of this request: 1 when one of its
     runs failed, else 0 (every run finished, submitted without waiting, or left to another live launch that
     holds it)."""
     classes = preflight.check(variants, executor, device=device, seeds=len(seeds), wait=wait,
-                              timeout_wait=timeout_wait, log=log, log_every_steps=log_every_steps)
+                              timeout_wait=timeout_wait, log=log, log_every_steps=log_every_steps,
+                              wandb=wandb)
     measures = plan.complexities(variants, classes)
     jobs = plan.make_jobs(variants, seeds, experiment_dir, device,
                           {"base": base, "experiment": experiment_dir.name, "recipe": recipe}, measures,
-                          tensorboard=log == "tensorboard", log_every_steps=log_every_steps or TENSORBOARD_EVERY_STEPS)
+                          log=tuple(dict.fromkeys(log)), log_every_steps=log_every_steps or TENSORBOARD_EVERY_STEPS,
+                          wandb=wandb or {})
     now = records.standing(experiment_dir, jobs, scheduler_may_be_silent=dry_run)
     for note in now.notes:
         print(f"! {note}", flush=True)

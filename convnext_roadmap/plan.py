@@ -30,7 +30,7 @@ def complexities(variants: list[Variant], num_classes: int) -> dict[str, dict]:
 
 def make_jobs(variants: list[Variant], seeds: list[int], experiment_dir: Path, device: str, meta: dict,
               measures: dict[str, dict], **options) -> list[Job]:
-    """One job per (variant, seed); `options` are Job fields shared by all (tensorboard, log_every_steps)."""
+    """One job per (variant, seed); `options` are Job fields shared by all (log, log_every_steps, wandb)."""
     return [Job(run_dir=str(results.run_dir(experiment_dir, v.name, seed)), name=v.name, cfg=v.cfg.model_dump(),
                 seed=seed, device=device, meta={**meta, "label": v.label, "group": v.group},
                 measures=measures[v.name], **options)

@@ -5,6 +5,8 @@ runs it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .config import Config, RoadmapNet, TimmNet, import_refs
 from .errors import RoadmapError
 from .executors import Executor, registry
@@ -12,12 +14,13 @@ from .roadmap import Variant
 
 
 def check(variants: list[Variant], executor: Executor, *, device: str = "auto", seeds: int = 1, wait: bool = False,
-          timeout_wait: float | None = None, log: str | None = None, log_every_steps: int | None = None) -> int:
+          timeout_wait: float | None = None, log: Sequence[str] = (), log_every_steps: int | None = None,
+          wandb: dict | None = None) -> int:
     """Run every check on a request of `variants` × `seeds` for `executor`; return the training set's number of
     classes (the data is read here: a bad --data fails before anything is written)."""
     from .data import load_splits
 
-    check_log_flags(log, log_every_steps)
+    check_log_flags(log, log_every_steps, wandb)
     check_wait(type(executor), wait, timeout_wait)
     check_configs(variants)
     classes = len(load_splits(variants[0].cfg.data.source)[0].classes)
@@ -119,18 +122,25 @@ def check_wait(executor: type[Executor], wait: bool, timeout_wait: float | None)
         raise RoadmapError(f"{flag} is for --executor {' or '.join(waiting)}, not {executor.name}")
 
 
-def check_log_flags(log: str | None, log_every_steps: int | None) -> None:
-    """A step spacing asks for a tracker whose points it spaces."""
-    if log_every_steps is not None and log is None:
-        raise RoadmapError("--log-every-steps: only with --log tensorboard (what it spaces are TensorBoard's points)")
+def check_log_flags(log: Sequence[str], log_every_steps: int | None, wandb: dict | None = None) -> None:
+    """A step spacing asks for a tracker whose points it spaces; W&B's project or entity, for W&B."""
+    if log_every_steps is not None and not log:
+        raise RoadmapError("--log-every-steps: only with --log tensorboard or --log wandb (what it spaces are their "
+                           "points)")
+    for key in wandb or {}:
+        if "wandb" not in log:
+            raise RoadmapError(f"--wandb-{key}: only with --log wandb")
 
 
-def check_tracker_installed(log: str | None) -> None:
-    """The package of the tracker `--log` names is installed."""
-    if log != "tensorboard":
-        return
-    try:
-        import torch.utils.tensorboard  # noqa: F401
-    except ImportError:
-        raise RoadmapError("--log tensorboard: the tensorboard package is not installed "
-                           "(pip install 'convnext-roadmap[tensorboard]')") from None
+INSTALL = {"tensorboard": ("torch.utils.tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
+
+
+def check_tracker_installed(log: Sequence[str]) -> None:
+    """The package of each tracker `--log` names is installed."""
+    for name in log:
+        module, extra = INSTALL[name]
+        try:
+            __import__(module)
+        except ImportError:
+            raise RoadmapError(f"--log {name}: the {extra} package is not installed "
+                               f"(pip install 'convnext-roadmap[{extra}]')") from None

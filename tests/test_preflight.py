@@ -79,11 +79,14 @@ def test_a_step_spacing_needs_a_tracker_and_a_tracker_its_package(monkeypatch):
     from convnext_roadmap import RoadmapError
     from convnext_roadmap.preflight import check_log_flags, check_tracker_installed
 
-    check_log_flags(None, None)
-    check_log_flags("tensorboard", 10)
-    check_tracker_installed("tensorboard")
+    check_log_flags([], None)
+    check_log_flags(["tensorboard"], 10)
+    check_log_flags(["wandb"], 10, {"project": "p"})
+    check_tracker_installed(["tensorboard", "wandb"])
     with pytest.raises(RoadmapError, match="--log-every-steps: only with --log tensorboard"):
-        check_log_flags(None, 10)
+        check_log_flags([], 10)
+    with pytest.raises(RoadmapError, match="--wandb-entity: only with --log wandb"):
+        check_log_flags(["tensorboard"], None, {"entity": "me"})
     real = builtins.__import__
 
     def without_tensorboard(name, *args, **kwargs):
@@ -93,4 +96,4 @@ def test_a_step_spacing_needs_a_tracker_and_a_tracker_its_package(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", without_tensorboard)
     with pytest.raises(RoadmapError, match=r"pip install 'convnext-roadmap\[tensorboard\]'"):
-        check_tracker_installed("tensorboard")
+        check_tracker_installed(["tensorboard"])

@@ -242,11 +242,12 @@ class DeviceBatches:
         self.loader, self.device, self.seed, self.rank, self.erasing = loader, device, seed, rank, erasing
         self.mean = torch.tensor([255 * m for m in data_cfg.mean], device=device).view(1, 3, 1, 1)
         self.std = torch.tensor([255 * s for s in data_cfg.std], device=device).view(1, 3, 1, 1)
-        self.epoch, self.stream = 0, None
+        self.epoch, self.stream, self.start, self.position = 0, None, None, None
 
-    def set_epoch(self, epoch: int) -> None:
-        self.loader.set_epoch(epoch)
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, position: dict | None = None) -> None:
+        """The epoch to give, from its first batch or from `position` (a `position` of this loader's)."""
+        self.loader.set_epoch(epoch, position["loader"] if position else None)
+        self.epoch, self.start = epoch, position
 
     @property
     def sampler(self):
@@ -261,8 +262,14 @@ class DeviceBatches:
         return (erase(x, self.erasing, g, noise) if self.erasing > 0 else x), y
 
     def __iter__(self):
+        """The loader's batches, ready one ahead; after each, `position` says where the next begins (the loader's
+        position and the erasing streams' states when that batch was made)."""
         g = batch_generator(self.seed, self.epoch, self.rank, Purpose.ERASING_BOXES)
         noise = batch_generator(self.seed, self.epoch, self.rank, Purpose.ERASING_NOISE, self.device)
+        if self.start is not None:
+            g.set_state(self.start["boxes"])
+            noise.set_state(self.start["noise"])
+            self.start = None
         cuda = self.device.type == "cuda"
         if cuda and self.stream is None:  # one for the loader's life: the allocator pools memory per stream
             self.stream = torch.cuda.Stream(self.device)
@@ -273,13 +280,18 @@ class DeviceBatches:
                 self.stream.wait_stream(consumer)
             with torch.cuda.stream(self.stream) if cuda else nullcontext():
                 batch = self._ready(x, y, g, noise)
+            # the generators' states are CPU tensors, read without waiting for the device
+            after = {"loader": getattr(self.loader, "position", None), "boxes": g.get_state(),
+                     "noise": noise.get_state()}
             if pending is not None:
-                yield pending
+                self.position = pending[1]
+                yield pending[0]
             if cuda:
                 consumer = torch.cuda.current_stream(self.device)
                 consumer.wait_stream(self.stream)
                 for t in batch:  # made on the side stream, used on the consumer's
                     t.record_stream(consumer)
-            pending = batch
+            pending = batch, after
         if pending is not None:
-            yield pending
+            self.position = pending[1]
+            yield pending[0]

@@ -11,6 +11,10 @@ whatever the step, the executor, the number of loader workers, and before or aft
 - the same **draws of each batch** (the tensor pipeline's whole augmentation; the per-image pipeline's erasing
   boxes and their noise): a generator per (seed, e, rank) and `Purpose`, from `batch_generator`;
 
+A run stopped in the middle of an epoch goes on from its next batch with all of these as they were: each loader
+reports its `position` after the batch it last gave (its place, and its batch streams' states) and takes it back
+with `set_epoch(epoch, position)`; an image's draws depend on its place alone.
+
 and is **evaluated** on every image once: `eval_shard` gives rank r every w-th image from r, none repeated, so top-1
 and the loss summed over the ranks are the same under any number of processes.
 
@@ -20,6 +24,7 @@ here touches. The numbers below are those the runs have always used, under names
 
 from __future__ import annotations
 
+import itertools
 from enum import IntEnum
 
 import torch
@@ -79,24 +84,26 @@ class EpochSampler(torch.utils.data.Sampler):
 
 class ImageSeeds:
     """An EpochSampler whose indices come with their image's seed, (index, image_seed(…)): an image's draws are the
-    same whichever loader worker makes it, with any number of workers, persistent or not, and after a resume."""
+    same whichever loader worker makes it, with any number of workers, persistent or not, and after a resume.
+    `start`: the place the epoch goes on from (a run resumed in its middle); its length is still the epoch's."""
 
     def __init__(self, sampler: EpochSampler):
-        self.sampler = sampler
+        self.sampler, self.start = sampler, 0
 
     @property
     def rank(self) -> int:
         return self.sampler.rank
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.sampler.set_epoch(epoch)
+        self.start = start
 
     def __len__(self) -> int:
         return len(self.sampler)
 
     def __iter__(self):
         s = self.sampler
-        for place, index in enumerate(s):
+        for place, index in itertools.islice(enumerate(s), self.start, None):
             yield index, image_seed(s.seed, s.epoch, s.rank, place)
 
 

@@ -3,6 +3,7 @@ as uint8; normalized and randomly erased on the device the run trains on, as tim
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 
@@ -106,23 +107,29 @@ def eval_transform(data_cfg, uint8: bool = False):
 
 class EpochLoader(torch.utils.data.DataLoader):
     """A DataLoader of `order.ImageSeeds`: its order and its images' random draws come from (seed, epoch, rank),
-    the same on every run of that seed, whatever the network, and again after a resume."""
+    the same on every run of that seed, whatever the network, and again after a resume, also one in the middle of an
+    epoch (`position`: the batches given so far; its length stays the epoch's)."""
 
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)  # each DDP rank (sampler.rank) draws its own augmentations
+    first, position = 0, None  # the batch the epoch goes on from; where the last one given leaves it
+
+    def set_epoch(self, epoch: int, position: dict | None = None) -> None:
+        # each DDP rank (sampler.rank) draws its own augmentations; the draws of an image are its place's
+        self.first = position["batch"] if position else 0
+        self.sampler.set_epoch(epoch, self.first * self.batch_size)
 
     def __iter__(self):
-        if self.num_workers > 0:
-            yield from super().__iter__()
-            return
-        # In this process the draws reseed the global CPU generators, which the network draws from too (its init,
-        # drop path): they are put back after each batch.
         batches = super().__iter__()
-        while True:
-            with restored():
+        for i in itertools.count(self.first):
+            if self.num_workers > 0:
                 batch = next(batches, None)
+            else:
+                # In this process the draws reseed the global CPU generators, which the network draws from too (its
+                # init, drop path): they are put back after each batch.
+                with restored():
+                    batch = next(batches, None)
             if batch is None:
                 return
+            self.position = {"batch": i + 1}
             yield batch
 
 

@@ -108,10 +108,11 @@ class TensorLoader:
         # evaluation crops normalized here (a CPU run), or left uint8 for the device to normalize (a GPU run)
         self.mean = torch.tensor(mean).view(1, 3, 1, 1) if mean is not None else None
         self.std = torch.tensor(std).view(1, 3, 1, 1) if std is not None else None
-        self.epoch = 0
+        self.epoch, self.start, self.position = 0, None, None
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, position: dict | None = None) -> None:
+        """The epoch to give, from its first batch or from `position` (a `position` of this loader's)."""
+        self.epoch, self.start = epoch, position
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
 
@@ -120,6 +121,7 @@ class TensorLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def _batch(self, idx: torch.Tensor, g: torch.Generator):
+        """(images, targets, the augmentation stream's state after them)."""
         x = self.images[idx]
         if self.augment is not None:
             x = self.augment(x, g)
@@ -130,16 +132,30 @@ class TensorLoader:
             if self.mean is not None:
                 x = (x.float() / 255 - self.mean) / self.std
         y = self.targets[idx]
-        return (x.pin_memory(), y.pin_memory()) if self.pin else (x, y)
+        after = g.get_state() if self.augment is not None else None
+        return ((x.pin_memory(), y.pin_memory()) if self.pin else (x, y)), after
 
     def __iter__(self):
+        """The epoch's batches from its first, or from the position `set_epoch` gave; after each, `position` says
+        where the next begins: its index and the augmentation stream's state (made ahead, a batch has its own)."""
         order = torch.tensor(list(self.sampler), dtype=torch.long)
         g = batch_generator(self.seed, self.epoch, self.rank, Purpose.TENSOR_AUGMENT)
+        first = 0
+        if self.start is not None:
+            first = self.start["batch"]
+            if self.start.get("augment") is not None:
+                g.set_state(self.start["augment"])
+            self.start = None
         batches = [order[i:i + self.batch_size] for i in range(0, len(self) * self.batch_size, self.batch_size)]
         if not self.pin:
-            for idx in batches:
-                yield self._batch(idx, g)
-            return
+            made = (self._batch(idx, g) for idx in batches[first:])
+        else:
+            made = self._ahead(batches[first:], g)
+        for i, (batch, after) in enumerate(made, first):
+            self.position = {"batch": i + 1, "augment": after}
+            yield batch
+
+    def _ahead(self, batches: list, g: torch.Generator):
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(self._batch, batches[0], g) if batches else None
             for i in range(len(batches)):

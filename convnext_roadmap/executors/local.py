@@ -26,6 +26,7 @@ from .injob import CANCELLED, Queue
 from .records import last_error_line, mark_failed, outcome_line, record
 
 A_WEEK_MIN = 7 * 24 * 60
+STOP_GRACE_S = 120  # how long an interrupted launch waits for its workers to save their runs' places and end
 CONTROLLERS_LOG = "controllers.log"  # what submitit's controllers print (in `local/`)
 
 
@@ -122,8 +123,7 @@ class Local(Executor):
             results.record_jobs(self.experiment_dir, records)
             self._follow(order, records, handles, claims, queue, threads)
         except BaseException:  # interrupted (Ctrl-C, kill): the jobs started here end too; they resume next time
-            for handle in handles.values():
-                handle.cancel(check=False)
+            self._stop(handles, claims)
             raise
         finally:
             try:  # submitit's folder template, `%j` unexpanded, is left empty: each worker's logs are in its own
@@ -131,6 +131,23 @@ class Local(Executor):
             except OSError:
                 pass
         return records
+
+    def _stop(self, handles: dict, claims: Path) -> None:
+        """End the workers, each once its run has saved its place (`cancel`'s SIGTERM), waiting up to STOP_GRACE_S;
+        one still alive then is killed, its run resuming from its last checkpoint. Interrupted again, this returns
+        at once (the workers see their launch gone and end)."""
+        results.write_text(claims / CANCELLED, "")
+        live = [h for h in handles.values() if not h.done()]
+        print(f"stopping: {len(live)} worker(s) save their runs' places (up to {STOP_GRACE_S} s; interrupt again "
+              f"to stop at once)", file=sys.stderr, flush=True)
+        for handle in live:
+            _signal(str(handle.job_id), signal.SIGTERM)
+        deadline = time.time() + STOP_GRACE_S
+        while any(not h.done() for h in live) and time.time() < deadline:
+            time.sleep(0.2)
+        for handle in live:
+            if not handle.done():
+                _signal(str(handle.job_id), signal.SIGKILL)
 
     def _follow(self, order: list[Job], records: list[dict], handles: dict, claims: Path, queue,
                 threads: int) -> None:
@@ -211,20 +228,18 @@ class Local(Executor):
         given = {"OMP_NUM_THREADS": str(threads), CPUS_VAR: str(threads)}  # CPU threads; loader workers (auto)
         previous = {name: os.environ.get(name) for name in given}
         os.environ.update(given)
-        # a launch from a script's background ignores SIGINT, and its children would inherit that; but SIGINT is
-        # how a submitit controller is cancelled. A handler that does nothing is not inherited (exec resets it),
-        # so the controller starts with Python's own, and this process goes on ignoring Ctrl-C meanwhile.
-        ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
-        if ignored:
-            signal.signal(signal.SIGINT, lambda *_: None)
+        # the controller and its tasks ignore SIGINT (inherited through exec): a Ctrl-C at the terminal reaches the
+        # whole process group, and submitit's controller would answer it by killing its tasks a second later,
+        # before they could save. They are stopped with SIGTERM (`cancel`, `_stop`), which the controller passes
+        # on to its tasks, and a task takes Ctrl-C again while it trains a run (`train.interrupt`)
+        before = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             # the controller writes to the stderr it inherits: on a cancel or Ctrl-C, a KeyboardInterrupt traceback
             # of its own that is no run's error; into a log, not the terminal (each run's errors are in its logs)
             with _stderr_into(self.experiment_dir / "local" / CONTROLLERS_LOG):
                 return executor.submit(work)
         finally:
-            if ignored:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, before)
             for name, value in previous.items():
                 if value is None:
                     del os.environ[name]
@@ -254,15 +269,15 @@ class Local(Executor):
 
     @staticmethod
     def cancel(records: list[dict]) -> list[str]:
-        """Interrupt the workers of these runs (submitit's controller ends its tasks on SIGINT), once their queue
-        is marked cancelled: the launch that follows it must not start workers in their place."""
+        """Stop the workers of these runs (SIGTERM, which submitit's controller passes on to its tasks: each saves
+        its run's place at the end of its step and ends), once their queue is marked cancelled: the launch that
+        follows it must not start workers in their place."""
         for claims in {Path(r["claim"]).parent for r in records if r.get("claim")}:
             if claims.is_dir():
                 results.write_text(claims / CANCELLED, "")
         stopped = set()
         for w in {w for r in records for w in r.get("workers", [r["job_id"]])}:
-            if _controller_alive(w):
-                os.kill(int(w), signal.SIGINT)
+            if _signal(w, signal.SIGTERM):
                 stopped.add(w)
         return [r["job_id"] for r in records if stopped & set(r.get("workers", [r["job_id"]]))]
 
@@ -329,6 +344,17 @@ def _print_new_epochs(job: Job, shown: int) -> int:
         print(f"  {job.name} seed{job.seed}: epoch {m['epoch']}/{total}  loss {m['train_loss']:.3f}  "
               f"top-1 {m['top1']:.1f}%" + (f"  ({times})" if times else ""), flush=True)
     return max(shown, len(metrics))
+
+
+def _signal(pid: str, signum: int) -> bool:
+    """Send a live controller `signum`; whether it was alive."""
+    if not _controller_alive(pid):
+        return False
+    try:
+        os.kill(int(pid), signum)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _controller_alive(pid: str) -> bool:

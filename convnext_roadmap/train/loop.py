@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -109,19 +108,34 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
 
-    def train_epoch(self, epoch: int, progress, on_step=None, say=None) -> dict[str, float]:
+    def train_epoch(self, epoch: int, progress, on_step=None, say=None, place: dict | None = None, breaks=None,
+                    pause=None) -> dict[str, float]:
         """One pass over the training split: its mean loss, and its images per second (all processes, data
         loading included) as the table's throughput. Every `accum` micro-batches make one optimizer step; DDP
         all-reduces the gradients only on the last of them. Every `train.log_every` batches, `say` gets a progress
-        line; the host waits for the device only then and every SYNC_EVERY batches (the loss's check)."""
+        line; the host waits for the device only then and every SYNC_EVERY batches (the loss's check).
+
+        At each optimizer step's end but the epoch's last, `breaks` (`interrupt.Breaks`) may ask for the run's place
+        (this rank's: `pause(place, stop)`, which saves it and may end the run); `place`, such a place, resumes the
+        epoch there: its next batch, the loader's streams, the loss summed so far. A stop asked between the
+        micro-batches of one step waits for the step's end."""
+        from .interrupt import GO_ON, STOP
+
         self.model.train()
-        self.train_loader.set_epoch(epoch)
+        self.train_loader.set_epoch(epoch, place["loader"] if place else None)
+        if place:
+            self._load_buffers(place["buffers"])
         micro = len(self.train_loader)
-        total, count, start = torch.zeros((), device=self.device), 0, time.perf_counter()
+        first = place["batch"] if place else 0
+        total = torch.tensor(place["total"] if place else 0.0, device=self.device)  # float32, as it was summed
+        count, start = (place["count"] if place else 0), time.perf_counter()
+        before_s, waited = (place["train_s"], place["data_s"]) if place else (0.0, 0.0)
         self.optimizer.zero_grad(set_to_none=True)
-        waited, tick = 0.0, start
-        window = _Window(start, self.cuda, self.device)
-        for i, (x, y) in enumerate(self.train_loader):
+        tick, paused = start, 0.0
+        window = _Window(start, self.cuda, self.device, count * self.world, waited)
+        if first and not progress.disable:
+            progress.update(first)
+        for i, (x, y) in enumerate(self.train_loader, first):
             waited += time.perf_counter() - tick  # loading and augmenting, not overlapped with training
             x, y = self._to_device(x, y)
             if self.mixup is not None:
@@ -156,12 +170,32 @@ class Trainer:
             tick = time.perf_counter()
             if say is not None and (i + 1) % self.cfg.train.log_every == 0:
                 say(window.line(epoch, i + 1, micro, loss, lr, count * self.world, waited, tick))
-        seconds = time.perf_counter() - start
+            if last and breaks is not None and i + 1 < micro and (wish := breaks.at_step()) != GO_ON:
+                pause({"batch": i + 1, "loader": self.train_loader.position, "total": total.item(), "count": count,
+                       "train_s": before_s + tick - start - paused, "data_s": waited, "buffers": self._buffers()},
+                      wish == STOP)
+                paused += time.perf_counter() - tick  # the save is neither training nor waiting for data
+                tick = time.perf_counter()
+        seconds = before_s + time.perf_counter() - start - paused
         mean = self._reduce(total, count)  # the same on every rank: they stop together
         if not math.isfinite(mean):
             raise RuntimeError(f"the loss is {mean} in epoch {epoch + 1}")
         return {"train_loss": mean, "train_img_s": count * self.world / seconds, "train_s": seconds,
                 "data_s": waited}
+
+    def _buffers(self) -> dict:
+        """This rank's batch-norm statistics, of the model and its EMA: under DDP each rank's are its own images'
+        until evaluation takes their mean, so a checkpoint in an epoch's middle keeps every rank's."""
+        models = {"model": self.model, "ema": self.ema.module if self.ema is not None else None}
+        return {name: {k: v.detach().cpu().clone() for k, v in m.named_buffers()}
+                for name, m in models.items() if m is not None}
+
+    def _load_buffers(self, saved: dict) -> None:
+        models = {"model": self.model, "ema": self.ema.module if self.ema is not None else None}
+        for name, buffers in saved.items():
+            mine = dict(models[name].named_buffers())
+            for key, value in buffers.items():
+                mine[key].copy_(value)
 
     def _step(self) -> None:
         if self.scaler is not None:
@@ -207,8 +241,8 @@ class Trainer:
 class _Window:
     """The progress line's figures since the line before: images per second, the share spent waiting for data."""
 
-    def __init__(self, start: float, cuda: bool, device: torch.device):
-        self.time, self.images, self.waited, self.cuda, self.device = start, 0, 0.0, cuda, device
+    def __init__(self, start: float, cuda: bool, device: torch.device, images: int = 0, waited: float = 0.0):
+        self.time, self.images, self.waited, self.cuda, self.device = start, images, waited, cuda, device
 
     def line(self, epoch: int, batch: int, batches: int, loss, lr: float, images: int, waited: float,
              now: float) -> str:
@@ -227,23 +261,3 @@ def progress_bar(total: int, desc: str):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=not sys.stderr.isatty())
-
-
-class TensorBoard:
-    """TensorBoard scalars in the run folder, so that `tensorboard --logdir results/EXP` shows each run and seed."""
-
-    def __init__(self, folder: Path, every: int):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer, self.every = SummaryWriter(log_dir=str(folder)), every
-
-    def step(self, step: int, loss: torch.Tensor, lr: float) -> None:
-        if step % self.every == 0:
-            self.writer.add_scalar("step/train_loss", loss.item(), step)
-            self.writer.add_scalar("step/lr", lr, step)
-
-    def epoch(self, metrics: dict) -> None:
-        for key, value in metrics.items():
-            if key != "epoch" and isinstance(value, (int, float)):
-                self.writer.add_scalar(f"epoch/{key}", value, metrics["epoch"])
-        self.writer.flush()

@@ -17,7 +17,9 @@ from ..job import Job
 
 
 def summary(job: Job, cfg: Config, trainer, history: list[dict], best: float, wall: float, world: int,
-            skipped: int) -> dict:
+            skipped: int, resumes: list[dict] = ()) -> dict:
+    """The run's summary.json. `resumes`: each time it went on from a checkpoint (the epoch and batch it went on
+    from, of how many, and the seconds of training done after that checkpoint and lost)."""
     last = history[-1]
     later = history[1:] or history  # the first epoch warms up
     speeds = sorted(m["train_img_s"] for m in later)
@@ -39,7 +41,7 @@ def summary(job: Job, cfg: Config, trainer, history: list[dict], best: float, wa
         "channels_last": is_channels_last(trainer.model),
         "fused_optimizer": bool(trainer.optimizer.defaults.get("fused")),
         "processes": world, "hosts": hosts(world), "pretrained": cfg.train.pretrained, "notes": notes,
-        "skipped_images": skipped,
+        "skipped_images": skipped, "resumes": list(resumes),
         "wall_s": wall,
         "hardware": hardware(trainer.device), "git_commit": git_commit(), "versions": versions(),
         "classes": trainer.classes,

@@ -18,7 +18,9 @@ from ..errors import RoadmapError
 from ..job import Job
 from ..loading import to_yaml
 from . import provenance, state
-from .loop import TensorBoard, Trainer, progress_bar
+from .interrupt import Breaks
+from .loop import Trainer, progress_bar
+from .trackers import Trackers
 
 
 def run_job(job: Job) -> dict:
@@ -177,6 +179,12 @@ def _train(job: Job, out: Path, rank: int, world: int) -> dict:
     if cfg.train is None or cfg.data is None:
         raise RoadmapError(f"{job.name}: the config has no recipe (train and data sections)")
     device = train_device(job.device, world)
+    # a stop signal from here on waits for a step's end, or for the first (the data is read, the network built)
+    with Breaks(cfg.train.checkpoint_every_min, rank, world, device) as breaks:
+        return _train_with(job, cfg, out, rank, world, device, breaks)
+
+
+def _train_with(job: Job, cfg, out: Path, rank: int, world: int, device, breaks: Breaks) -> dict:
     t = cfg.train
     rng.seed_all(job.seed + rank)
     if rank == 0:
@@ -187,27 +195,58 @@ def _train(job: Job, out: Path, rank: int, world: int) -> dict:
     trainer = Trainer(cfg, job.seed, device, rank, world, skipped)
     for note in trainer.notes:
         _say(rank, f"  {note}")
-    history, best, start = [], -1.0, 0
+    batches = len(trainer.train_loader)
+    history, best, start, place, resumes = [], -1.0, 0, None, []
     checkpoint = out / "checkpoint.pt"
     if checkpoint.exists():
         saved, note = state.resume(trainer, checkpoint)
         history, best, start = saved["history"], saved["best_top1"], saved["epoch"] + 1
-        _say(rank, f"  resuming {job.name} seed{job.seed} after epoch {start}/{t.epochs}")
-        if note:
-            _say(rank, f"  {note}")
-    if rank == 0 and start == 0:
+        place, other_world = state.place(trainer, saved)
+        resumes = [*saved.get("resumes", []), {"epoch": start + 1, "batch": place["batch"] if place else 0,
+                                               "batches": batches, "lost_s": _lost_s(out, saved)}]
+        lost = f" ({resumes[-1]['lost_s']:.0f} s of training lost)" if resumes[-1]["lost_s"] is not None else ""
+        _say(rank, f"  resuming {job.name} seed{job.seed} " + (
+            f"in epoch {start + 1}/{t.epochs} at batch {place['batch']}/{batches}" if place else
+            f"after epoch {start}/{t.epochs}") + lost)
+        for line in (note, other_world):
+            if line:
+                _say(rank, f"  {line}")
+    if rank == 0 and start == 0 and place is None:
         _say(rank, f"  {job.name} seed{job.seed}: batch {t.batch_size} × {world} process(es) × {trainer.accum} "
                    f"accumulation step(s) = {trainer.effective_batch}"
                    f", lr {t.lr:g} × {trainer.effective_batch}/{t.base_batch_size} = {trainer.lr:.3g} "
                    f"(linear scaling), {len(trainer.classes)} classes, {device}")
-    board = TensorBoard(out, job.log_every_steps) if job.tensorboard and rank == 0 else None
+    trackers = Trackers(job.log if rank == 0 else (), out, job.log_every_steps, job=job,
+                        config=cfg.model_dump(mode="json"), **job.wandb)
+    alive = _Heartbeat(out if rank == 0 else None)
     started = time.time()
+
+    def on_step(step: int, loss, lr: float) -> None:
+        trackers.step(step, loss, lr)
+        alive.beat()
+
+    def pause(epoch: int, mine: dict, stop: bool) -> None:
+        """Every rank's place in `epoch` into the checkpoint; then, when the run stops there, its end."""
+        places, every_rng = state.gather(trainer, mine), state.streams(trainer)
+        if rank == 0:
+            saved = state.snapshot(trainer, epoch - 1, history, best, every_rng, places, resumes)
+            results.atomic_write(checkpoint, lambda f: torch.save(saved, f))
+            _say(rank, f"    saved in epoch {epoch + 1} at batch {mine['batch']}/{batches}" +
+                 (": the run stops, and resumes from there" if stop else ""))
+        breaks.saved()
+        if stop:
+            breaks.stop()
+
+    if breaks.agree_to_stop():  # asked before anything was trained: nothing to save
+        breaks.stop()
     try:
         for epoch in range(start, t.epochs):
-            tick = time.time()
-            with progress_bar(len(trainer.train_loader), f"{job.name} s{job.seed} {epoch + 1}/{t.epochs}") as bar:
-                trained = trainer.train_epoch(epoch, bar, board.step if board else None,
-                                              say=(bar.write if not bar.disable else _print) if rank == 0 else None)
+            tick, resumed_at = time.time(), place["batch"] if place else None
+            with progress_bar(batches, f"{job.name} s{job.seed} {epoch + 1}/{t.epochs}") as bar:
+                trained = trainer.train_epoch(
+                    epoch, bar, on_step, say=(bar.write if not bar.disable else _print) if rank == 0 else None,
+                    place=place, breaks=breaks, pause=lambda mine, stop, e=epoch: pause(e, mine, stop))
+            place = None
             metrics = {"epoch": epoch + 1, **trained, **trainer.evaluate(trainer.compiled),
                        "lr": trainer.optimizer.param_groups[0]["lr"], "epoch_s": time.time() - tick}
             if trainer.ema is not None:
@@ -221,22 +260,56 @@ def _train(job: Job, out: Path, rank: int, world: int) -> dict:
                         {"model": trainer.model.state_dict(), "epoch": epoch + 1, "classes": trainer.classes}, f))
                 # the checkpoint first: metrics.jsonl is rewritten from its history, so a crash between the two
                 # files never leaves a line that a resumed run would write again
-                saved = state.snapshot(trainer, epoch, history, best, every_rng)
+                saved = state.snapshot(trainer, epoch, history, best, every_rng, resumes=resumes)
                 results.atomic_write(checkpoint, lambda f: torch.save(saved, f))
                 results.write_text(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
-            if board is not None:
-                board.epoch(metrics)
+            breaks.saved()
+            trackers.epoch(metrics)
             _say(rank, f"    epoch {epoch + 1}/{t.epochs}  loss {trained['train_loss']:.3f}  "
-                       f"top-1 {metrics['top1']:.1f}%  top-5 {metrics['top5']:.1f}%  ({results.epoch_times(metrics)})")
+                       f"top-1 {metrics['top1']:.1f}%  top-5 {metrics['top5']:.1f}%  ({results.epoch_times(metrics)})"
+                       + (f"  resumed at batch {resumed_at}/{batches}" if resumed_at else ""))
+            if epoch + 1 < t.epochs and breaks.agree_to_stop():
+                breaks.stop()
             if job.stop_after is not None and epoch + 1 - start >= job.stop_after and epoch + 1 < t.epochs:
                 return {"status": "interrupted", "epoch": epoch + 1}
     finally:
-        if board is not None:
-            board.writer.close()
-    done = provenance.summary(job, cfg, trainer, history, best, time.time() - started, world, skipped.count())
+        trackers.close()
+    done = provenance.summary(job, cfg, trainer, history, best, time.time() - started, world, skipped.count(),
+                              resumes)
     if rank == 0:
         results.write_json(out / "summary.json", done)
     return done
+
+
+class _Heartbeat:
+    """The time of rank 0's last optimizer step, written every BEAT_S at most (HEARTBEAT in the run folder): how
+    much training a run that died without saving lost, its resume reads (`_lost_s`)."""
+
+    BEAT_S = 10.0
+
+    def __init__(self, out: Path | None):
+        self.path, self.last = (out / HEARTBEAT if out is not None else None), 0.0
+
+    def beat(self) -> None:
+        now = time.time()
+        if self.path is not None and now - self.last >= self.BEAT_S:
+            results.write_text(self.path, f"{now}\n")
+            self.last = now
+
+
+HEARTBEAT = "heartbeat"
+
+
+def _lost_s(out: Path, saved: dict) -> float | None:
+    """Seconds trained after the checkpoint's save by the attempt that ended (within _Heartbeat.BEAT_S), None for a
+    checkpoint of an earlier version."""
+    try:
+        last = float((out / HEARTBEAT).read_text())
+    except (OSError, ValueError):
+        last = None
+    if "saved_at" not in saved:
+        return None
+    return max(0.0, last - saved["saved_at"]) if last is not None else 0.0
 
 
 def _print(text: str) -> None:

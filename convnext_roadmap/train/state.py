@@ -1,9 +1,10 @@
 """A run's checkpoint: what a Trainer's state is (model, optimizer, schedule, EMA, fp16 loss scale, every rank's
-random streams), saved and restored. Read on the CPU, whatever the run trains on: what belongs on the device, the
+random streams, and in the middle of an epoch every rank's place in it), saved and restored. Read on the CPU, whatever the run trains on: what belongs on the device, the
 model and the optimizer put there themselves, and the random streams must stay CPU tensors."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -14,7 +15,11 @@ from .schedule import WarmupCosine
 
 def streams(trainer) -> list[dict]:
     """Every rank's random streams, in rank order (each rank calls this; rank 0 keeps the list)."""
-    mine = rng.get_state(trainer.device)
+    return gather(trainer, rng.get_state(trainer.device))
+
+
+def gather(trainer, mine):
+    """Every rank's `mine`, in rank order (each rank calls this; rank 0 keeps the list)."""
     if trainer.world == 1:
         return [mine]
     every: list = [None] * trainer.world
@@ -22,12 +27,29 @@ def streams(trainer) -> list[dict]:
     return every
 
 
-def snapshot(trainer, epoch: int, history: list[dict], best: float, every_rng: list[dict]) -> dict:
-    """Everything a resumed run needs to go on as if it had never stopped, after `epoch` (0-based)."""
+def snapshot(trainer, epoch: int, history: list[dict], best: float, every_rng: list[dict],
+             places: list[dict] | None = None, resumes: list[dict] = ()) -> dict:
+    """Everything a resumed run needs to go on as if it had never stopped: after epoch `epoch` (0-based, -1 for
+    none), or with `places` (every rank's `Trainer.train_epoch` place) in the middle of epoch `epoch + 1`; and the
+    run's resumes so far, for its summary."""
     return {"epoch": epoch, "history": history, "best_top1": best, "model": trainer.model.state_dict(),
             "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
             "ema": trainer.ema.state_dict() if trainer.ema is not None else None, "rng": every_rng,
-            "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None}
+            "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
+            "places": places, "resumes": list(resumes), "saved_at": time.time()}
+
+
+def place(trainer, saved: dict) -> tuple[dict | None, str | None]:
+    """This rank's place in the saved epoch (None at an epoch's end), and a line to say when the run cannot go on
+    from it (another number of processes: the epoch begins again, from the saved weights)."""
+    places = saved.get("places")
+    if not places:
+        return None, None
+    if len(places) == trainer.world:
+        return places[trainer.rank], None
+    return None, (f"the checkpoint was saved in the middle of epoch {saved['epoch'] + 2} by {len(places)} "
+                  f"process(es), this run has {trainer.world}: the epoch begins again from its first batch, with the "
+                  f"weights it had reached (not the run the checkpoint's would have been)")
 
 
 def resume(trainer, path: Path) -> tuple[dict, str | None]:
