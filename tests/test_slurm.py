@@ -227,20 +227,39 @@ def test_more_jobs_than_max_array_size_run_as_several_arrays(tmp_path, data):
     assert (pd.read_csv(tmp_path / "many" / "table.csv").seeds == f"{cap + 2}/{cap + 2}").all()
 
 
-def test_preempted_job_requeues_and_resumes(tmp_path, data):
+def test_a_time_out_signal_mid_epoch_saves_there_requeues_resumes_and_the_table_equals_a_straight_run(tmp_path):
+    # 120 images in batches of 2: 60 steps an epoch, so that the signal, sent once epoch 1 is written, finds the
+    # job in epoch 2's middle; the straight run trains on the cluster too (one thread a job: the same floats)
+    data = make_imagefolder(tmp_path / "data", per_class=40)
+    common = ["run", "--steps", "resnet50", *JOB, "--set", "train.batch_size=2", "--set", "train.epochs=4",
+              "--data", f"imagefolder:{data}", "--results", str(tmp_path)]
+    assert main([*common, "--experiment", "straight", "--wait"]) == 0
     exp = tmp_path / "rq"
-    assert main(["run", "--steps", "resnet50", *JOB, "--set", "train.batch_size=2", "--set",
-                 f"train.epochs={REQUEUE_EPOCHS}", "--data", f"imagefolder:{data}", "--results", str(tmp_path),
-                 "--experiment", "rq"]) == 0
-    _requeue_and_finish(exp, exp / "resnet50" / "seed0", REQUEUE_EPOCHS)
+    assert main([*common, "--experiment", "rq"]) == 0
+    run = exp / "resnet50" / "seed0"
+    signalled = _requeue_and_finish(exp, run, 4)
     rows = job_records.status(exp)
-    assert rows[0]["requeued"] == 1 and rows[0]["state"] == "COMPLETED" and rows[0]["epoch"] == REQUEUE_EPOCHS
+    assert rows[0]["requeued"] == 1 and rows[0]["state"] == "COMPLETED"
+    [resume] = json.loads((run / "summary.json").read_text())["resumes"]
+    assert resume["epoch"] == 2 and 0 < resume["batch"] < 60 and resume["batches"] == 60  # where it stopped
+    assert resume["lost_s"] < time.time() - signalled  # nothing trained after the save was lost
+    log = "".join(p.read_text() for p in (exp / "slurm").rglob("*_log.out"))
+    assert f"saved in epoch 2 at batch {resume['batch']}/60: the run stops" in log
+    assert f"resumed at batch {resume['batch']}/60" in log
+    straight = pd.read_csv(tmp_path / "straight" / "table.csv")
+    requeued = pd.read_csv(exp / "table.csv")
+    assert requeued.top1.tolist() == straight.top1.tolist()
+    a, b = read_metrics(tmp_path / "straight" / "resnet50" / "seed0"), read_metrics(run)
+    for x, y in zip(a, b):
+        for key in ("train_loss", "val_loss", "top1", "top5"):
+            assert x[key] == pytest.approx(y[key], abs=1e-6), (x["epoch"], key)
 
 
 def _requeue_and_finish(exp, run, epochs):
     (record,) = _records(exp)
     job_id = record["job_id"]
     _until(lambda: len(read_metrics(run)) >= 1, what="the first epoch")
+    signalled = time.time()
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)  # what SLURM sends before a time limit
     # SLURM holds a requeued job for a couple of minutes before it may start again; once it waits, start it now
     _until(lambda: _reason(job_id) == "BeginTime", 60, "the requeued job to wait for its begin time")
@@ -249,6 +268,7 @@ def _requeue_and_finish(exp, run, epochs):
     assert _state(job_id) == "COMPLETED"
     assert [m["epoch"] for m in read_metrics(run)] == list(range(1, epochs + 1))  # no epoch twice
     assert json.loads((run / "summary.json").read_text())["epochs"] == epochs
+    return signalled
 
 
 def test_a_two_task_ddp_job_has_a_single_runs_shape_at_twice_the_batch(tmp_path, data):
