@@ -241,7 +241,8 @@ def _train_with(job: Job, cfg, out: Path, rank: int, world: int, device, breaks:
         breaks.stop()
     try:
         for epoch in range(start, t.epochs):
-            tick, resumed_at = time.time(), place["batch"] if place else None
+            # an epoch resumed in its middle: its time includes the part trained before the stop
+            tick, resumed_at = time.time() - (place["train_s"] if place else 0.0), place["batch"] if place else None
             with progress_bar(batches, f"{job.name} s{job.seed} {epoch + 1}/{t.epochs}") as bar:
                 trained = trainer.train_epoch(
                     epoch, bar, on_step, say=(bar.write if not bar.disable else _print) if rank == 0 else None,
