@@ -136,7 +136,7 @@ INSTALL = {"tensorboard": ("torch.utils.tensorboard", "tensorboard"), "wandb": (
 
 
 def check_tracker_installed(log: Sequence[str]) -> None:
-    """The package of each tracker `--log` names is installed."""
+    """The package of each tracker `--log` names is installed; W&B, logged in (or offline)."""
     for name in log:
         module, extra = INSTALL[name]
         try:
@@ -144,3 +144,33 @@ def check_tracker_installed(log: Sequence[str]) -> None:
         except ImportError:
             raise RoadmapError(f"--log {name}: the {extra} package is not installed "
                                f"(pip install 'convnext-roadmap[{extra}]')") from None
+    if "wandb" in log and not wandb_can_log():
+        raise RoadmapError("--log wandb: no W&B login here (run `wandb login`, or set WANDB_API_KEY; or "
+                           "WANDB_MODE=offline, and `wandb sync` the runs later)")
+
+
+def wandb_can_log() -> bool:
+    """Whether a job's `wandb.init` will find what it needs without asking at a terminal (a job has none): an
+    offline or disabled mode, or a key (the environment, or the netrc entry `wandb login` writes for the server).
+    Read as wandb reads them: WANDB_* first, then its settings file (`wandb offline` writes the mode there)."""
+    import configparser
+    import netrc
+    import os
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    settings = configparser.ConfigParser()
+    folder = os.environ.get("WANDB_CONFIG_DIR") or Path("~/.config/wandb").expanduser()
+    settings.read(Path(folder) / "settings")
+    saved = settings["default"] if settings.has_section("default") else {}
+    mode = os.environ.get("WANDB_MODE") or saved.get("mode", "")
+    if mode in ("offline", "disabled", "dryrun") or os.environ.get("WANDB_API_KEY") or \
+            os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlsplit(os.environ.get("WANDB_BASE_URL") or saved.get("base_url", "https://api.wandb.ai")).netloc
+    path = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
+    try:
+        entry = netrc.netrc(path).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(entry and entry[2])

@@ -1,5 +1,5 @@
 """Whether a process of this host is alive, asked one way: by its pid and, where /proc tells it, its start time
-(so that a later process given the same pid is not taken for it)."""
+(so that a later process given the same pid is not taken for it); and which signals stop a run."""
 
 from __future__ import annotations
 
@@ -44,3 +44,12 @@ def alive(pid: int | str, since: str | None = None) -> bool:
         return True
     fields = _stat(pid)
     return fields is None or fields[0] not in ENDED
+
+
+def stop_signals() -> list[int]:
+    """The signals that stop a run, its place saved (`train.interrupt`): SIGINT, SIGTERM, and the one submitit's jobs
+    take as a time-out or preemption (SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL names another), last."""
+    import signal
+
+    cluster = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
+    return list(dict.fromkeys([signal.SIGINT, signal.SIGTERM, cluster]))

@@ -291,7 +291,8 @@ def test_roadmap_cancel_ends_a_local_launch_and_no_worker_replaces_the_cancelled
     assert "Traceback" not in err
     log = "".join(p.read_text() for p in (exp / "local").glob("*/*_log.out"))
     assert "SIGTERM: the run stops after this step, its place saved" in log
-    assert re.search(r"saved in epoch \d+ at batch \d+/7: the run stops|epoch \d+/500 ", log)
+    assert re.search(r"saved in epoch \d+ at batch \d+/7: the run stops|the run stops after epoch \d+, its checkpoint "
+                     r"saved", log)
     table = pd.read_csv(exp / "table.csv").set_index("step")
     first = table.status[table.status != "missing"].index.tolist()
     assert len(first) == 1 and table.status[first[0]] == "failed" and table.error[first[0]].startswith("CANCELLED")
@@ -500,6 +501,44 @@ def test_a_killed_local_run_takes_its_jobs_with_it_and_resumes(tmp_path, sigint)
     assert _no_process_left(tmp_path / "r" / "k", 60)  # no job left training behind the killed command
     again = subprocess.run([*args, "--dry-run"], capture_output=True, text=True, timeout=120)
     assert "seed0: resume" in again.stdout, again.stdout  # from its checkpoint, next time
+
+
+def test_ctrl_c_at_the_terminal_stops_a_local_launchs_runs_each_after_it_saved_its_place(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    data = make_imagefolder(tmp_path / "data")
+    args = [sys.executable, "-m", "convnext_roadmap.cli", "run", "--steps", "resnet50", "--recipe", "smoke",
+            "--set", "train.epochs=5000", "--set", "train.batch_size=4", "--seeds", "1", "--data",
+            f"imagefolder:{data}", "--results", str(tmp_path / "r"), "--experiment", "k", "--executor", "local"]
+    # a session of its own: its process group is what a terminal's Ctrl-C reaches, the launch and every worker
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    run = tmp_path / "r" / "k" / "resnet50" / "seed0"
+    deadline = time.time() + 300
+    while not (run / "checkpoint.pt").exists() and time.time() < deadline and first.poll() is None:
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGINT)
+    said = first.communicate(timeout=120)[0]
+    assert "save their runs' places" in said, said
+    assert _no_process_left(tmp_path / "r" / "k", 60)
+    # the workers ignore the terminal's SIGINT (submitit's controller would kill them a second later); the launch
+    # stops them with SIGTERM, which each holds until its step's end and its save
+    log = "".join(p.read_text() for p in (tmp_path / "r" / "k" / "local").glob("*/*_log.out"))
+    assert "SIGTERM: the run stops after this step, its place saved" in log and "SIGINT:" not in log
+    saved = torch.load(run / "checkpoint.pt", weights_only=False)
+    stopped = re.search(r"saved in epoch (\d+) at batch (\d+)/7: the run stops|the run stops after epoch (\d+)", log)
+    assert stopped, log
+    if stopped[1]:  # in an epoch's middle
+        assert saved["epoch"] + 2 == int(stopped[1]) and saved["places"][0]["batch"] == int(stopped[2])
+    else:
+        assert saved["epoch"] + 1 == int(stopped[3]) and saved["places"] is None
+    again = subprocess.run([*args, "--dry-run"], capture_output=True, text=True, timeout=120)
+    assert "seed0: resume" in again.stdout, again.stdout
 
 
 def test_a_controller_that_does_not_answer_is_not_an_unknown_partition(tmp_path, monkeypatch, capsys):

@@ -118,13 +118,15 @@ from convnext_roadmap.job import Job
 from convnext_roadmap.train import loop, run_job
 from convnext_roadmap.train.interrupt import Interrupted
 rank, init, job, at = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4])
-signal.signal(signal.SIGTERM, lambda *_: None)  # as submitit's bypass: the run ends with Interrupted
+# handlers that return, as submitit's bypass does on ranks other than 0: the run ends with Interrupted
+for signum in (signal.SIGTERM, signal.SIGUSR2):
+    signal.signal(signum, lambda n, _: print(f"handed {signal.Signals(n).name} on", flush=True))
 dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=datetime.timedelta(seconds=120))
 seen, real = [0], loop.Trainer._to_device
-def to_device(self, x, y):  # the signal to rank 1 alone, in its `at`-th training batch
+def to_device(self, x, y):  # SLURM's time-out signal to rank 1 alone, in its `at`-th training batch
     seen[0] += self.model.training
     if rank == 1 and seen[0] == at and self.model.training:
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGUSR2)
     return real(self, x, y)
 loop.Trainer._to_device = to_device
 try:
@@ -135,6 +137,7 @@ except Interrupted:
 
 
 def _ranks(tmp_path, job: Job, tag: str, at: int = 0) -> list[str]:
+    """Each rank's output."""
     import dataclasses
     import subprocess
     import sys
@@ -144,7 +147,7 @@ def _ranks(tmp_path, job: Job, tag: str, at: int = 0) -> list[str]:
                                json.dumps(dataclasses.asdict(job)), str(at)], stdout=subprocess.PIPE, text=True,
                               env=env) for rank in (0, 1)]
     try:
-        return [r.communicate(timeout=240)[0].strip().splitlines()[-1] for r in ranks]
+        return [r.communicate(timeout=240)[0] for r in ranks]
     finally:
         for r in ranks:
             r.kill()
@@ -155,13 +158,19 @@ def test_two_ranks_stop_at_the_same_batch_when_one_is_signalled_and_resume_exact
     # after the step that asked (the wish is all-reduced behind it): signalled in epoch 2's first batch, both
     # save at its second step's end
     overrides = ["train.ema=true", "train.ema_decay=0.5"]
-    assert _ranks(tmp_path, _job(tmp_path, data, "straight", overrides), "a") == ["completed", "completed"]
-    assert _ranks(tmp_path, _job(tmp_path, data, "stopped", overrides), "b", at=4) == ["interrupted"] * 2
+    def ends(outputs):
+        return [out.strip().splitlines()[-1] for out in outputs]
+
+    assert ends(_ranks(tmp_path, _job(tmp_path, data, "straight", overrides), "a")) == ["completed", "completed"]
+    stopped = _ranks(tmp_path, _job(tmp_path, data, "stopped", overrides), "b", at=4)
+    assert ends(stopped) == ["interrupted"] * 2
+    # rank 0, which no signal reached, hands on the one rank 1 got (on SLURM: to submitit, which requeues)
+    assert all("handed SIGUSR2 on" in out for out in stopped)
     saved = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=False)
     assert saved["epoch"] == 0 and [p["batch"] for p in saved["places"]] == [2, 2]
     assert len(saved["rng"]) == 2 and not torch.equal(saved["places"][0]["loader"]["augment"],
                                                       saved["places"][1]["loader"]["augment"])
-    assert _ranks(tmp_path, _job(tmp_path, data, "stopped", overrides), "c") == ["completed", "completed"]
+    assert ends(_ranks(tmp_path, _job(tmp_path, data, "stopped", overrides), "c")) == ["completed", "completed"]
     _same(tmp_path / "straight", tmp_path / "stopped")
 
 
@@ -209,3 +218,30 @@ def test_a_process_killed_while_it_saves_resumes_from_the_checkpoint_before(tmp_
     _same(tmp_path / "straight", tmp_path / "killed")
     [resume] = json.loads((tmp_path / "killed" / "summary.json").read_text())["resumes"]
     assert (resume["epoch"], resume["batch"]) == (2, 2) and 0 <= resume["lost_s"] < 60
+
+
+def test_a_stop_before_training_acts_at_once_one_delivered_twice_is_one_and_an_ignored_one_stays_ignored():
+    from convnext_roadmap.train.interrupt import Breaks
+
+    handed = []
+    before = (signal.signal(signal.SIGTERM, lambda n, _: handed.append(n)),
+              signal.signal(signal.SIGUSR2, signal.SIG_IGN))
+    try:
+        with Breaks(0) as breaks:  # not armed: nothing trained, nothing to save
+            with pytest.raises(Interrupted, match="before a save"):
+                os.kill(os.getpid(), signal.SIGTERM)
+        assert handed == [signal.SIGTERM]
+        with Breaks(0) as breaks:
+            breaks.arm()
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)  # the same stop by a second route (srun and its step): held once
+            assert breaks.requested == signal.SIGTERM and handed == [signal.SIGTERM]
+            os.kill(os.getpid(), signal.SIGUSR2)  # ignored by this process before: still ignored
+            assert breaks.at_step() == signal.SIGTERM
+            breaks.asked_at -= Breaks.REPEAT_S  # a second Ctrl-C, seconds later: no more waiting
+            with pytest.raises(Interrupted, match="before a save"):
+                os.kill(os.getpid(), signal.SIGTERM)
+        assert handed == [signal.SIGTERM] * 2
+    finally:
+        signal.signal(signal.SIGTERM, before[0])
+        signal.signal(signal.SIGUSR2, before[1])

@@ -133,6 +133,17 @@ class EpochLoader(torch.utils.data.DataLoader):
             yield batch
 
 
+def leave_stops_to_the_run(_worker: int) -> None:
+    """A loader worker ignores the stop signals (Ctrl-C at a terminal, SLURM's to every process of a job step): the
+    run's own process saves its place and ends its workers; one killed or stopped by them would end the run."""
+    import signal
+
+    from ..processes import stop_signals
+
+    for signum in stop_signals():
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def image_loaders(data_cfg, train_split: Split, val_split: Split, train_batch: int, eval_batch: int, seed: int,
                   rank: int, world: int, skipped: SkippedImages, device: torch.device = torch.device("cpu")):
     from timm.data.loader import fast_collate
@@ -147,7 +158,7 @@ def image_loaders(data_cfg, train_split: Split, val_split: Split, train_batch: i
     # uint8 through the workers' shared memory (a quarter of float32's bytes), pinned for an asynchronous copy;
     # both loaders keep their workers between epochs (as timm's do), not forked again for each
     common = dict(num_workers=workers, collate_fn=fast_collate, pin_memory=device.type == "cuda",
-                  persistent_workers=workers > 0)
+                  persistent_workers=workers > 0, worker_init_fn=leave_stops_to_the_run)
     # a generator of their own: a loader starting its workers draws their base seed from it, and from the global
     # stream otherwise, which would shift the network's draws by whether (and when) the workers were started
     train = EpochLoader(train_set, train_batch, sampler=ImageSeeds(EpochSampler(len(train_set), seed, rank, world)),

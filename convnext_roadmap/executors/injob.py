@@ -76,8 +76,8 @@ def _stop_when_gone(pid: int, started: str | None, every_s: float = 1.0) -> None
 
 class SubmittedRun:
     """What a submitit job calls (on SLURM or on this machine): `run_job` inside the job's process group. On a
-    time-out or preemption submitit calls `checkpoint`, which requeues the same call: `run_job` resumes from the
-    run's last checkpoint."""
+    time-out or preemption signal the run finishes its step and saves its place (`train.interrupt`), then hands the
+    signal to submitit, which calls `checkpoint`: the same call, requeued, resumes the run there."""
 
     def __init__(self, job: Job):
         self.job = job

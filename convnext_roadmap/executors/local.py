@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -134,8 +135,8 @@ class Local(Executor):
 
     def _stop(self, handles: dict, claims: Path) -> None:
         """End the workers, each once its run has saved its place (`cancel`'s SIGTERM), waiting up to STOP_GRACE_S;
-        one still alive then is killed, its run resuming from its last checkpoint. Interrupted again, this returns
-        at once (the workers see their launch gone and end)."""
+        the controller of one still alive then is killed, and its tasks end when this launch does (they watch it),
+        their runs resuming from their last checkpoints. Interrupted again, this returns at once, likewise."""
         results.write_text(claims / CANCELLED, "")
         live = [h for h in handles.values() if not h.done()]
         print(f"stopping: {len(live)} worker(s) save their runs' places (up to {STOP_GRACE_S} s; interrupt again "
@@ -232,14 +233,16 @@ class Local(Executor):
         # whole process group, and submitit's controller would answer it by killing its tasks a second later,
         # before they could save. They are stopped with SIGTERM (`cancel`, `_stop`), which the controller passes
         # on to its tasks, and a task takes Ctrl-C again while it trains a run (`train.interrupt`)
-        before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        main = threading.current_thread() is threading.main_thread()  # where Python's signal handlers are set
+        before = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
         try:
             # the controller writes to the stderr it inherits: on a cancel or Ctrl-C, a KeyboardInterrupt traceback
             # of its own that is no run's error; into a log, not the terminal (each run's errors are in its logs)
             with _stderr_into(self.experiment_dir / "local" / CONTROLLERS_LOG):
                 return executor.submit(work)
         finally:
-            signal.signal(signal.SIGINT, before)
+            if main:
+                signal.signal(signal.SIGINT, before)
             for name, value in previous.items():
                 if value is None:
                     del os.environ[name]

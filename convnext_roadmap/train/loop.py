@@ -172,8 +172,9 @@ class Trainer:
                 say(window.line(epoch, i + 1, micro, loss, lr, count * self.world, waited, tick))
             if last and breaks is not None and i + 1 < micro and (wish := breaks.at_step()) != GO_ON:
                 pause({"batch": i + 1, "loader": self.train_loader.position, "total": total.item(), "count": count,
-                       "train_s": before_s + tick - start - paused, "data_s": waited, "buffers": self._buffers()},
-                      wish == STOP)
+                       "train_s": before_s + tick - start - paused, "data_s": waited, "buffers": self._buffers(),
+                       "device": self.device.type},
+                      wish >= STOP)
                 paused += time.perf_counter() - tick  # the save is neither training nor waiting for data
                 tick = time.perf_counter()
         seconds = before_s + time.perf_counter() - start - paused

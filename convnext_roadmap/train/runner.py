@@ -216,8 +216,6 @@ def _train_with(job: Job, cfg, out: Path, rank: int, world: int, device, breaks:
                    f"accumulation step(s) = {trainer.effective_batch}"
                    f", lr {t.lr:g} × {trainer.effective_batch}/{t.base_batch_size} = {trainer.lr:.3g} "
                    f"(linear scaling), {len(trainer.classes)} classes, {device}")
-    trackers = Trackers(job.log if rank == 0 else (), out, job.log_every_steps, job=job,
-                        config=cfg.model_dump(mode="json"), **job.wandb)
     alive = _Heartbeat(out if rank == 0 else None)
     started = time.time()
 
@@ -235,11 +233,14 @@ def _train_with(job: Job, cfg, out: Path, rank: int, world: int, device, breaks:
                  (": the run stops, and resumes from there" if stop else ""))
         breaks.saved()
         if stop:
+            if world > 1:  # no rank ends before the place is on disk (a cluster may end a job's step with it)
+                torch.distributed.barrier()
             breaks.stop()
 
-    if breaks.agree_to_stop():  # asked before anything was trained: nothing to save
-        breaks.stop()
+    trackers = Trackers(job.log if rank == 0 else (), out, job.log_every_steps, job=job,
+                        config=cfg.model_dump(mode="json"), **job.wandb)
     try:
+        breaks.arm()
         for epoch in range(start, t.epochs):
             # an epoch resumed in its middle: its time includes the part trained before the stop
             tick, resumed_at = time.time() - (place["train_s"] if place else 0.0), place["batch"] if place else None
@@ -270,6 +271,7 @@ def _train_with(job: Job, cfg, out: Path, rank: int, world: int, device, breaks:
                        f"top-1 {metrics['top1']:.1f}%  top-5 {metrics['top5']:.1f}%  ({results.epoch_times(metrics)})"
                        + (f"  resumed at batch {resumed_at}/{batches}" if resumed_at else ""))
             if epoch + 1 < t.epochs and breaks.agree_to_stop():
+                _say(rank, f"    the run stops after epoch {epoch + 1}, its checkpoint saved, and resumes from there")
                 breaks.stop()
             if job.stop_after is not None and epoch + 1 - start >= job.stop_after and epoch + 1 < t.epochs:
                 return {"status": "interrupted", "epoch": epoch + 1}

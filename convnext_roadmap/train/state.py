@@ -41,15 +41,19 @@ def snapshot(trainer, epoch: int, history: list[dict], best: float, every_rng: l
 
 def place(trainer, saved: dict) -> tuple[dict | None, str | None]:
     """This rank's place in the saved epoch (None at an epoch's end), and a line to say when the run cannot go on
-    from it (another number of processes: the epoch begins again, from the saved weights)."""
+    from it (another number of processes, another kind of device: the epoch begins again, from the saved
+    weights)."""
     places = saved.get("places")
     if not places:
         return None, None
-    if len(places) == trainer.world:
-        return places[trainer.rank], None
-    return None, (f"the checkpoint was saved in the middle of epoch {saved['epoch'] + 2} by {len(places)} "
-                  f"process(es), this run has {trainer.world}: the epoch begins again from its first batch, with the "
-                  f"weights it had reached (not the run the checkpoint's would have been)")
+    said = f"the checkpoint was saved in the middle of epoch {saved['epoch'] + 2}"
+    again = ("the epoch begins again from its first batch, with the weights it had reached (not the run the "
+             "checkpoint's would have been)")
+    if len(places) != trainer.world:
+        return None, f"{said} by {len(places)} process(es), this run has {trainer.world}: {again}"
+    if places[0].get("device") != trainer.device.type:  # its loaders' streams are another device's
+        return None, f"{said} on {places[0].get('device')}, this run trains on {trainer.device.type}: {again}"
+    return places[trainer.rank], None
 
 
 def resume(trainer, path: Path) -> tuple[dict, str | None]:

@@ -81,8 +81,13 @@ class Trackers:
     optimizer steps, every epoch's metrics."""
 
     def __init__(self, names, folder: Path, every: int, **options):
-        self.every = every
-        self.open = [TRACKERS[name](folder, every, **options) for name in names]
+        self.every, self.open = every, []
+        try:
+            for name in names:
+                self.open.append(TRACKERS[name](folder, every, **options))
+        except BaseException:  # the ones already open are closed, not left behind
+            self.close()
+            raise
 
     def step(self, step: int, loss: torch.Tensor, lr: float) -> None:
         if self.open and step % self.every == 0:
