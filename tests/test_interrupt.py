@@ -245,3 +245,22 @@ def test_a_stop_before_training_acts_at_once_one_delivered_twice_is_one_and_an_i
     finally:
         signal.signal(signal.SIGTERM, before[0])
         signal.signal(signal.SIGUSR2, before[1])
+
+
+def test_a_place_saved_on_another_kind_of_device_begins_its_epoch_again(tmp_path, data, quiet_sigterm, monkeypatch,
+                                                                          capsys):
+    undo = _signal_at(monkeypatch, 7 + 3)
+    with pytest.raises(Interrupted):
+        run_job(_job(tmp_path, data, "moved"))
+    undo()
+    path = tmp_path / "moved" / "checkpoint.pt"
+    saved = torch.load(path, weights_only=False)
+    for place in saved["places"]:  # as a GPU run's: its loaders' streams include the GPU's noise generator
+        place["device"] = "cuda"
+    torch.save(saved, path)
+    capsys.readouterr()
+    resumed = run_job(_job(tmp_path, data, "moved"))
+    out = capsys.readouterr().out
+    assert ("the checkpoint was saved in the middle of epoch 2 on cuda, this run trains on cpu: the epoch begins "
+            "again from its first batch") in out
+    assert resumed["status"] == "completed" and [m["epoch"] for m in read_metrics(tmp_path / "moved")] == [1, 2, 3]

@@ -115,3 +115,26 @@ def test_wandb_asked_without_the_package_is_one_line_before_anything_is_written(
     assert err == ("roadmap: error: --log wandb: the wandb package is not installed "
                    "(pip install 'convnext-roadmap[wandb]')\n")
     assert not (tmp_path / "r").exists()
+
+
+def test_wandb_needs_a_login_or_offline_mode_and_finds_them_where_wandb_does(tmp_path, monkeypatch):
+    from convnext_roadmap import RoadmapError
+    from convnext_roadmap.preflight import check_tracker_installed, wandb_can_log
+
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL", "NETRC"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    assert not wandb_can_log()
+    with pytest.raises(RoadmapError, match=r"--log wandb: no W&B login here \(run `wandb login`"):
+        check_tracker_installed(["wandb"])
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password 0123456789abcdef\n")
+    assert wandb_can_log()  # what `wandb login` writes
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
+    assert not wandb_can_log()  # a key for another server
+    (tmp_path / "wandb-config").mkdir()
+    (tmp_path / "wandb-config" / "settings").write_text("[default]\nmode = offline\n")  # what `wandb offline` writes
+    assert wandb_can_log()
+    (tmp_path / "wandb-config" / "settings").write_text("[default]\n")
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef")
+    assert wandb_can_log()
