@@ -124,6 +124,13 @@ def epoch_times(m: dict) -> str:
             f"+ eval {m['epoch_s'] - m['train_s']:.1f}")
 
 
+def resumed_note(m: dict) -> str:
+    """"  resumed at batch B/N" for a metrics line of an epoch a run went on with from its middle, else ""."""
+    if "resumed_at_batch" not in m:
+        return ""
+    return f"  resumed at batch {m['resumed_at_batch']}/{m['batches']}"
+
+
 def write_failure(path: Path, name: str, seed: int, error: str, meta: dict | None = None) -> None:
     """A failed run's summary: its error's root cause, one line, for the table."""
     write_json(Path(path) / "summary.json", {"status": "failed", "name": name, "seed": seed, "error": error,

@@ -541,6 +541,25 @@ def test_ctrl_c_at_the_terminal_stops_a_local_launchs_runs_each_after_it_saved_i
     assert "seed0: resume" in again.stdout, again.stdout
 
 
+def test_a_local_launch_that_resumes_a_run_prints_only_the_epochs_it_trains(tmp_path, capsys):
+    from convnext_roadmap import resolve_config
+    from convnext_roadmap.job import Job
+    from convnext_roadmap.train import run_job
+
+    data = make_imagefolder(tmp_path / "data")
+    cfg = resolve_config("resnet50", recipe="smoke", data=f"imagefolder:{data}", overrides=["train.epochs=3"])
+    run = tmp_path / "r" / "e" / "resnet50" / "seed0"
+    assert run_job(Job(run_dir=str(run), name="resnet50", cfg=cfg.model_dump(), seed=0, device="cpu",
+                       stop_after=1))["status"] == "interrupted"  # an earlier attempt: epoch 1, a checkpoint
+    capsys.readouterr()
+    assert main(["run", "--steps", "resnet50", "--recipe", "smoke", "--set", "train.epochs=3", "--seeds", "1",
+                 "--data", f"imagefolder:{data}", "--results", str(tmp_path / "r"), "--experiment", "e",
+                 "--executor", "local"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet50 seed0: goes on from its checkpoint (1 epoch(s) done)" in out
+    assert "resnet50 seed0: epoch 1/3" not in out and "resnet50 seed0: epoch 2/3" in out
+
+
 def test_a_controller_that_does_not_answer_is_not_an_unknown_partition(tmp_path, monkeypatch, capsys):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

@@ -101,6 +101,7 @@ def test_a_run_stopped_in_the_middle_of_epoch_2_and_resumed_ends_as_the_straight
         out = capsys.readouterr().out
         if step_end < 7:
             assert f"resuming patchify_stem seed1 in epoch 2/3 at batch {step_end}/7" in out
+            assert read_metrics(run)[1]["resumed_at_batch"] == step_end and read_metrics(run)[1]["batches"] == 7
             assert f"resumed at batch {step_end}/7" in out.split("epoch 2/3  loss")[1].splitlines()[0]
         else:
             assert "resuming patchify_stem seed1 after epoch 2/3" in out

@@ -168,7 +168,13 @@ class Local(Executor):
                 claimant = None if i in started else _claimant(claims / str(i))
                 if claimant is not None:
                     slot = claimant[0]
-                    started[i], shown[i] = (*claimant, time.time()), 0
+                    # an earlier attempt's epochs are not this one's to print again: a resume goes on after them
+                    run_dir = Path(order[i].run_dir)
+                    started[i], shown[i] = (*claimant, time.time()), (len(results.read_metrics(run_dir)) if (
+                        run_dir / "checkpoint.pt").exists() else 0)
+                    if shown[i]:
+                        print(f"  {order[i].name} seed{order[i].seed}: goes on from its checkpoint "
+                              f"({shown[i]} epoch(s) done)", flush=True)
                     log = record(order[i], handles[slot], self.name)
                     records[i] = {**records[i], "stdout": log["stdout"], "stderr": log["stderr"],
                                   "stderr_from": _size(log["stderr"])}  # its worker's log, from this run on
@@ -345,7 +351,7 @@ def _print_new_epochs(job: Job, shown: int) -> int:
     for m in metrics[shown:]:
         times = results.epoch_times(m)
         print(f"  {job.name} seed{job.seed}: epoch {m['epoch']}/{total}  loss {m['train_loss']:.3f}  "
-              f"top-1 {m['top1']:.1f}%" + (f"  ({times})" if times else ""), flush=True)
+              f"top-1 {m['top1']:.1f}%" + (f"  ({times})" if times else "") + results.resumed_note(m), flush=True)
     return max(shown, len(metrics))
 
 

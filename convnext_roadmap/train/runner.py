@@ -250,7 +250,8 @@ def _train_with(job: Job, cfg, out: Path, rank: int, world: int, device, breaks:
                     place=place, breaks=breaks, pause=lambda mine, stop, e=epoch: pause(e, mine, stop))
             place = None
             metrics = {"epoch": epoch + 1, **trained, **trainer.evaluate(trainer.compiled),
-                       "lr": trainer.optimizer.param_groups[0]["lr"], "epoch_s": time.time() - tick}
+                       "lr": trainer.optimizer.param_groups[0]["lr"], "epoch_s": time.time() - tick,
+                       **({"resumed_at_batch": resumed_at, "batches": batches} if resumed_at else {})}
             if trainer.ema is not None:
                 metrics.update({f"ema_{k}": v for k, v in trainer.evaluate(trainer.ema_compiled).items()})
             history.append(metrics)
@@ -269,7 +270,7 @@ def _train_with(job: Job, cfg, out: Path, rank: int, world: int, device, breaks:
             trackers.epoch(metrics)
             _say(rank, f"    epoch {epoch + 1}/{t.epochs}  loss {trained['train_loss']:.3f}  "
                        f"top-1 {metrics['top1']:.1f}%  top-5 {metrics['top5']:.1f}%  ({results.epoch_times(metrics)})"
-                       + (f"  resumed at batch {resumed_at}/{batches}" if resumed_at else ""))
+                       + results.resumed_note(metrics))
             if epoch + 1 < t.epochs and breaks.agree_to_stop():
                 _say(rank, f"    the run stops after epoch {epoch + 1}, its checkpoint saved, and resumes from there")
                 breaks.stop()

@@ -72,8 +72,11 @@ class WandB:
 TRACKERS = {"tensorboard": TensorBoard, "wandb": WandB}
 
 
+NOT_SCALARS = ("epoch", "resumed_at_batch", "batches")  # the axis; where a resumed epoch went on from
+
+
 def _scalars(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k != "epoch" and isinstance(v, (int, float))}
+    return {k: v for k, v in metrics.items() if k not in NOT_SCALARS and isinstance(v, (int, float))}
 
 
 class Trackers:
