@@ -82,6 +82,7 @@ def test_a_step_spacing_needs_a_tracker_and_a_tracker_its_package(monkeypatch):
     check_log_flags([], None)
     check_log_flags(["tensorboard"], 10)
     check_log_flags(["wandb"], 10, {"project": "p"})
+    monkeypatch.setenv("WANDB_MODE", "offline")  # W&B's login: tests/test_trackers.py
     check_tracker_installed(["tensorboard", "wandb"])
     with pytest.raises(RoadmapError, match="--log-every-steps: only with --log tensorboard"):
         check_log_flags([], 10)
