@@ -494,8 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         line = str(e).strip().splitlines()[-1].split("RoadmapError: ", 1)[-1]
         print(f"roadmap: error: {line}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C: the runs have saved their places (docs/runs.md); no traceback to read
-        print("roadmap: interrupted; `roadmap run` again resumes the runs where they stopped", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C: what it stopped has said so (a run, its saved place); no traceback to read
+        print("roadmap: interrupted", file=sys.stderr)
         return 130  # as a shell reports a process ended by SIGINT
     except BrokenPipeError:  # `roadmap steps | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush cannot fail too

@@ -161,11 +161,14 @@ def wandb_can_log() -> bool:
 
     settings = configparser.ConfigParser()
     folder = os.environ.get("WANDB_CONFIG_DIR") or Path("~/.config/wandb").expanduser()
-    settings.read(Path(folder) / "settings")
+    try:
+        settings.read(Path(folder) / "settings")
+    except configparser.Error:  # wandb itself warns of it; here it only means no settings
+        settings = configparser.ConfigParser()
     saved = settings["default"] if settings.has_section("default") else {}
     mode = os.environ.get("WANDB_MODE") or saved.get("mode", "")
-    if mode in ("offline", "disabled", "dryrun") or os.environ.get("WANDB_API_KEY") or \
-            os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+    if mode in ("offline", "disabled", "dryrun") or os.environ.get("WANDB_DISABLED", "").lower() == "true" or \
+            os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE") or saved.get("api_key"):
         return True
     host = urlsplit(os.environ.get("WANDB_BASE_URL") or saved.get("base_url", "https://api.wandb.ai")).netloc
     path = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()

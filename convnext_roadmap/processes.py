@@ -46,10 +46,16 @@ def alive(pid: int | str, since: str | None = None) -> bool:
     return fields is None or fields[0] not in ENDED
 
 
-def stop_signals() -> list[int]:
-    """The signals that stop a run, its place saved (`train.interrupt`): SIGINT, SIGTERM, and the one submitit's jobs
-    take as a time-out or preemption (SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL names another), last."""
+def cluster_signal() -> int:
+    """The signal submitit's jobs take as a time-out or preemption: SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL names
+    another."""
     import signal
 
-    cluster = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
-    return list(dict.fromkeys([signal.SIGINT, signal.SIGTERM, cluster]))
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
+
+
+def stop_signals() -> list[int]:
+    """The signals that stop a run, its place saved (`train.interrupt`): SIGINT, SIGTERM, and `cluster_signal`."""
+    import signal
+
+    return list(dict.fromkeys([signal.SIGINT, signal.SIGTERM, cluster_signal()]))

@@ -512,9 +512,11 @@ def test_ctrl_c_at_the_terminal_stops_a_local_launchs_runs_each_after_it_saved_i
     import torch
 
     data = make_imagefolder(tmp_path / "data")
+    # the per-image pipeline with loader workers, which must neither die of the signal nor keep their process alive
     args = [sys.executable, "-m", "convnext_roadmap.cli", "run", "--steps", "resnet50", "--recipe", "smoke",
-            "--set", "train.epochs=5000", "--set", "train.batch_size=4", "--seeds", "1", "--data",
-            f"imagefolder:{data}", "--results", str(tmp_path / "r"), "--experiment", "k", "--executor", "local"]
+            "--set", "train.epochs=5000", "--set", "train.batch_size=4", "--set", "data.pipeline=pil", "--set",
+            "data.workers=2", "--seeds", "1", "--data", f"imagefolder:{data}", "--results", str(tmp_path / "r"),
+            "--experiment", "k", "--executor", "local"]
     # a session of its own: its process group is what a terminal's Ctrl-C reaches, the launch and every worker
     first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)
@@ -523,8 +525,10 @@ def test_ctrl_c_at_the_terminal_stops_a_local_launchs_runs_each_after_it_saved_i
     while not (run / "checkpoint.pt").exists() and time.time() < deadline and first.poll() is None:
         time.sleep(0.2)
     os.killpg(first.pid, signal.SIGINT)
-    said = first.communicate(timeout=120)[0]
+    stopped_at = time.time()
+    said = first.communicate(timeout=180)[0]
     assert "save their runs' places" in said, said
+    assert time.time() - stopped_at < 60  # the worker ended after its save, not killed after the launch's grace
     assert _no_process_left(tmp_path / "r" / "k", 60)
     # the workers ignore the terminal's SIGINT (submitit's controller would kill them a second later); the launch
     # stops them with SIGTERM, which each holds until its step's end and its save

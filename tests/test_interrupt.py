@@ -222,7 +222,7 @@ def test_a_process_killed_while_it_saves_resumes_from_the_checkpoint_before(tmp_
 
 
 def test_a_stop_before_training_acts_at_once_one_delivered_twice_is_one_and_an_ignored_one_stays_ignored():
-    from convnext_roadmap.train.interrupt import Breaks
+    from convnext_roadmap.train.interrupt import STOP, Breaks
 
     handed = []
     before = (signal.signal(signal.SIGTERM, lambda n, _: handed.append(n)),
@@ -238,11 +238,18 @@ def test_a_stop_before_training_acts_at_once_one_delivered_twice_is_one_and_an_i
             os.kill(os.getpid(), signal.SIGTERM)  # the same stop by a second route (srun and its step): held once
             assert breaks.requested == signal.SIGTERM and handed == [signal.SIGTERM]
             os.kill(os.getpid(), signal.SIGUSR2)  # ignored by this process before: still ignored
-            assert breaks.at_step() == signal.SIGTERM
+            assert breaks.at_step() == STOP + signal.SIGTERM
             breaks.asked_at -= Breaks.REPEAT_S  # a second Ctrl-C, seconds later: no more waiting
             with pytest.raises(Interrupted, match="before a save"):
                 os.kill(os.getpid(), signal.SIGTERM)
         assert handed == [signal.SIGTERM] * 2
+        with Breaks(0, world=2) as breaks:  # a rank of two (no collective below)
+            breaks.armed = True  # as `arm` leaves it (which asks the other ranks first)
+            breaks._adopt(STOP + signal.SIGTERM)  # the stop another rank got, from the all-reduce
+            os.kill(os.getpid(), signal.SIGTERM)  # this rank's own copy, a moment later: the same stop
+            breaks.asked_at -= Breaks.REPEAT_S
+            os.kill(os.getpid(), signal.SIGTERM)  # and later again: a rank alone never leaves the others waiting
+            assert breaks.requested == signal.SIGTERM and handed == [signal.SIGTERM] * 2
     finally:
         signal.signal(signal.SIGTERM, before[0])
         signal.signal(signal.SIGUSR2, before[1])

@@ -10,10 +10,10 @@ import time
 
 import torch
 
-from ..processes import stop_signals
+from ..processes import cluster_signal, stop_signals
 
-# what every rank does at a step's end: a stop is its signal's number (≥ STOP: SIGINT is 2), so that a rank the
-# signal did not reach hands on the one that came
+# what every rank does at a step's end: a stop is STOP + its signal's number, so that a rank the signal did not
+# reach hands on the one that came
 GO_ON, SAVE, STOP = 0, 1, 2
 
 
@@ -28,12 +28,13 @@ class Interrupted(BaseException):
 
 
 class Breaks:
-    """The stops of one run. Until its training begins (`arm`), a stop signal acts at once: nothing is trained yet.
-    Then it is held until the step in progress has ended and the run has saved its place (`at_step`: a stop); `stop`
+    """The stops of one run. Until its training begins (`arm`), a stop signal acts at once in a run of one process
+    (nothing is trained yet); under DDP the ranks decide it together when they arm. Then it is held until the step in progress has ended and the run has saved its place (`at_step`: a stop); `stop`
     hands it to the handler that was there before (submitit's requeue, the command's exit, Python's
     KeyboardInterrupt) and ends the run. A signal the process ignored stays ignored (a local worker's Ctrl-C: its
     launch stops it with SIGTERM). The same stop delivered twice within REPEAT_S (a cluster's signal by two routes)
-    is one; a signal after that, while the first waits, acts at once, without a save. Under DDP every rank does what
+    is one; a signal after that, while the first waits, acts at once, without a save (in a run of one process: under
+    DDP a rank alone must not leave the others in a collective; its launch ends them all). Under DDP every rank does what
     the ranks together decided: each step's wish is all-reduced (max) behind the step and read at the next one, so
     the host never waits for the device's step in progress; rank 0's clock alone asks for the timed saves."""
 
@@ -58,13 +59,17 @@ class Breaks:
     def __exit__(self, kind, *_) -> None:
         # asked for in the run's last epoch, which it finished: the signal does now what it came to do, but a
         # cluster's time-out signal, whose requeue a finished run no longer needs
-        if kind is None and self.requested is not None and self.previous and self.requested != stop_signals()[-1]:
+        if kind is None and self.requested is not None and self.previous and self.requested != cluster_signal():
             self._hand_on(self.requested)
         self._restore()
 
     def arm(self) -> None:
-        """Training begins: from here a stop signal waits for a step's end."""
+        """Training begins: from here a stop signal waits for a step's end. Under DDP, a signal that came before
+        (to any rank) stops every rank here, together."""
         self.armed = True
+        if self.world > 1 and self.agree_to_stop():
+            self._hand_on(self.requested)
+            raise Interrupted(self.requested, saved=False)
 
     def _restore(self) -> None:
         for signum, handler in self.previous.items():
@@ -75,10 +80,11 @@ class Breaks:
         now = time.monotonic()
         if self.requested is not None and now - self.asked_at < self.REPEAT_S:
             return  # the same stop, by another route
-        if not self.armed or self.requested is not None:  # nothing to save yet, or asked again: no more waiting
-            self._hand_on(signum)
+        if self.world == 1 and (not self.armed or self.requested is not None):  # nothing to save yet, or asked
+            self._hand_on(signum)  # again: no more waiting
             raise Interrupted(signum, saved=False)
-        self.requested, self.asked_at = signum, now
+        if self.requested is None:
+            self.requested, self.asked_at = signum, now
 
     def _hand_on(self, signum: int) -> None:
         """The signal to the handler this process had before (which may exit, requeue, or raise)."""
@@ -107,7 +113,7 @@ class Breaks:
     def _mine(self, agreed: int) -> int:
         self._say()
         if self.requested is not None:
-            return self.requested
+            return STOP + self.requested
         due = self.every_s > 0 and time.monotonic() - self.last_save >= self.every_s
         return SAVE if self.rank == 0 and due and agreed == GO_ON else GO_ON
 
@@ -121,8 +127,8 @@ class Breaks:
         return self._adopt(agreed)
 
     def _adopt(self, agreed: int) -> int:
-        if agreed >= STOP and self.requested is None:  # another rank's signal: this one stops as it does
-            self.requested = agreed
+        if agreed >= STOP and self.requested is None:  # another rank's signal: this one stops as it does, and its
+            self.requested, self.asked_at = agreed - STOP, time.monotonic()  # own copy, when it comes, is that one
         self._say()
         return agreed
 
@@ -134,7 +140,7 @@ class Breaks:
             return self.requested is not None
         if self.pending is not None:
             self._read()  # a wish behind the epoch's last step: asked again below, at once
-        self.pending = self._all_reduce(self.requested or GO_ON)
+        self.pending = self._all_reduce(STOP + self.requested if self.requested is not None else GO_ON)
         return self._adopt(self._read()) >= STOP
 
     def _all_reduce(self, wish: int):

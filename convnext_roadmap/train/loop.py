@@ -98,6 +98,16 @@ class Trainer:
         self.ema = ModelEmaV3(self.model, decay=t.ema_decay) if t.ema else None
         self.ema_compiled = (torch.compile(self.ema.module) if t.compile else self.ema.module) if t.ema else None
 
+    def close(self) -> None:
+        """End the loaders' worker processes now, whatever ends the run, not at the interpreter's exit: there
+        Python's multiprocessing waits for each worker after a SIGTERM, which they ignore (`data.pil`)."""
+        for loader in (self.train_loader, self.val_loader):
+            loader = getattr(loader, "loader", loader)  # inside DeviceBatches
+            iterator = getattr(loader, "_iterator", None)  # a DataLoader's persistent workers
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
+                loader._iterator = None
+
     def autocast(self):
         # the same autocast on any device, so that the CPU tests run the code a GPU runs
         return torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext()

@@ -179,20 +179,25 @@ def _train(job: Job, out: Path, rank: int, world: int) -> dict:
     if cfg.train is None or cfg.data is None:
         raise RoadmapError(f"{job.name}: the config has no recipe (train and data sections)")
     device = train_device(job.device, world)
-    # a stop signal from here on waits for a step's end, or for the first (the data is read, the network built)
-    with Breaks(cfg.train.checkpoint_every_min, rank, world, device) as breaks:
-        return _train_with(job, cfg, out, rank, world, device, breaks)
-
-
-def _train_with(job: Job, cfg, out: Path, rank: int, world: int, device, breaks: Breaks) -> dict:
-    t = cfg.train
-    rng.seed_all(job.seed + rank)
-    if rank == 0:
-        results.write_text(out / "config.yaml", to_yaml(cfg))
     from ..data import SkippedImages
 
-    skipped = SkippedImages(out / "skipped.txt")
-    trainer = Trainer(cfg, job.seed, device, rank, world, skipped)
+    # from here a stop signal is Breaks': until training begins (the data read, the network built) it acts at once
+    # (under DDP: all ranks, when they arm), then at a step's end, the run's place saved
+    with Breaks(cfg.train.checkpoint_every_min, rank, world, device) as breaks:
+        rng.seed_all(job.seed + rank)
+        if rank == 0:
+            results.write_text(out / "config.yaml", to_yaml(cfg))
+        skipped = SkippedImages(out / "skipped.txt")
+        trainer = Trainer(cfg, job.seed, device, rank, world, skipped)
+        try:
+            return _epochs(job, cfg, out, rank, world, device, breaks, trainer, skipped)
+        finally:
+            trainer.close()
+
+
+def _epochs(job: Job, cfg, out: Path, rank: int, world: int, device, breaks: Breaks, trainer: Trainer,
+            skipped) -> dict:
+    t = cfg.train
     for note in trainer.notes:
         _say(rank, f"  {note}")
     batches = len(trainer.train_loader)

@@ -51,7 +51,7 @@ def place(trainer, saved: dict) -> tuple[dict | None, str | None]:
              "checkpoint's would have been)")
     if len(places) != trainer.world:
         return None, f"{said} by {len(places)} process(es), this run has {trainer.world}: {again}"
-    if places[0].get("device") != trainer.device.type:  # its loaders' streams are another device's
+    if places[0].get("device", trainer.device.type) != trainer.device.type:  # its loaders' streams are another's
         return None, f"{said} on {places[0].get('device')}, this run trains on {trainer.device.type}: {again}"
     return places[trainer.rank], None
 
