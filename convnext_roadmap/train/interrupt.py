@@ -29,14 +29,15 @@ class Interrupted(BaseException):
 
 class Breaks:
     """The stops of one run. Until its training begins (`arm`), a stop signal acts at once in a run of one process
-    (nothing is trained yet); under DDP the ranks decide it together when they arm. Then it is held until the step in progress has ended and the run has saved its place (`at_step`: a stop); `stop`
-    hands it to the handler that was there before (submitit's requeue, the command's exit, Python's
-    KeyboardInterrupt) and ends the run. A signal the process ignored stays ignored (a local worker's Ctrl-C: its
-    launch stops it with SIGTERM). The same stop delivered twice within REPEAT_S (a cluster's signal by two routes)
-    is one; a signal after that, while the first waits, acts at once, without a save (in a run of one process: under
-    DDP a rank alone must not leave the others in a collective; its launch ends them all). Under DDP every rank does what
-    the ranks together decided: each step's wish is all-reduced (max) behind the step and read at the next one, so
-    the host never waits for the device's step in progress; rank 0's clock alone asks for the timed saves."""
+    (nothing is trained yet); under DDP the ranks decide it together when they arm. Then it is held until the step
+    in progress has ended and the run has saved its place (`at_step`: a stop); `stop` hands it to the handler that
+    was there before (submitit's requeue, the command's exit, Python's KeyboardInterrupt) and ends the run. A signal
+    the process ignored stays ignored (a local worker's Ctrl-C: its launch stops it with SIGTERM). The same stop
+    delivered twice within REPEAT_S (a cluster's signal by two routes) is one; a later one, while the first waits,
+    acts at once, without a save, in a run of one process (under DDP a rank alone must not leave the others in a
+    collective: its launch ends them all). Under DDP every rank does what the ranks together decided: each step's
+    wish is all-reduced (max) behind the step and read at the next one, so the host never waits for the device's
+    step in progress; rank 0's clock alone asks for the timed saves."""
 
     REPEAT_S = 2.0
 

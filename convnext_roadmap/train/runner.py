@@ -290,6 +290,9 @@ def _epochs(job: Job, cfg, out: Path, rank: int, world: int, device, breaks: Bre
     return done
 
 
+HEARTBEAT = "heartbeat"  # in the run folder: the time of rank 0's last optimizer step
+
+
 class _Heartbeat:
     """The time of rank 0's last optimizer step, written every BEAT_S at most (HEARTBEAT in the run folder): how
     much training a run that died without saving lost, its resume reads (`_lost_s`)."""
@@ -304,9 +307,6 @@ class _Heartbeat:
         if self.path is not None and now - self.last >= self.BEAT_S:
             results.write_text(self.path, f"{now}\n")
             self.last = now
-
-
-HEARTBEAT = "heartbeat"
 
 
 def _lost_s(out: Path, saved: dict) -> float | None:

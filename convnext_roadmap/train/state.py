@@ -1,6 +1,7 @@
 """A run's checkpoint: what a Trainer's state is (model, optimizer, schedule, EMA, fp16 loss scale, every rank's
-random streams, and in the middle of an epoch every rank's place in it), saved and restored. Read on the CPU, whatever the run trains on: what belongs on the device, the
-model and the optimizer put there themselves, and the random streams must stay CPU tensors."""
+random streams, and in the middle of an epoch every rank's place in it), saved and restored. Read on the CPU,
+whatever the run trains on: what belongs on the device, the model and the optimizer put there themselves, and the
+random streams must stay CPU tensors."""
 
 from __future__ import annotations
 
